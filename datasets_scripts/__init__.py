@@ -1,0 +1,1 @@
+"""pathfm.datasets_scripts"""

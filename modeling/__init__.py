@@ -1,0 +1,3 @@
+"""pathfm.modeling"""
+def register_auto_classes():
+    pass
