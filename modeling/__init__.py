@@ -1,3 +1,60 @@
-"""pathfm.modeling"""
-def register_auto_classes():
-    pass
+"""pathfm.modeling: the transformers-compatible pathfm ViT (config, model, image processor, timm converter).
+
+``register_auto_classes()`` (called by ``import pathfm``) makes ``AutoConfig`` / ``AutoModel`` /
+``AutoModelForImageClassification`` / ``AutoImageProcessor`` know ``model_type = "pathfm_vit"`` and marks the
+classes with ``register_for_auto_class`` so that ``save_pretrained`` writes the modeling code and ``auto_map``
+next to the weights (loadable elsewhere with ``trust_remote_code=True``).
+"""
+
+from __future__ import annotations
+
+from .configuration_pathfm_vit import PRESETS, TIMM_ARCHITECTURES, PathFMViTConfig
+from .image_processing_pathfm_vit import KAIKO_MEAN, KAIKO_STD, PathFMViTImageProcessor
+from .modeling_pathfm_vit import PathFMViTForImageClassification, PathFMViTModel, PathFMViTPreTrainedModel
+
+_REGISTERED = False
+
+
+def register_auto_classes() -> None:
+    """Register the pathfm ViT with the transformers Auto classes (idempotent; safe to call many times).
+
+    After this, ``AutoConfig.for_model("pathfm_vit")``, ``AutoModel.from_pretrained(dir)``,
+    ``AutoModelForImageClassification.from_pretrained(dir)`` and ``AutoImageProcessor.from_pretrained(dir)``
+    resolve to the pathfm classes without ``trust_remote_code``.
+    """
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoModel,
+        AutoModelForImageClassification,
+    )
+
+    AutoConfig.register(PathFMViTConfig.model_type, PathFMViTConfig, exist_ok=True)
+    AutoModel.register(PathFMViTConfig, PathFMViTModel, exist_ok=True)
+    AutoModelForImageClassification.register(PathFMViTConfig, PathFMViTForImageClassification, exist_ok=True)
+    AutoImageProcessor.register(
+        PathFMViTConfig, image_processor_classes={"torchvision": PathFMViTImageProcessor}, exist_ok=True
+    )
+    # save_pretrained copies the class's source file (+ its relative imports) and writes auto_map
+    PathFMViTConfig.register_for_auto_class("AutoConfig")
+    PathFMViTModel.register_for_auto_class("AutoModel")
+    PathFMViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+    PathFMViTImageProcessor.register_for_auto_class("AutoImageProcessor")
+    _REGISTERED = True
+
+
+__all__ = [
+    "KAIKO_MEAN",
+    "KAIKO_STD",
+    "PRESETS",
+    "TIMM_ARCHITECTURES",
+    "PathFMViTConfig",
+    "PathFMViTForImageClassification",
+    "PathFMViTImageProcessor",
+    "PathFMViTModel",
+    "PathFMViTPreTrainedModel",
+    "register_auto_classes",
+]
