@@ -1,0 +1,224 @@
+"""Frozen-backbone probing under a named, versioned protocol (``pathfm-linear-v1``).
+
+    python evaluation/linear_probe.py --model DIR_OR_HUB_ID --task NAME [--data_dir DIR] --output_dir DIR
+        [--n_runs 5] [--pooling pooler_output|cls_mean] [--save_head [DIR]] [--random_init]
+        [--compare_random_init] ...
+
+``--task all`` runs every task whose data is found (the embedded tasks always; BACH, CRC, MHIST and PCam when
+their official layout is under ``--data_dir`` or ``--data_dir/<task>``). One folder per task under
+``--output_dir``: ``results.json``, ``report.md``, ``runs.png``, ``confusion_<split>.png``. Embeddings are
+cached under ``--embeddings_dir`` (default ``<output_dir>/embeddings``) and reused. For a local model folder
+the results are also added to its model card (``README.md`` model-index), unless ``--no_model_card``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this folder is sys.path[0]; drop it so our module names never shadow a library's.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import argparse
+import dataclasses
+import json
+import time
+
+from pathfm.evaluation.backbone import Backbone, load_backbone
+from pathfm.evaluation.card_results import update_model_card
+from pathfm.evaluation.embed import POOLINGS
+from pathfm.evaluation.head_export import save_probe_head
+from pathfm.evaluation.probe_runner import RunOptions, run_task
+from pathfm.evaluation.protocol import PROTOCOL_NAME, KnnConfig, LinearProbeConfig
+from pathfm.evaluation.report import write_task_outputs
+from pathfm.evaluation.tasks import TASKS, build_task, present_tasks
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments (see module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model folder (save_pretrained output) or Hub id")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag, commit)")
+    p.add_argument(
+        "--image_processor",
+        default=None,
+        help="processor folder/Hub id when the model has no preprocessor_config.json (never implied)",
+    )
+    p.add_argument("--task", required=True, help=f"one of {sorted(TASKS)}, a comma-separated list, or 'all'")
+    p.add_argument("--data_dir", default=None, help="folder holding the benchmarks' official layouts")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--n_runs", type=int, default=LinearProbeConfig.n_runs, help="runs with seeds 0..N-1")
+    p.add_argument("--pooling", choices=POOLINGS, default="pooler_output")
+    p.add_argument("--embeddings_dir", default=None, help="embedding cache (default <output_dir>/embeddings)")
+    p.add_argument(
+        "--overwrite_embeddings", action="store_true", help="recompute embeddings and replace cached ones"
+    )
+    p.add_argument("--batch_size", type=int, default=64, help="images per forward pass when embedding")
+    p.add_argument(
+        "--num_workers", type=int, default=None, help="image-loading workers (default min(4, CPUs))"
+    )
+    p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
+    p.add_argument(
+        "--max_steps",
+        type=int,
+        default=LinearProbeConfig.max_steps,
+        help="protocol deviation if changed: results are then marked '+custom'",
+    )
+    p.add_argument(
+        "--no_check_counts",
+        action="store_true",
+        help="do not enforce the official sample counts (miniature layouts); class names still checked",
+    )
+    p.add_argument(
+        "--save_head",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="write probe_head.safetensors/.json (best run) into DIR, default the model folder "
+        "(or <output_dir>/<task> for Hub models); needs a single task",
+    )
+    p.add_argument(
+        "--no_model_card", action="store_true", help="do not add EvalResult entries to the model card"
+    )
+    p.add_argument(
+        "--random_init", action="store_true", help="evaluate the same architecture, randomly initialised"
+    )
+    p.add_argument(
+        "--compare_random_init",
+        action="store_true",
+        help="also evaluate the randomly initialised architecture and write comparison.md",
+    )
+    return p.parse_args(argv)
+
+
+def resolve_tasks(spec: str, data_dir: str | None) -> list[str]:
+    """Task names from ``--task`` (``all`` = every task whose data is present)."""
+    if spec == "all":
+        return present_tasks(data_dir)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise SystemExit(f"error: unknown task(s) {unknown}; available: {sorted(TASKS)} or 'all'")
+    return names
+
+
+def _probe_config(args: argparse.Namespace) -> LinearProbeConfig:
+    return LinearProbeConfig(n_runs=args.n_runs, max_steps=args.max_steps)
+
+
+def _evaluate(
+    backbone: Backbone, names: list[str], args: argparse.Namespace, out_root: Path
+) -> dict[str, dict]:
+    options = RunOptions(
+        embeddings_dir=Path(args.embeddings_dir or Path(args.output_dir) / "embeddings"),
+        pooling=args.pooling,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        overwrite_embeddings=args.overwrite_embeddings,
+        probe=_probe_config(args),
+        knn=KnnConfig(),
+        progress=True,
+    )
+    deviations = {
+        f.name: getattr(options.probe, f.name)
+        for f in dataclasses.fields(LinearProbeConfig)
+        if f.name != "n_runs" and getattr(options.probe, f.name) != f.default
+    }
+    all_results = {}
+    for name in names:
+        task = build_task(name, args.data_dir, check_counts=not args.no_check_counts)
+        tag = " (random init)" if backbone.random_init else ""
+        print(f"[{name}]{tag} splits {task.split_sizes()}", flush=True)
+        outcome = run_task(backbone, task, options)
+        results = outcome.results
+        if deviations:
+            results["protocol"]["name"] = f"{PROTOCOL_NAME}+custom"
+            results["protocol"]["deviations"] = deviations
+        folder = out_root / name
+        paths = write_task_outputs(results, folder)
+        lp = results["linear_probe"]
+        for split, metrics in lp.items():
+            m = metrics["balanced_accuracy"]
+            std = f" ± {m['std']:.3f}" if m["std"] is not None else ""
+            print(
+                f"  linear {split}: balanced accuracy {m['mean']:.3f}{std} "
+                f"(k-NN {results['knn_probe'][split]['balanced_accuracy']:.3f})",
+                flush=True,
+            )
+        print(f"  wrote {paths['results']} and {paths['report']}", flush=True)
+        if not backbone.random_init:
+            if backbone.local_dir is not None and not args.no_model_card:
+                print(f"  model card: {update_model_card(backbone.local_dir, results)}", flush=True)
+            if args.save_head is not None:
+                target = Path(args.save_head) if args.save_head else (backbone.local_dir or folder)
+                head_paths = save_probe_head(target, outcome.best_fit.head, results)
+                print(f"  probe head: {head_paths[0]} + {head_paths[1].name}", flush=True)
+        all_results[name] = results
+    return all_results
+
+
+def comparison_markdown(trained: dict[str, dict], random: dict[str, dict]) -> str:
+    """Trained vs randomly initialised backbone, balanced accuracy (mean ± sd over seeds), per task/split."""
+    lines = [
+        f"# Trained vs random initialisation ({PROTOCOL_NAME}, linear probe balanced accuracy)",
+        "",
+        "| task | split | trained | random init | k-NN trained | k-NN random |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, res in trained.items():
+        for split, metrics in res["linear_probe"].items():
+            a, b = metrics["balanced_accuracy"], random[name]["linear_probe"][split]["balanced_accuracy"]
+            sa = f" ± {a['std']:.3f}" if a["std"] is not None else ""
+            sb = f" ± {b['std']:.3f}" if b["std"] is not None else ""
+            proxy = " (proxy labels)" if res["task"]["proxy_labels"] else ""
+            lines.append(
+                f"| {name}{proxy} | {split} | {a['mean']:.3f}{sa} | {b['mean']:.3f}{sb} | "
+                f"{res['knn_probe'][split]['balanced_accuracy']:.3f} | "
+                f"{random[name]['knn_probe'][split]['balanced_accuracy']:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = parse_args(argv)
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    names = resolve_tasks(args.task, args.data_dir)
+    if not names:
+        raise SystemExit(f"error: no task data found under {args.data_dir}")
+    if args.save_head is not None and len(names) != 1:
+        raise SystemExit("error: --save_head needs a single --task (one head per folder)")
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    backbone = load_backbone(
+        args.model, args.revision, args.image_processor, random_init=args.random_init, device=device
+    )
+    print(f"{PROTOCOL_NAME}: model {backbone.model_id} @ {backbone.revision}, tasks {names}", flush=True)
+    trained = _evaluate(backbone, names, args, out)
+    protocols = sorted({r["protocol"]["name"] for r in trained.values()})
+    summary = {
+        "protocol": protocols[0] if len(protocols) == 1 else protocols,
+        "model": backbone.model_id,
+        "revision": backbone.revision,
+        "tasks": {n: str(out / n / "results.json") for n in names},
+    }
+    if args.compare_random_init and not args.random_init:
+        random_backbone = load_backbone(
+            args.model, args.revision, args.image_processor, random_init=True, device=device
+        )
+        random = _evaluate(random_backbone, names, args, out / "random_init")
+        (out / "comparison.md").write_text(comparison_markdown(trained, random))
+        summary["random_init_tasks"] = {n: str(out / "random_init" / n / "results.json") for n in names}
+        print((out / "comparison.md").read_text(), flush=True)
+    summary["wall_time_s"] = time.perf_counter() - start
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
