@@ -1,0 +1,213 @@
+"""Fixed tile datasets: grid tiles written to parquet with ``download_and_prepare`` and pushed to the Hub.
+
+``build_tile_dataset`` runs :class:`~pathfm.datasets_scripts.builder.SlideTiles` (usually the grid sampler with
+``image_encoding="png"``, so the Hub viewer shows the tiles) into ``<folder>/data/*.parquet`` and writes a
+dataset card (``README.md``: YAML front matter with the parquet config, features, licence and the slides'
+provenance). ``push_tile_dataset`` uploads the folder with ``HfApi.upload_folder``.
+
+CLI::
+
+    python -m pathfm.datasets_scripts.publish --slides data/slides --grid_mpp 1.0 --output_dir outputs/tiles
+    python -m pathfm.datasets_scripts.publish --embedded --grid_mpp 1.0 --output_dir outputs/tiles \
+        --push_to_hub user/pathfm-tiles
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from pathfm.datasets_scripts.builder import SlideTiles, SlideTilesConfig, _config_fields, resolve_slides
+
+CARD_TEMPLATE = """---
+{yaml}---
+
+# {title}
+
+Tiles read from whole-slide images with pathfm's online-patching builder
+(`pathfm.datasets_scripts.builder.SlideTiles`), {sampler_text}.
+
+| field | meaning |
+|---|---|
+| `image` | {tile_size} x {tile_size} RGB tile |
+| `slide_id` | source slide |
+| `x`, `y` | level-0 pixel of the tile's top-left corner in the source slide |
+| `mpp` | tile resolution, µm/px |
+| `level` | pyramid level the tile was read from |
+| `tissue_fraction` | fraction of the tile on the tissue mask (HSV saturation, Otsu with floor {floor}) |
+
+## Slides
+
+| slide | tiles | mpp source | licence / source |
+|---|---|---|---|
+{slide_rows}
+
+## How it was made
+
+```python
+{config_repr}
+```
+
+Tissue threshold: a tile is kept when at least {min_tissue:.0%} of it is tissue. Tiles crossing a slide edge are
+filled with the slide's background colour. Level-0 resolutions given as overrides are estimates, not
+scanner metadata.
+"""
+
+
+def build_tile_dataset(
+    config: SlideTilesConfig, output_dir: str | Path, title: str = "pathfm tiles", license_id: str = "other"
+) -> Path:
+    """Write the builder's tiles to parquet plus a dataset card.
+
+    Args:
+        config: builder config (grid sampler recommended; ``image_encoding="png"`` for the Hub viewer).
+        output_dir: folder to create; gets ``data/train-*.parquet``, ``README.md``, ``tiles_summary.json``.
+        title: card title.
+        license_id: Hub licence id for the card (the slides' licences are listed per slide).
+
+    Returns:
+        the folder.
+    """
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    out = Path(output_dir)
+    data_dir = out / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = {f.name: getattr(config, f.name) for f in _config_fields(config)}
+    builder = SlideTiles(cache_dir=str(out / ".cache"), **kwargs)
+    builder.download_and_prepare(output_dir=str(data_dir), file_format="parquet")
+    files = sorted(data_dir.glob("*.parquet"))
+    if not files:
+        raise RuntimeError(f"{data_dir}: download_and_prepare wrote no parquet file")
+    counts: Counter[str] = Counter()
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(columns=["slide_id"]):
+            counts.update(batch.column(0).to_pylist())
+    # Leave only parquet under data/ and no builder lock files / cache next to it.
+    for leftover in [data_dir / "dataset_info.json", *out.glob("*.lock"), *data_dir.glob("*.lock")]:
+        leftover.unlink(missing_ok=True)
+    shutil.rmtree(out / ".cache", ignore_errors=True)
+    records = resolve_slides(config.slides)
+    rows = []
+    for r in records:
+        source = r.extra.get("source", r.path) if r.extra else Path(r.path).name
+        licence = r.extra.get("licence", "") if r.extra else ""
+        mpp_text = f"override {r.mpp} µm/px" if r.mpp is not None else "slide metadata"
+        rows.append(f"| {r.slide_id} | {counts.get(r.slide_id, 0)} | {mpp_text} | {licence} {source} |")
+    features = builder.info.features
+    card_data = DatasetCardData(
+        license=license_id,
+        tags=["pathology", "histology", "whole-slide-images", "pathfm"],
+        task_categories=["image-feature-extraction"],
+        pretty_name=title,
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
+        dataset_info={
+            "features": features._to_yaml_list(),
+            "splits": [{"name": "train", "num_examples": int(sum(counts.values()))}],
+        },
+    )
+    yaml_text = card_data.to_yaml() + "\n"
+    if config.sampler == "grid":
+        sampler_text = (
+            f"grid sampler at {config.grid_mpp} µm/px, stride {config.grid_stride or config.tile_size} px, "
+            f"{sum(counts.values())} tiles"
+        )
+    else:
+        sampler_text = (
+            f"random sampler over {config.mpps} µm/px, seed {config.seed}, epoch {config.epoch}, "
+            f"{sum(counts.values())} tiles"
+        )
+    shown = {
+        k: v
+        for k, v in dataclasses.asdict(config).items()
+        if k not in ("slides", "data_files", "description")
+    }
+    text = CARD_TEMPLATE.format(
+        yaml=yaml_text,
+        title=title,
+        sampler_text=sampler_text,
+        tile_size=config.tile_size,
+        floor=config.saturation_floor,
+        slide_rows="\n".join(rows),
+        min_tissue=config.min_tissue,
+        config_repr="SlideTilesConfig(\n" + "".join(f"    {k}={v!r},\n" for k, v in shown.items()) + ")",
+    )
+    DatasetCard(text).save(out / "README.md")
+    (out / "tiles_summary.json").write_text(
+        json.dumps({"tiles": dict(counts), "total": sum(counts.values())}, indent=2)
+    )
+    return out
+
+
+def push_tile_dataset(
+    folder: str | Path, repo_id: str, token: str | None = None, private: bool = False
+) -> str:
+    """Upload a folder made by :func:`build_tile_dataset` to a Hub dataset repo.
+
+    Args:
+        folder: the dataset folder.
+        repo_id: ``user/name``.
+        token: Hub token (default: the logged-in one).
+        private: create the repo private.
+
+    Returns:
+        the commit URL.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    info = api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="dataset",
+        ignore_patterns=[".cache/*", ".cache/**"],
+        commit_message="pathfm tile dataset",
+    )
+    return str(info)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    ap = argparse.ArgumentParser(
+        description="Build a fixed grid-tile dataset (parquet + card), optionally push it."
+    )
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--slides", help="folder of slides or CSV/TSV manifest")
+    src.add_argument("--embedded", action="store_true", help="use the three embedded real slides")
+    ap.add_argument("--output_dir", required=True)
+    ap.add_argument("--grid_mpp", type=float, default=1.0)
+    ap.add_argument("--tile_size", type=int, default=256)
+    ap.add_argument("--min_tissue", type=float, default=0.4)
+    ap.add_argument("--push_to_hub", default=None, metavar="REPO_ID")
+    ap.add_argument("--private", action="store_true")
+    args = ap.parse_args(argv)
+    if args.embedded:
+        from pathfm.datasets_scripts.embedded import embedded_slides
+
+        slides = embedded_slides()
+    else:
+        slides = args.slides
+    cfg = SlideTilesConfig(
+        slides=slides,
+        sampler="grid",
+        grid_mpp=args.grid_mpp,
+        tile_size=args.tile_size,
+        min_tissue=args.min_tissue,
+        image_encoding="png",
+    )
+    out = build_tile_dataset(cfg, args.output_dir)
+    print(f"wrote {out}")
+    if args.push_to_hub:
+        print(push_tile_dataset(out, args.push_to_hub, private=args.private))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
