@@ -1,0 +1,311 @@
+"""Configuration of DINO pretraining: three dataclasses parsed by ``HfArgumentParser``.
+
+Defaults reproduce facebookresearch/dino ``main_dino.py`` (ViT-S/16 recipe) unless a field says otherwise.
+A run is configured by an optional preset file (YAML or JSON, flat ``key: value`` over the fields below, or a
+bare preset name from ``training/presets/``) and command-line ``--key value`` overrides, in that order of
+precedence (command line wins). ``parse_config`` returns the three dataclasses; ``save_config`` writes the
+resolved values next to the run's outputs.
+
+Epochs on a streaming set: there is no natural epoch when tiles are read at random positions, so an *epoch*
+is defined as ``steps_per_epoch`` optimizer steps. Every warm-up or freeze given in epochs by DINO (lr
+warm-up, teacher-temperature warm-up, last-layer freeze) is converted to optimizer steps with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+__all__ = [
+    "DINOModelArguments",
+    "DINODataArguments",
+    "DINOTrainingArguments",
+    "PRESETS_DIR",
+    "DEFAULT_PRESET",
+    "parse_config",
+    "load_preset",
+    "save_config",
+    "resolve_preset_path",
+]
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+DEFAULT_PRESET = "cpu_tiny"
+
+
+@dataclass
+class DINOModelArguments:
+    """Backbone and DINO head."""
+
+    backbone_preset: str = field(
+        default="vits16",
+        metadata={"help": "PathFMViTConfig preset: tiny, vits16, vits8, vitb16, vitb8, vitl14_reg4."},
+    )
+    pretrained_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "Local ImageNet (or other) weights for the student and teacher backbones: a timm "
+            ".pth/.bin/.safetensors file or a pathfm model folder (converted by "
+            "pathfm.modeling.convert_timm_to_pathfm). None = random initialisation."
+        },
+    )
+    drop_path_rate: float = field(
+        default=0.1, metadata={"help": "Stochastic depth rate of the student (DINO 0.1)."}
+    )
+    out_dim: int = field(default=65536, metadata={"help": "DINO head output size K (prototypes)."})
+    head_hidden_dim: int = field(default=2048, metadata={"help": "DINO head MLP hidden size."})
+    head_bottleneck_dim: int = field(default=256, metadata={"help": "DINO head bottleneck size."})
+    head_nlayers: int = field(default=3, metadata={"help": "DINO head MLP layers."})
+    norm_last_layer: bool = field(
+        default=True, metadata={"help": "Fix the weight-norm magnitude of the head's last layer (DINO True)."}
+    )
+    use_bn_in_head: bool = field(
+        default=False, metadata={"help": "BatchNorm in the DINO head MLP (DINO False)."}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Activation checkpointing in the student."}
+    )
+
+
+@dataclass
+class DINODataArguments:
+    """Slides, online tile sampling and multi-crop."""
+
+    slides: list[str] = field(
+        default_factory=lambda: ["embedded"],
+        metadata={
+            "help": "Slide sources: slide files, folders (searched for slides), manifest files (.csv/.tsv), "
+            "or the keyword 'embedded' (the three real slides shipped with pathfm)."
+        },
+    )
+    mpps: list[float] = field(
+        default_factory=lambda: [0.25, 0.5, 1.0, 2.0],
+        metadata={"help": "Magnifications (µm/px) sampled at random per tile (kaiko: 0.25, 0.5, 1, 2)."},
+    )
+    tile_size: int = field(default=256, metadata={"help": "Tile side in px read from the slide."})
+    min_tissue: float = field(default=0.4, metadata={"help": "Minimum tissue fraction of a kept tile."})
+    tiles_per_slide: int = field(
+        default=1000,
+        metadata={"help": "Tiles drawn per slide per pass of the stream (a new pass is re-seeded)."},
+    )
+    num_workers: int = field(
+        default=2, metadata={"help": "DataLoader workers per process (read + decode only)."}
+    )
+    global_crop_size: int = field(default=224, metadata={"help": "Global crop side in px (DINO 224)."})
+    local_crop_size: int = field(default=96, metadata={"help": "Local crop side in px (DINO 96)."})
+    local_crops_number: int = field(default=8, metadata={"help": "Local crops per tile (DINO 8)."})
+    global_crops_scale: list[float] = field(
+        default_factory=lambda: [0.4, 1.0],
+        metadata={"help": "Area range of the global crops (DINO 0.4 1.0)."},
+    )
+    local_crops_scale: list[float] = field(
+        default_factory=lambda: [0.05, 0.4],
+        metadata={"help": "Area range of the local crops (DINO 0.05 0.4)."},
+    )
+
+
+@dataclass
+class DINOTrainingArguments:
+    """Optimisation, schedules, checkpoints, logging, export."""
+
+    output_dir: str = field(
+        default="outputs/dino", metadata={"help": "Run folder (checkpoints, logs, model/)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Global seed (also seeds the tile sampler)."})
+    per_device_batch_size: int = field(
+        default=64, metadata={"help": "Tiles per process per micro-batch (DINO 64)."}
+    )
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches per optimizer step."}
+    )
+    epochs: int = field(
+        default=100, metadata={"help": "Epochs of steps_per_epoch optimizer steps (DINO 100)."}
+    )
+    steps_per_epoch: int = field(
+        default=5000,
+        metadata={
+            "help": "Optimizer steps in one 'epoch' of the stream (defines every epoch-based schedule)."
+        },
+    )
+    max_steps: int = field(
+        default=-1, metadata={"help": "Total optimizer steps; > 0 overrides epochs * steps_per_epoch."}
+    )
+    lr: float = field(
+        default=5e-4, metadata={"help": "Base lr at global batch 256 (scaled linearly, DINO 5e-4)."}
+    )
+    min_lr: float = field(default=1e-6, metadata={"help": "Final lr of the cosine decay (DINO 1e-6)."})
+    warmup_epochs: float = field(default=10, metadata={"help": "Linear lr warm-up in epochs (DINO 10)."})
+    weight_decay: float = field(default=0.04, metadata={"help": "Initial weight decay (DINO 0.04)."})
+    weight_decay_end: float = field(default=0.4, metadata={"help": "Final weight decay, cosine (DINO 0.4)."})
+    clip_grad: float = field(default=3.0, metadata={"help": "Max gradient norm; 0 disables (DINO 3.0)."})
+    freeze_last_layer: float = field(
+        default=1, metadata={"help": "Epochs during which the head's last layer is not updated (DINO 1)."}
+    )
+    momentum_teacher: float = field(
+        default=0.996, metadata={"help": "Initial teacher EMA momentum, cosine to 1."}
+    )
+    warmup_teacher_temp: float = field(default=0.04, metadata={"help": "Teacher temperature at step 0."})
+    teacher_temp: float = field(default=0.04, metadata={"help": "Teacher temperature after warm-up."})
+    warmup_teacher_temp_epochs: float = field(
+        default=0, metadata={"help": "Teacher temperature warm-up (epochs)."}
+    )
+    student_temp: float = field(default=0.1, metadata={"help": "Student temperature (DINO 0.1)."})
+    center_momentum: float = field(default=0.9, metadata={"help": "Center EMA momentum (DINO 0.9)."})
+    mixed_precision: str = field(
+        default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), no, bf16 or fp16."}
+    )
+    save_steps: int = field(
+        default=1000,
+        metadata={"help": "Save the full state every N optimizer steps (0: at the end only; -1: never)."},
+    )
+    save_total_limit: int = field(
+        default=2, metadata={"help": "Keep at most this many checkpoints (0: keep all)."}
+    )
+    logging_steps: int = field(default=10, metadata={"help": "Log metrics every N optimizer steps."})
+    probe_size: int = field(
+        default=32, metadata={"help": "Tiles in the fixed probe batch for RankMe (0: off)."}
+    )
+    report_to: str = field(
+        default="tensorboard", metadata={"help": "Accelerate tracker(s), comma-separated, or none."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "'latest' or a checkpoint folder written by this script."}
+    )
+    expected_world_size: int | None = field(
+        default=None,
+        metadata={"help": "Fail unless exactly this many processes run (else compared to WORLD_SIZE)."},
+    )
+    export: bool = field(
+        default=True, metadata={"help": "Export the teacher backbone to <output_dir>/model at the end."}
+    )
+    push_to_hub: bool = field(
+        default=False, metadata={"help": "Upload <output_dir>/model to the Hub at the end."}
+    )
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id for --push_to_hub."})
+    hub_token: str | None = field(
+        default=None, metadata={"help": "Hub token (default: HF_TOKEN / login cache)."}
+    )
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the run: ``max_steps`` if > 0, else ``epochs * steps_per_epoch``."""
+        return self.max_steps if self.max_steps > 0 else self.epochs * self.steps_per_epoch
+
+
+CONFIG_CLASSES = (DINOModelArguments, DINODataArguments, DINOTrainingArguments)
+
+
+def resolve_preset_path(preset: str) -> Path:
+    """Find a preset: an existing file, or a name in ``training/presets`` (``cpu_tiny`` -> cpu_tiny.yaml).
+
+    Raises:
+        FileNotFoundError: Naming the path tried and the available presets.
+    """
+    path = Path(preset)
+    if path.is_file():
+        return path
+    for suffix in (".yaml", ".yml", ".json"):
+        candidate = PRESETS_DIR / f"{preset}{suffix}"
+        if candidate.is_file():
+            return candidate
+    available = sorted(p.stem for p in PRESETS_DIR.glob("*.y*ml")) + sorted(
+        p.stem for p in PRESETS_DIR.glob("*.json")
+    )
+    raise FileNotFoundError(f"preset {preset!r} not found (no such file, not in {PRESETS_DIR}: {available})")
+
+
+def load_preset(path: str | Path) -> dict[str, Any]:
+    """Read a flat YAML/JSON preset and check its keys against the config fields.
+
+    Raises:
+        ValueError: If the file is not a mapping or has keys that are not config fields (named).
+    """
+    path = Path(path)
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"preset {path}: expected a mapping of config keys, got {type(data).__name__}")
+    known = {f.name for cls in CONFIG_CLASSES for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"preset {path}: unknown keys {unknown}; valid keys: {sorted(known)}")
+    return data
+
+
+def parse_config(
+    argv: list[str] | None = None,
+) -> tuple[DINOModelArguments, DINODataArguments, DINOTrainingArguments, Path]:
+    """Parse ``[preset] [--key value ...]``.
+
+    The first argument, if it does not start with ``--``, is a preset file or name; otherwise the default
+    preset ``cpu_tiny`` is used. Preset values become parser defaults, so command-line flags override them.
+
+    Args:
+        argv: Arguments without the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        ``(model_args, data_args, training_args, preset_path)``.
+
+    Raises:
+        FileNotFoundError: Unknown preset. ValueError: bad preset keys or values.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    preset = DEFAULT_PRESET
+    if argv and not argv[0].startswith("-"):
+        preset = argv.pop(0)
+    preset_path = resolve_preset_path(preset)
+    parser = HfArgumentParser(CONFIG_CLASSES)
+    parser.set_defaults(**load_preset(preset_path))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    _validate(model_args, data_args, training_args)
+    return model_args, data_args, training_args, preset_path
+
+
+def _validate(m: DINOModelArguments, d: DINODataArguments, t: DINOTrainingArguments) -> None:
+    problems = []
+    if t.total_steps < 1:
+        problems.append(f"total steps must be >= 1 (max_steps={t.max_steps}, epochs={t.epochs})")
+    if t.steps_per_epoch < 1:
+        problems.append(f"steps_per_epoch must be >= 1, got {t.steps_per_epoch}")
+    if t.per_device_batch_size < 1 or t.gradient_accumulation_steps < 1:
+        problems.append("per_device_batch_size and gradient_accumulation_steps must be >= 1")
+    if t.mixed_precision not in {"auto", "no", "bf16", "fp16"}:
+        problems.append(f"mixed_precision must be auto/no/bf16/fp16, got {t.mixed_precision!r}")
+    if len(d.global_crops_scale) != 2 or len(d.local_crops_scale) != 2:
+        problems.append("global_crops_scale and local_crops_scale take two numbers (min max)")
+    if not d.mpps:
+        problems.append("mpps must list at least one magnification")
+    if t.push_to_hub and not t.hub_model_id:
+        problems.append("--push_to_hub needs --hub_model_id")
+    if problems:
+        raise ValueError("invalid DINO config: " + "; ".join(problems))
+
+
+def config_dict(*args: Any) -> dict[str, dict[str, Any]]:
+    """The resolved config as ``{"model": {...}, "data": {...}, "training": {...}}``."""
+    names = ("model", "data", "training")
+    return {name: dataclasses.asdict(a) for name, a in zip(names, args, strict=True)}
+
+
+def save_config(output_dir: str | Path, *args: Any, extra: dict[str, Any] | None = None) -> Path:
+    """Write the resolved config (and ``extra`` run facts) to ``<output_dir>/config.yaml``.
+
+    Returns:
+        The written path.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = config_dict(*args)
+    if extra:
+        data["run"] = extra
+    path = out / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -1,0 +1,100 @@
+"""Per-step schedules of DINO: learning rate, weight decay, teacher momentum and teacher temperature.
+
+Ports of ``cosine_scheduler`` (facebookresearch/dino ``utils.py``) and of the teacher-temperature warm-up in
+``DINOLoss.__init__`` (``main_dino.py``). Upstream builds arrays of length ``epochs * niter_per_ep``;
+streaming sets have no natural epoch, so pathfm defines an *epoch* as ``steps_per_epoch`` optimizer steps
+(a config field) and every schedule here is a per-optimizer-step array indexed by the global step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["cosine_scheduler", "teacher_temp_schedule", "epoch_of_step"]
+
+
+def cosine_scheduler(
+    base_value: float,
+    final_value: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    start_warmup_value: float = 0.0,
+) -> np.ndarray:
+    """Linear warm-up then half-cosine decay, one value per optimizer step.
+
+    Same values as upstream ``cosine_scheduler(base, final, epochs, niter_per_ep, warmup_epochs,
+    start_warmup_value)`` with ``total_steps = epochs * niter_per_ep`` and ``warmup_steps = warmup_epochs *
+    niter_per_ep``: ``linspace(start, base, warmup_steps)`` then
+    ``final + 0.5 * (base - final) * (1 + cos(pi * i / n))`` for ``i = 0 .. n - 1``, ``n = total - warmup``.
+
+    Args:
+        base_value: Value at the end of warm-up (peak).
+        final_value: Value reached (asymptotically) at the last step.
+        total_steps: Length of the schedule (optimizer steps).
+        warmup_steps: Linear warm-up steps (clipped to ``total_steps``).
+        start_warmup_value: Value at step 0 of the warm-up.
+
+    Returns:
+        Float64 array of shape (total_steps,).
+
+    Raises:
+        ValueError: If ``total_steps < 1`` or ``warmup_steps < 0``.
+    """
+    if total_steps < 1:
+        raise ValueError(f"cosine_scheduler needs total_steps >= 1, got {total_steps}")
+    if warmup_steps < 0:
+        raise ValueError(f"cosine_scheduler needs warmup_steps >= 0, got {warmup_steps}")
+    warmup_steps = min(warmup_steps, total_steps)
+    warmup = np.linspace(start_warmup_value, base_value, warmup_steps) if warmup_steps > 0 else np.array([])
+    iters = np.arange(total_steps - warmup_steps)
+    n = max(len(iters), 1)
+    schedule = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / n))
+    out = np.concatenate((warmup, schedule))
+    assert len(out) == total_steps
+    return out
+
+
+def teacher_temp_schedule(
+    warmup_teacher_temp: float,
+    teacher_temp: float,
+    warmup_teacher_temp_steps: int,
+    total_steps: int,
+) -> np.ndarray:
+    """Teacher temperature: linear warm-up then constant.
+
+    Upstream (``DINOLoss``) is per epoch: ``concatenate(linspace(warmup_teacher_temp, teacher_temp,
+    warmup_teacher_temp_epochs), ones(nepochs - warmup_teacher_temp_epochs) * teacher_temp)``; here the same
+    shape per optimizer step.
+
+    Args:
+        warmup_teacher_temp: Temperature at step 0 (0.04 in DINO).
+        teacher_temp: Temperature after warm-up (0.04-0.07 in DINO).
+        warmup_teacher_temp_steps: Warm-up length in optimizer steps (clipped to ``total_steps``).
+        total_steps: Length of the schedule.
+
+    Returns:
+        Float64 array of shape (total_steps,).
+    """
+    if total_steps < 1:
+        raise ValueError(f"teacher_temp_schedule needs total_steps >= 1, got {total_steps}")
+    w = min(max(warmup_teacher_temp_steps, 0), total_steps)
+    return np.concatenate(
+        (np.linspace(warmup_teacher_temp, teacher_temp, w), np.ones(total_steps - w) * teacher_temp)
+    )
+
+
+def epoch_of_step(step: int, steps_per_epoch: int) -> int:
+    """The (0-based) epoch an optimizer step belongs to, with an epoch = ``steps_per_epoch`` optimizer steps.
+
+    Args:
+        step: 0-based global optimizer step.
+        steps_per_epoch: Optimizer steps per epoch (>= 1).
+
+    Returns:
+        ``step // steps_per_epoch``.
+    """
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    return int(math.floor(step / steps_per_epoch))

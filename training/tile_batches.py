@@ -1,0 +1,291 @@
+"""Per-rank, endless, resumable stream of uint8 tile batches for DINO.
+
+One job: turn the configured slide sources into batches of ``pixel_values`` uint8 (B, 3, H, W) for *this*
+process, with a state that a checkpoint can hold.
+
+- Sources are resolved to ``SlideRecord``s (files, folders, manifests, or ``embedded``) and every slide is
+  opened once before training (``preflight_slides``): unreadable slides are skipped and counted; none readable
+  -> ``ValueError`` before any training step.
+- Each rank gets its own slides, ``records[rank::world_size]`` (round robin over the sorted list), and reads
+  only those: ``tile_stream`` is then called with ``rank=0, world_size=1`` so no second sharding happens and
+  no rank reads tiles that another rank keeps.
+- The stream runs in *passes*: pass ``p`` is ``tile_stream(SlideTilesConfig(..., seed=seed_rank, epoch=p))``
+  (``tiles_per_slide`` random tiles per slide, re-seeded each pass); when a pass ends the next one starts.
+- State = (pass, batches consumed in the pass, counters). Resuming rebuilds the pass and skips the consumed
+  batches, which re-reads those tiles (cost: at most one pass of this rank's tiles). The DataLoader gets its
+  own ``torch.Generator`` so building an iterator never consumes the global RNG (which drives augmentation and
+  drop path, and is restored by ``Accelerator.load_state``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from pathfm.datasets_scripts.sources import SlideRecord, find_slides, read_manifest
+
+__all__ = ["resolve_slides", "preflight_slides", "partition_slides", "TileBatchStream"]
+
+logger = logging.getLogger(__name__)
+
+_MANIFEST_SUFFIXES = {".csv", ".tsv", ".txt"}
+
+
+def resolve_slides(sources: Sequence[str]) -> list[SlideRecord]:
+    """Turn slide sources into records.
+
+    Args:
+        sources: Entries that are the keyword ``embedded``, a slide file, a folder (searched with
+            ``find_slides``) or a manifest (.csv/.tsv/.txt, ``read_manifest``).
+
+    Returns:
+        Records sorted by path, duplicates (same path) removed.
+
+    Raises:
+        FileNotFoundError: A source that does not exist (named).
+        ValueError: No slides found at all (the sources are listed).
+    """
+    records: list[SlideRecord] = []
+    for source in sources:
+        if source == "embedded":
+            from pathfm.datasets_scripts.embedded import embedded_slides
+
+            records.extend(embedded_slides())
+            continue
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"slide source {source!r} does not exist (expected a slide file, a folder, "
+                f"a manifest .csv/.tsv, or 'embedded')"
+            )
+        if path.is_dir():
+            records.extend(find_slides(path))
+        elif path.suffix.lower() in _MANIFEST_SUFFIXES:
+            records.extend(read_manifest(path))
+        else:
+            records.append(SlideRecord(path=str(path), slide_id=path.stem))
+    unique = {str(Path(r.path).resolve()): r for r in records}
+    if not unique:
+        raise ValueError(
+            f"no slides found in {list(sources)}: give slide files, folders that contain slides, "
+            f"a manifest, or 'embedded'"
+        )
+    return [unique[k] for k in sorted(unique)]
+
+
+def preflight_slides(records: Sequence[SlideRecord]) -> tuple[list[SlideRecord], dict[str, str]]:
+    """Open every slide once; keep the readable ones.
+
+    Args:
+        records: Candidate slides.
+
+    Returns:
+        ``(readable_records, failures)`` where ``failures`` maps a slide path to the error message.
+
+    Raises:
+        ValueError: If no slide is readable (every path and its error are listed).
+    """
+    from pathfm.datasets_scripts.slide import open_slide
+
+    ok: list[SlideRecord] = []
+    failures: dict[str, str] = {}
+    for rec in records:
+        try:
+            with open_slide(rec.path, mpp=rec.mpp) as reader:
+                _ = reader.dimensions
+            ok.append(rec)
+        except Exception as err:  # noqa: BLE001 - any failure means "skip this slide", reported below
+            failures[rec.path] = f"{type(err).__name__}: {err}"
+            logger.warning("skipping unreadable slide %s: %s", rec.path, err)
+    if not ok:
+        listing = "; ".join(f"{p}: {m}" for p, m in failures.items())
+        raise ValueError(f"none of the {len(records)} slides is readable, nothing to train on: {listing}")
+    return ok, failures
+
+
+def partition_slides(records: Sequence[SlideRecord], rank: int, world_size: int) -> list[SlideRecord]:
+    """This rank's slides: ``records[rank::world_size]``.
+
+    Raises:
+        ValueError: If there are fewer slides than processes (a rank would have nothing to read).
+    """
+    if len(records) < world_size:
+        raise ValueError(
+            f"{len(records)} readable slides for {world_size} processes: every process needs at "
+            f"least one slide of its own"
+        )
+    return list(records[rank::world_size])
+
+
+class TileBatchStream:
+    """Endless iterator of tile batches for one rank, with ``state_dict``/``load_state_dict``.
+
+    Args:
+        records: This rank's slides (see ``partition_slides``).
+        batch_size: Tiles per batch.
+        seed: Seed of this rank's tile sampler (pass ``p`` uses ``SlideTilesConfig(seed=seed, epoch=p)``).
+        mpps: Magnifications (µm/px).
+        tile_size: Tile side (px).
+        min_tissue: Minimum tissue fraction.
+        tiles_per_slide: Tiles per slide per pass.
+        num_workers: DataLoader workers (read + decode only).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[SlideRecord],
+        batch_size: int,
+        seed: int,
+        mpps: Sequence[float],
+        tile_size: int,
+        min_tissue: float,
+        tiles_per_slide: int,
+        num_workers: int = 0,
+    ) -> None:
+        self.records = list(records)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mpps = [float(m) for m in mpps]
+        self.tile_size = tile_size
+        self.min_tissue = min_tissue
+        self.tiles_per_slide = tiles_per_slide
+        self.num_workers = num_workers
+        self.pass_index = 0
+        self.batches_in_pass = 0
+        self.tiles_seen = 0
+        self.slide_counts: Counter[str] = Counter()
+        self.mpp_counts: Counter[str] = Counter()
+        self._iterator: Iterator[dict[str, Any]] | None = None
+        self._empty_passes = 0
+        self._ds = None  # the current pass's datasets.IterableDataset (for its skip counters)
+        self._stats_done: Counter[str] = Counter()  # skip counters of finished passes
+
+    # ----------------------------------------------------------------------------------------- building
+    def _dataset(self, pass_index: int):
+        from pathfm.datasets_scripts.builder import SlideTilesConfig, tile_stream
+
+        config = SlideTilesConfig(
+            slides=self.records,
+            mpps=tuple(self.mpps),
+            tile_size=self.tile_size,
+            min_tissue=self.min_tissue,
+            sampler="random",
+            tiles_per_slide=self.tiles_per_slide,
+            seed=self.seed,
+            epoch=pass_index,
+        )
+        # This rank's slides are already partitioned: no second split by node.
+        self._ds = tile_stream(config, rank=0, world_size=1)
+        return self._ds
+
+    def _make_iterator(self, pass_index: int, skip_batches: int) -> Iterator[dict[str, Any]]:
+        from pathfm.datasets_scripts.builder import collate_tiles
+
+        loader = DataLoader(
+            self._dataset(pass_index),
+            batch_size=self.batch_size,
+            collate_fn=collate_tiles,
+            num_workers=self.num_workers,
+            drop_last=True,
+            # own generator: creating an iterator must not advance the global (augmentation) RNG
+            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + pass_index),
+            persistent_workers=False,
+        )
+        iterator = iter(loader)
+        for _ in range(skip_batches):
+            next(iterator)
+        return iterator
+
+    # ----------------------------------------------------------------------------------------- iteration
+    def __iter__(self) -> TileBatchStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        """Next batch: ``pixel_values`` uint8 (B, 3, H, W) plus metadata lists (``slide_id``, ``mpp``...)."""
+        while True:
+            if self._iterator is None:
+                self._iterator = self._make_iterator(self.pass_index, self.batches_in_pass)
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                if self.batches_in_pass == 0:
+                    self._empty_passes += 1
+                    if self._empty_passes >= 3:
+                        raise RuntimeError(
+                            f"the tile stream of slides {[r.slide_id for r in self.records]} produced no "
+                            f"full "
+                            f"batch of {self.batch_size} in 3 passes (no tissue, or every slide failed)"
+                        ) from None
+                self._stats_done.update(self._current_stats())
+                self._ds = None
+                self.pass_index += 1
+                self.batches_in_pass = 0
+                self._iterator = None
+                continue
+            self._empty_passes = 0
+            self.batches_in_pass += 1
+            self.tiles_seen += len(batch["slide_id"])
+            self.slide_counts.update(str(s) for s in batch["slide_id"])
+            if "mpp" in batch:
+                self.mpp_counts.update(f"{float(m):g}" for m in batch["mpp"])
+            return batch
+
+    def _current_stats(self) -> dict[str, int]:
+        if self._ds is None:
+            return {}
+        from pathfm.datasets_scripts.builder import stream_stats
+
+        return stream_stats(self._ds)
+
+    def stats(self) -> dict[str, int]:
+        """Slide counters of the builder summed over passes (``corrupt_slides``, ``no_tissue_slides``, ...).
+
+        Slides that fail mid-run are skipped by the builder and counted here (per rank).
+        """
+        total = Counter(self._stats_done)
+        total.update(self._current_stats())
+        return dict(total)
+
+    def close(self) -> None:
+        """Drop the current DataLoader iterator (stops its workers)."""
+        self._iterator = None
+
+    # ----------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable position of the stream and its counters."""
+        return {
+            "pass_index": self.pass_index,
+            "batches_in_pass": self.batches_in_pass,
+            "tiles_seen": self.tiles_seen,
+            "slide_counts": dict(self.slide_counts),
+            "mpp_counts": dict(self.mpp_counts),
+            "seed": self.seed,
+            "slides": [r.slide_id for r in self.records],
+            "skip_stats": self.stats(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a position saved by ``state_dict``; the next batch is the one after it.
+
+        Raises:
+            ValueError: If the saved stream belongs to other slides or another seed.
+        """
+        if state.get("slides") != [r.slide_id for r in self.records] or state.get("seed") != self.seed:
+            raise ValueError(
+                f"data-stream state is for slides {state.get('slides')} / seed {state.get('seed')}, "
+                f"this run has "
+                f"{[r.slide_id for r in self.records]} / {self.seed}: resume with the same slides, seed and "
+                f"number of processes"
+            )
+        self.pass_index = int(state["pass_index"])
+        self.batches_in_pass = int(state["batches_in_pass"])
+        self.tiles_seen = int(state["tiles_seen"])
+        self.slide_counts = Counter(state.get("slide_counts", {}))
+        self.mpp_counts = Counter(state.get("mpp_counts", {}))
+        self._iterator = None
