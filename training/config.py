@@ -37,6 +37,8 @@ __all__ = [
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 DEFAULT_PRESET = "cpu_tiny"
+# Fields written out as "<redacted>" by config_dict (config.yaml, tracker hyperparameters, model card).
+SECRET_FIELDS = frozenset({"hub_token"})
 
 
 @dataclass
@@ -189,7 +191,8 @@ class DINOTrainingArguments:
     )
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id for --push_to_hub."})
     hub_token: str | None = field(
-        default=None, metadata={"help": "Hub token (default: HF_TOKEN / login cache)."}
+        default=None,
+        metadata={"help": "Hub token (default: HF_TOKEN / login cache). Never written out (SECRET_FIELDS)."},
     )
 
     @property
@@ -290,9 +293,20 @@ def _validate(m: DINOModelArguments, d: DINODataArguments, t: DINOTrainingArgume
 
 
 def config_dict(*args: Any) -> dict[str, dict[str, Any]]:
-    """The resolved config as ``{"model": {...}, "data": {...}, "training": {...}}``."""
+    """The resolved config as ``{"model": {...}, "data": {...}, "training": {...}}``.
+
+    Fields named in ``SECRET_FIELDS`` (the Hub token) are replaced by ``"<redacted>"`` when set, so
+    the config file, the tracker's hyperparameters and the model card never hold them.
+    """
     names = ("model", "data", "training")
-    return {name: dataclasses.asdict(a) for name, a in zip(names, args, strict=True)}
+    out: dict[str, dict[str, Any]] = {}
+    for name, args_obj in zip(names, args, strict=True):
+        values = dataclasses.asdict(args_obj)
+        for key in SECRET_FIELDS & values.keys():
+            if values[key] is not None:
+                values[key] = "<redacted>"
+        out[name] = values
+    return out
 
 
 def save_config(output_dir: str | Path, *args: Any, extra: dict[str, Any] | None = None) -> Path:

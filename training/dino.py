@@ -48,6 +48,7 @@ from pathfm.training.config import (
     save_config,
 )
 from pathfm.training.heads import DINOHead, MultiCropWrapper
+from pathfm.training.launch_check import expected_world_size
 from pathfm.training.loss import DINOLoss
 from pathfm.training.monitoring import check_collapse, rankme, teacher_entropy
 from pathfm.training.optim import cancel_gradients_last_layer, clip_gradients, get_params_groups
@@ -256,12 +257,14 @@ def train(
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rank, world_size = accelerator.process_index, accelerator.num_processes
-    expected = t_args.expected_world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    expected = expected_world_size(t_args.expected_world_size)
     if world_size != expected:
-        # a wrong launch (e.g. a missing --multi_gpu) silently runs one process: refuse it
+        # a wrong launch (e.g. --cpu --num_processes 2 without --multi_gpu) silently runs one process: refuse it
         raise RuntimeError(
             f"world size mismatch: accelerate runs {world_size} process(es) but {expected} were "
-            f"expected (--expected_world_size / WORLD_SIZE); check the accelerate launch flags"
+            f"expected (--expected_world_size, the launch's --num_processes, or WORLD_SIZE); check the "
+            f"accelerate launch flags (on CPU: ACCELERATE_USE_CPU=true accelerate launch --multi_gpu "
+            f"--num_processes N)"
         )
     set_seed(t_args.seed)  # same seed on every rank: identical initial weights (DDP also broadcasts them)
 

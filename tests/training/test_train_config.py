@@ -53,3 +53,12 @@ def test_save_config_round_trip(tmp_path):
     data = yaml.safe_load(path.read_text())
     assert data["training"]["max_steps"] == 3 and data["model"]["backbone_preset"] == "tiny"
     assert data["run"]["world_size"] == 1
+
+
+def test_hub_token_is_never_written(tmp_path):
+    m, d, t, _ = parse_config(["--max_steps", "3", "--hub_token", "hf_SECRETtoken123"])
+    assert t.hub_token == "hf_SECRETtoken123"  # still usable by the run itself
+    path = save_config(tmp_path, m, d, t)
+    text = path.read_text()
+    assert "hf_SECRETtoken123" not in text
+    assert yaml.safe_load(text)["training"]["hub_token"] == "<redacted>"
