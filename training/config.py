@@ -190,6 +190,13 @@ class DINOTrainingArguments:
         default=False, metadata={"help": "Upload <output_dir>/model to the Hub at the end."}
     )
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id for --push_to_hub."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace the run already in output_dir (its checkpoints/ and model/); without it such "
+            "a folder is refused unless --resume_from_checkpoint is given."
+        },
+    )
     hub_token: str | None = field(
         default=None,
         metadata={"help": "Hub token (default: HF_TOKEN / login cache). Never written out (SECRET_FIELDS)."},
@@ -274,7 +281,9 @@ def parse_config(
 
 def _validate(m: DINOModelArguments, d: DINODataArguments, t: DINOTrainingArguments) -> None:
     problems = []
-    if t.total_steps < 1:
+    if t.max_steps == 0 or t.max_steps < -1:
+        problems.append(f"max_steps must be >= 1 (or -1: epochs * steps_per_epoch), got {t.max_steps}")
+    elif t.total_steps < 1:
         problems.append(f"total steps must be >= 1 (max_steps={t.max_steps}, epochs={t.epochs})")
     if t.steps_per_epoch < 1:
         problems.append(f"steps_per_epoch must be >= 1, got {t.steps_per_epoch}")

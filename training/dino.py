@@ -62,6 +62,10 @@ CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
+class WorldSizeMismatchError(RuntimeError):
+    """Raised when the number of processes differs from what the launch asked for."""
+
+
 class NonFiniteLossError(FloatingPointError):
     """Raised when the loss is NaN/Inf; the message names the step and the last good checkpoint."""
 
@@ -231,7 +235,8 @@ def train(
         export path.
 
     Raises:
-        RuntimeError: The number of processes differs from the expected world size.
+        WorldSizeMismatchError: The number of processes differs from the expected world size.
+        FileExistsError: ``output_dir`` holds a previous run and neither resume nor overwrite was asked.
         ValueError: No readable slides, fewer slides than processes, or a bad config.
         NonFiniteLossError: The loss became NaN/Inf (the last good checkpoint is kept).
     """
@@ -259,13 +264,17 @@ def train(
     rank, world_size = accelerator.process_index, accelerator.num_processes
     expected = expected_world_size(t_args.expected_world_size)
     if world_size != expected:
-        # a wrong launch (e.g. --cpu --num_processes 2 without --multi_gpu) silently runs one process: refuse it
-        raise RuntimeError(
+        # a wrong launch (--cpu --num_processes 2 without --multi_gpu) silently runs one process: refuse it
+        raise WorldSizeMismatchError(
             f"world size mismatch: accelerate runs {world_size} process(es) but {expected} were "
             f"expected (--expected_world_size, the launch's --num_processes, or WORLD_SIZE); check the "
             f"accelerate launch flags (on CPU: ACCELERATE_USE_CPU=true accelerate launch --multi_gpu "
             f"--num_processes N)"
         )
+    prepare_output_dir(
+        output_dir, t_args.resume_from_checkpoint, t_args.overwrite_output_dir, accelerator.is_main_process
+    )
+    accelerator.wait_for_everyone()  # the main process may have removed a previous run
     set_seed(t_args.seed)  # same seed on every rank: identical initial weights (DDP also broadcasts them)
 
     # ============ data: slides -> this rank's tile stream ============
@@ -475,6 +484,11 @@ def train(
             if probe is not None:
                 with torch.no_grad(), accelerator.autocast():
                     emb = teacher.backbone(pixel_values=probe).pooler_output.float()
+                if not torch.isfinite(emb).all():
+                    raise NonFiniteLossError(
+                        f"teacher embeddings are not finite after step {state.step}; training stopped, "
+                        f"last good checkpoint: {last_good or 'none saved yet'}"
+                    )
                 logs["rankme"] = rankme(emb)
                 last_metrics["rankme"] = logs["rankme"]
             # slides skipped: unreadable at start + failed mid-run (builder counters, summed over ranks)
@@ -692,5 +706,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return train(model_args, data_args, training_args, preset_path)
 
 
+def prepare_output_dir(output_dir: Path, resume: str | None, overwrite: bool, is_main: bool) -> None:
+    """Refuse to silently mix two runs in one folder.
+
+    A folder that already holds ``checkpoints/`` or ``model/`` is a previous run: continue it with
+    ``--resume_from_checkpoint``, replace it with ``--overwrite_output_dir`` (its checkpoints and model are
+    deleted first, on the main process), or pick another ``--output_dir``.
+
+    Raises:
+        FileExistsError: The folder holds a run and neither flag was given.
+    """
+    previous = [output_dir / name for name in (CHECKPOINTS_DIR, "model") if (output_dir / name).exists()]
+    if not previous or resume:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds a run ({', '.join(p.name + '/' for p in previous)}): pass "
+            f"--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, or "
+            f"choose another --output_dir"
+        )
+    if is_main:
+        for path in previous:
+            shutil.rmtree(path)
+
+
+# errors that describe the user's input or launch, printed as one line by `cli`
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError, WorldSizeMismatchError)
+
+
+def cli(argv: list[str]) -> int:
+    """Run :func:`main`; configuration and input errors print one line (no traceback) and return 2."""
+    try:
+        main(argv)
+    except USER_ERRORS as err:
+        print(f"training/dino.py: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli(sys.argv[1:]))

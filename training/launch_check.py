@@ -1,10 +1,10 @@
 """Refuse a run whose process count differs from what the launch asked for.
 
 ``accelerate launch --cpu --num_processes 2 script.py`` (without ``--multi_gpu``) starts ONE process and says
-nothing, so a user who asked for 2-process DDP silently trains alone. The process cannot see the request in its
-environment (accelerate sets no variable for it in that case), so we read it where it is: the command line of
-the ``accelerate launch`` process that started us (our parent in single-process runs, the parent of the torch
-elastic workers in multi-process runs).
+nothing, so a user who asked for 2-process DDP silently trains alone. The process cannot see the request in
+its environment (accelerate sets no variable for it in that case), so we read it where it is: the command
+line of the ``accelerate launch`` process that started us (our parent in single-process runs, the parent of
+the torch elastic workers in multi-process runs).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def parse_num_processes(cmdline: list[str]) -> int | None:
         ``accelerate launch`` or gives no ``--num_processes`` (the accelerate config file then decides).
     """
     names = [os.path.basename(arg) for arg in cmdline]
-    if not (("accelerate" in names and "launch" in cmdline) or "accelerate-launch" in names):
+    launch = ("accelerate" in names and "launch" in cmdline) or "accelerate-launch" in names
+    if not (launch or "accelerate.commands.launch" in cmdline):
         return None
     for i, arg in enumerate(cmdline):
         if arg in {"--num_processes", "--num-processes"} and i + 1 < len(cmdline):
@@ -64,7 +65,8 @@ def expected_world_size(explicit: int | None) -> int:
         explicit: ``--expected_world_size`` (wins when given).
 
     Returns:
-        ``explicit``, else the launching ``accelerate launch --num_processes``, else ``WORLD_SIZE`` (1 if unset).
+        ``explicit``, else the launching ``accelerate launch --num_processes``, else ``WORLD_SIZE``
+        (1 if unset).
     """
     if explicit:
         return explicit
