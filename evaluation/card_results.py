@@ -6,6 +6,7 @@ entry with the same task, split, metric and protocol is replaced, never duplicat
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -35,6 +36,13 @@ def eval_results_for(results: dict) -> list[EvalResult]:
     return out
 
 
+def _entry_key(result: EvalResult) -> tuple:
+    """(task, split, metric, protocol): a re-run with another number of runs replaces, never duplicates."""
+    found = re.search(r"\(([^,()]+),", result.metric_name or "")
+    protocol = found.group(1) if found else result.metric_name
+    return (result.dataset_type, result.dataset_split, result.metric_type, protocol)
+
+
 def update_model_card(model_dir: Path, results: dict) -> Path:
     """Add (or replace) this task's entries in ``model_dir/README.md``; creates a minimal card if absent.
 
@@ -44,12 +52,8 @@ def update_model_card(model_dir: Path, results: dict) -> Path:
     path = Path(model_dir) / "README.md"
     card = ModelCard.load(path) if path.is_file() else ModelCard.from_template(ModelCardData())
     new = eval_results_for(results)
-    keys = {(r.dataset_type, r.dataset_split, r.metric_type, r.metric_name) for r in new}
-    kept = [
-        r
-        for r in (card.data.eval_results or [])
-        if (r.dataset_type, r.dataset_split, r.metric_type, r.metric_name) not in keys
-    ]
+    keys = {_entry_key(r) for r in new}
+    kept = [r for r in (card.data.eval_results or []) if _entry_key(r) not in keys]
     card.data.eval_results = kept + new
     if not card.data.model_name:
         card.data.model_name = Path(model_dir).resolve().name
