@@ -111,6 +111,12 @@ def load_backbone(
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
     local = Path(model_id).is_dir()
+    if not local and (model_id.startswith((".", "/", "~")) or Path(model_id).exists()):
+        raise BackboneError(f"--model {model_id}: no such model folder")
+    if local and not (Path(model_id) / "config.json").is_file():
+        raise BackboneError(
+            f"--model {model_id}: not a model folder (no config.json; expected save_pretrained output)"
+        )
     local_dir = Path(model_id).resolve() if local else None
     processor_source = image_processor or model_id
     if Path(processor_source).is_dir() and not (Path(processor_source) / PROCESSOR_FILE).is_file():

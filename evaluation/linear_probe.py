@@ -220,5 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli() -> int:
+    """Run :func:`main`; errors about the data, the model or the arguments print one line, exit status 2."""
+    try:
+        return main()
+    except (ValueError, FileNotFoundError, OSError) as err:
+        print(f"evaluation/linear_probe.py: error: {err}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())

@@ -348,9 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     overrides = {"pooling": args.pooling} if args.pooling else {}
-    model = load_pretrained_backbone(args.checkpoint, args.arch, **overrides)
+    try:
+        model = load_pretrained_backbone(args.checkpoint, args.arch, **overrides)
+    except (ValueError, FileNotFoundError) as err:  # a mismatch lists the keys; print it without a traceback
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    out.mkdir(parents=True, exist_ok=True)  # only once the checkpoint has loaded: nothing half-written
     if args.to_timm:
         timm_sd = pathfm_to_timm_state_dict(model.state_dict(), model.config, source=args.checkpoint)
         save_file({k: v.float().contiguous() for k, v in timm_sd.items()}, str(out / "model.safetensors"))

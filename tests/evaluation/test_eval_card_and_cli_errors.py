@@ -1,4 +1,4 @@
-"""Model-card entries: a re-run of the same task and protocol replaces its entries, whatever the run count."""
+"""Model-card entries (a re-run replaces its entries) and the CLI's errors for a wrong --model."""
 
 from __future__ import annotations
 
@@ -33,3 +33,32 @@ def test_other_protocol_is_kept_beside(tmp_path: Path) -> None:
     entries = ModelCard.load(tmp_path / "README.md").data.eval_results
     assert len(entries) == 12
     assert {e.metric_value for e in entries} == {0.9, 0.8}
+
+
+def test_cli_names_a_missing_or_wrong_model_folder(tmp_path: Path, repo_root: Path) -> None:
+    import subprocess
+    import sys
+
+    for model, expected in [
+        (tmp_path / "nope", "no such model folder"),
+        (tmp_path, "not a model folder (no config.json"),
+    ]:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "evaluation/linear_probe.py",
+                "--model",
+                str(model),
+                "--task",
+                "embedded_tissue",
+                "--output_dir",
+                str(tmp_path / "out"),
+            ],
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 2
+        assert f"evaluation/linear_probe.py: error: --model {model}: {expected}" in proc.stderr
+        assert "Traceback" not in proc.stderr
