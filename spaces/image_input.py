@@ -153,8 +153,8 @@ def load_rgb_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np
         image = PIL.Image.open(path)
     except PIL.Image.DecompressionBombError as error:
         raise InputError(
-            f"{name}: image is too large ({error}); refused before decoding. The limit is "
-            f"{max_pixels / 1e6:.0f} MP."
+            f"{name}: image is far over the {max_pixels / 1e6:.0f} MP limit (PIL's decompression-bomb check: "
+            f"{error}); refused before decoding."
         ) from None
     except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError) as pil_error:
         if path.suffix.lower() in (".tif", ".tiff"):

@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
-from pathfm.datasets_scripts.slide import SlideError
+from pathfm.datasets_scripts.slide import MissingMppError, SlideError
 from pathfm.spaces.image_input import InputError, load_rgb_image
 from pathfm.spaces.model_store import (
     LoadedModel,
@@ -214,6 +214,8 @@ class SpaceHandlers:
             message = str(error)
             if Path(path).name not in message and str(path) not in message:
                 message = f"{source}: {message}"
+            if isinstance(error, MissingMppError):  # point to this page's field, not the Python API
+                message += " In this demo: set 'Level-0 µm/px override' to the slide's µm/px."
             raise gr.Error(
                 message.replace(str(Path(path).parent) + "/", ""), title="Unreadable slide"
             ) from None
