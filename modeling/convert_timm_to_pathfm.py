@@ -349,10 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
     overrides = {"pooling": args.pooling} if args.pooling else {}
-    try:
-        model = load_pretrained_backbone(args.checkpoint, args.arch, **overrides)
-    except (ValueError, FileNotFoundError) as err:  # a mismatch lists the keys; print it without a traceback
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    model = load_pretrained_backbone(args.checkpoint, args.arch, **overrides)
     out.mkdir(parents=True, exist_ok=True)  # only once the checkpoint has loaded: nothing half-written
     if args.to_timm:
         timm_sd = pathfm_to_timm_state_dict(model.state_dict(), model.config, source=args.checkpoint)
@@ -369,5 +366,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """:func:`main` for the command line: a bad or mismatched checkpoint prints one line (the key lists
+    included) instead of a traceback, and returns 2."""
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"convert_timm_to_pathfm.py: error: {err}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
