@@ -405,6 +405,24 @@ def train(
     data_time = compute_time = 0.0
     window_start = time.perf_counter()
     window_images = 0
+
+    def run_card_info(loss: float | None, metrics: dict[str, float], mpps: list[float] | None = None) -> dict:
+        """Model-card facts of the run so far (written with each checkpoint and with the export)."""
+        return card_info_for_run(
+            m_args,
+            d_args,
+            t_args,
+            state,
+            readable,
+            world_size,
+            mixed_precision,
+            str(accelerator.device),
+            time.perf_counter() - run_start,
+            loss,
+            metrics,
+            mpps,
+        )
+
     student.train()
     while state.step < total:
         it = state.step
@@ -517,19 +535,7 @@ def train(
         if (t_args.save_steps > 0 and state.step % t_args.save_steps == 0) or (
             state.step == total and t_args.save_steps >= 0
         ):
-            card_info = card_info_for_run(
-                m_args,
-                d_args,
-                t_args,
-                state,
-                readable,
-                world_size,
-                mixed_precision,
-                str(accelerator.device),
-                time.perf_counter() - run_start,
-                step_loss,
-                dict(last_metrics),
-            )
+            card_info = run_card_info(step_loss, dict(last_metrics))
             last_good = save_checkpoint(
                 accelerator,
                 output_dir,
@@ -562,20 +568,7 @@ def train(
     }
     if accelerator.is_main_process:
         if t_args.export:
-            card_info = card_info_for_run(
-                m_args,
-                d_args,
-                t_args,
-                state,
-                readable,
-                world_size,
-                mixed_precision,
-                str(accelerator.device),
-                time.perf_counter() - run_start,
-                losses[-1] if losses else None,
-                last_metrics,
-                mpps_seen,
-            )
+            card_info = run_card_info(losses[-1] if losses else None, last_metrics, mpps_seen)
             summary["export"] = str(export_model(teacher, output_dir, card_info))
             if t_args.push_to_hub:
                 from pathfm.training.hub import push_to_hub
