@@ -55,7 +55,8 @@ def patch_token_grid(backbone: Backbone, pixel_values: Tensor) -> Tensor:
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], rows, cols)
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """A file-name-safe form of ``text`` (at most 80 characters)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-80:] or "_"
 
 
@@ -78,7 +79,7 @@ def split_features(
     if tile % patch:
         raise ValueError(f"tile {tile} px is not a multiple of the model's patch size {patch}")
     folder = (
-        Path(cache_root) / task.TASK_NAME / _slug(backbone.model_id) / _slug(backbone.revision)
+        Path(cache_root) / task.TASK_NAME / slug(backbone.model_id) / slug(backbone.revision)
         / f"patch_tokens-{tile}px-{backbone.processor_hash[:12]}"
     )
     manifest_path, path = folder / "manifest.json", folder / f"{split}.safetensors"

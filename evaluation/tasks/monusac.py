@@ -4,8 +4,8 @@ Layout under ``data_dir``: ``MoNuSAC_images_and_annotations/<patient>/<image>.ti
 (train, 209 images) and ``MoNuSAC Testing Data and Annotations/<patient>/...`` (validation, 85). Each XML
 ``Annotation`` names its class in ``Attributes/Attribute@Name`` and holds ``Regions/Region/Vertices/Vertex``
 polygons (X, Y in px). Unknown names become Ambiguous (class 5, not scored); later annotations paint over
-earlier ones (eva 0.4.5 ``eva/vision/data/datasets/segmentation/monusac.py``). Polygons are filled with PIL,
-which may differ from scikit-image's fill on boundary pixels.
+earlier ones; polygons are filled with scikit-image's ``draw.polygon`` (eva 0.4.5
+``eva/vision/data/datasets/segmentation/monusac.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from pathfm.evaluation.tasks.base import TaskDataError
 from pathfm.evaluation.tasks.segmentation_base import SegmentationTask, SegSample, require_folder
-from PIL import Image, ImageDraw
+from PIL import Image
+from skimage import draw
 
 
 def polygons_to_mask(xml_path: str | Path, size: tuple[int, int], class_names: tuple[str, ...]) -> np.ndarray:
@@ -30,8 +31,8 @@ def polygons_to_mask(xml_path: str | Path, size: tuple[int, int], class_names: t
         root = ElementTree.parse(xml_path).getroot()
     except (OSError, ElementTree.ParseError) as err:
         raise TaskDataError(f"monusac: cannot parse {xml_path}: {err}") from err
-    canvas = Image.new("L", size, 0)
-    draw = ImageDraw.Draw(canvas)
+    width, height = size
+    mask = np.zeros((height, width), dtype=np.int64)
     for annotation in root.iter("Annotation"):
         attribute = annotation.find("Attributes/Attribute")
         if attribute is None or "Name" not in attribute.attrib:
@@ -43,9 +44,11 @@ def polygons_to_mask(xml_path: str | Path, size: tuple[int, int], class_names: t
                 points = [(float(v.attrib["X"]), float(v.attrib["Y"])) for v in region.iter("Vertex")]
             except (KeyError, ValueError) as err:
                 raise TaskDataError(f"monusac: {xml_path}: a Vertex lacks a numeric X/Y ({err})") from err
-            if len(points) >= 3:
-                draw.polygon(points, fill=class_id)
-    return np.asarray(canvas, dtype=np.int64)
+            if points:
+                xy = np.asarray(points)
+                rows, cols = draw.polygon(xy[:, 1], xy[:, 0], (height, width))
+                mask[rows, cols] = class_id
+    return mask
 
 
 class MoNuSAC(SegmentationTask):
