@@ -1,11 +1,12 @@
 """``python -m pathfm.evaluation.mil``: slide-level classification with gated ABMIL (Camelyon16/PANDA-small).
 
 Embeds each slide's tissue tiles to ``<embeddings_dir>/<task>/<model>/<revision>/<tiling>/<slide>.safetensors``
-(resumable), trains ``runs`` heads and writes ``<output_dir>/<task>/results.json``.
+(resumable) with ``slides.csv`` (slide_id, target, split) for export, trains ``runs`` heads and writes ``<output_dir>/<task>/results.json``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ def evaluate_task(args: MilArguments, config: MilConfig) -> dict:
         Path(args.embeddings_dir) / task.TASK_NAME / slug(backbone.model_id) / slug(backbone.revision)
         / f"slides-{task.MPP}mpp-{tile}px-{per_slide}-{backbone.processor_hash[:12]}"
     )
-    data, counts = {}, {}
+    data, counts, labels = {}, {}, []
     for split in task.SPLIT_NAMES:
         slides = task.list_samples(split)
         counts[split] = embed_slides(
@@ -58,6 +59,9 @@ def evaluate_task(args: MilArguments, config: MilConfig) -> dict:
         if not bags:
             raise TaskDataError(f"{task.TASK_NAME}: no slide of split {split!r} could be embedded (see {folder})")
         data[split] = (bags, targets)
+        labels += [(s.slide_id, s.target, split) for s in slides]
+    with (folder / "slides.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([("slide_id", "target", "split"), *labels])
     results = run_protocol(data, task.num_classes, config, kappa="quadratic_kappa" in task.METRICS)
     results.update(
         task=task.TASK_NAME, model=backbone.model_id, revision=backbone.revision, mpp=task.MPP, tile_size=tile,
