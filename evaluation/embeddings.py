@@ -81,7 +81,16 @@ def export_slides(source: str | Path, out: str | Path) -> Path:
             rel, coords = f"embeddings/{row['slide_id']}.pt", f"embeddings/{row['slide_id']}-coords.pt"
             torch.save(tensors["embeddings"], out / rel)
             torch.save(tensors["coords"], out / coords)
-            rows.append([row["slide_id"], rel, int(row["target"]), TO_EVA_SPLIT[row["split"]], row["slide_id"], coords])
+            rows.append(
+                [
+                    row["slide_id"],
+                    rel,
+                    int(row["target"]),
+                    TO_EVA_SPLIT[row["split"]],
+                    row["slide_id"],
+                    coords,
+                ]
+            )
     return _write_manifest(out, rows, ("wsi_id", "coords"))
 
 
@@ -117,13 +126,15 @@ def load_pt(path: Path) -> Tensor:
         value = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as err:
         raise EmbeddingsFormatError(f"missing embeddings file {path}") from err
-    except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError/RuntimeError for non-tensor content
+    except Exception as err:
         raise EmbeddingsFormatError(f"{path} holds something other than tensors: {err}") from err
     if isinstance(value, list) and value and all(isinstance(v, Tensor) for v in value):
         return torch.stack(value) if len(value) > 1 else value[0]
     if isinstance(value, Tensor):
         return value
-    raise EmbeddingsFormatError(f"{path} holds a {type(value).__name__}, expected a tensor or a list of tensors")
+    raise EmbeddingsFormatError(
+        f"{path} holds a {type(value).__name__}, expected a tensor or a list of tensors"
+    )
 
 
 def read_patch(root: str | Path) -> dict[str, tuple[list[str], Tensor, Tensor]]:
@@ -143,9 +154,13 @@ def read_patch(root: str | Path) -> dict[str, tuple[list[str], Tensor, Tensor]]:
             raise EmbeddingsFormatError(f"{manifest}: needs columns {COLUMNS}, has {reader.fieldnames}")
         for row in reader:
             if row["split"] not in FROM_EVA_SPLIT:
-                raise EmbeddingsFormatError(f"{manifest}: split {row['split']!r} is not one of {list(FROM_EVA_SPLIT)}")
+                raise EmbeddingsFormatError(
+                    f"{manifest}: split {row['split']!r} is not one of {list(FROM_EVA_SPLIT)}"
+                )
             vector = load_pt(root / row["embeddings"]).reshape(-1)
-            rows.setdefault(FROM_EVA_SPLIT[row["split"]], []).append((row["origin"], vector, int(row["target"])))
+            rows.setdefault(FROM_EVA_SPLIT[row["split"]], []).append(
+                (row["origin"], vector, int(row["target"]))
+            )
     out = {}
     for split, items in rows.items():
         widths = {len(v) for _, v, _ in items}
@@ -161,7 +176,9 @@ def read_patch(root: str | Path) -> dict[str, tuple[list[str], Tensor, Tensor]]:
 
 def import_patch(root: str | Path, embeddings_dir: str | Path, task: str, model_id: str) -> Path:
     """eva patch folder -> pathfm embedding cache ``<embeddings_dir>/<task>/<model_id>/eva-import/...``."""
-    key = CacheKey(model_id=model_id, revision="eva-import", task=task, pooling="eva", processor_hash="eva-import")
+    key = CacheKey(
+        model_id=model_id, revision="eva-import", task=task, pooling="eva", processor_hash="eva-import"
+    )
     cache = EmbeddingCache(embeddings_dir, key)
     for split, (origins, embeddings, targets) in read_patch(root).items():
         cache.save(split, [Sample(o, int(t)) for o, t in zip(origins, targets.tolist())], embeddings)
@@ -173,7 +190,9 @@ EXPORTERS = {"patch": export_patch, "slide": export_slides, "segmentation": expo
 
 def main(argv: list[str] | None = None) -> int:
     """CLI; bad input -> one line on stderr naming the file, exit 2."""
-    parser = argparse.ArgumentParser(prog="python -m pathfm.evaluation.embeddings", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pathfm.evaluation.embeddings", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     exp = sub.add_parser("export", help="pathfm embeddings -> eva's layout")
     exp.add_argument("--kind", choices=sorted(EXPORTERS), default="patch")

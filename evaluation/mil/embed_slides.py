@@ -29,6 +29,7 @@ from pathfm.evaluation.segmentation.features import normalise
 from pathfm.evaluation.tasks.slide_mil import SlideSample
 from safetensors.torch import save_file
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 
 def slide_seed(slide_id: str, seed: int) -> int:
@@ -36,10 +37,18 @@ def slide_seed(slide_id: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{slide_id}".encode()).digest()[:8], "little")
 
 
-def tile_coords(path: str, mpp: float, tile_size: int, max_tiles: int, min_tissue: float, seed: int) -> list:
+def tile_coords(
+    path: str,
+    mpp: float,
+    tile_size: int,
+    max_tiles: int,
+    min_tissue: float,
+    seed: int,
+    stride: int | None = None,
+) -> list:
     """Up to ``max_tiles`` tissue grid tiles of one slide (seeded draw, kept in row-major order)."""
     with open_slide(path) as reader:
-        coords = GridTileSampler(mpp=mpp, tile_size=tile_size, min_tissue=min_tissue).tiles(
+        coords = GridTileSampler(mpp=mpp, tile_size=tile_size, stride=stride, min_tissue=min_tissue).tiles(
             reader, compute_tissue_mask(reader)
         )
     if len(coords) > max_tiles:
@@ -48,18 +57,49 @@ def tile_coords(path: str, mpp: float, tile_size: int, max_tiles: int, min_tissu
     return coords
 
 
+class SlideTiles(Dataset):
+    """Map-style dataset over one slide's tiles: i -> uint8 (tile, tile, 3); one reader per worker."""
+
+    def __init__(self, path: str, coords: Sequence, mpp: float, tile_size: int) -> None:
+        self.path, self.coords, self.mpp, self.tile_size = path, list(coords), mpp, tile_size
+        self.reader = None
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def __getitem__(self, index: int) -> Tensor:
+        if self.reader is None:
+            self.reader = open_slide(self.path)
+        c = self.coords[index]
+        return torch.from_numpy(
+            np.ascontiguousarray(self.reader.read_tile(c.x, c.y, self.tile_size, self.mpp))
+        )
+
+
 @torch.inference_mode()
 def embed_one_slide(
-    backbone: Backbone, path: str, coords: Sequence, mpp: float, tile_size: int, batch_size: int
+    backbone: Backbone,
+    path: str,
+    coords: Sequence,
+    mpp: float,
+    tile_size: int,
+    batch_size: int,
+    num_workers: int = 0,
 ) -> Tensor:
-    """(n, D) float32 embeddings of the given tiles, read batch by batch."""
+    """(n, D) float32 embeddings of the given tiles; tiles read in ``num_workers`` DataLoader workers."""
     device = next(backbone.model.parameters()).device
+    tiles = SlideTiles(path, coords, mpp, tile_size)
+    loader = DataLoader(
+        tiles, batch_size=batch_size, num_workers=num_workers, prefetch_factor=2 if num_workers else None
+    )
     chunks = []
-    with open_slide(path) as reader:
-        for start in range(0, len(coords), batch_size):
-            batch = [reader.read_tile(c.x, c.y, tile_size, mpp) for c in coords[start : start + batch_size]]
-            pixels = normalise(torch.from_numpy(np.stack(batch)), backbone.processor).to(device)
+    try:
+        for batch in loader:
+            pixels = normalise(batch, backbone.processor).to(device)
             chunks.append(pool(backbone.model(pixel_values=pixels), "pooler_output").float().cpu())
+    finally:
+        if tiles.reader is not None:
+            tiles.reader.close()
     return torch.cat(chunks)
 
 
@@ -73,11 +113,16 @@ def embed_slides(
     min_tissue: float = 0.35,
     batch_size: int = 64,
     seed: int = 0,
+    num_workers: int = 0,
+    stride: int | None = None,
 ) -> dict[str, int]:
     """Write ``<folder>/<slide_id>.safetensors`` for every slide not done yet.
 
+    ``stride``: grid step in px at ``mpp`` (default: ``tile_size``, no overlap). ``num_workers`` DataLoader
+    workers read each slide's tiles while the main process runs the forward pass.
+
     Returns:
-        ``{"embedded": n written now, "reused": n found on disk, "failed": n skipped (unreadable or no tissue)}``.
+        ``{"embedded": written now, "reused": found on disk, "failed": skipped (unreadable, no tissue)}``.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -89,10 +134,14 @@ def embed_slides(
             counts["reused"] += 1
             continue
         try:
-            coords = tile_coords(slide.path, mpp, tile_size, max_tiles, min_tissue, slide_seed(slide.slide_id, seed))
+            coords = tile_coords(
+                slide.path, mpp, tile_size, max_tiles, min_tissue, slide_seed(slide.slide_id, seed), stride
+            )
             if not coords:
                 raise SlideError(f"{slide.path}: no tile with tissue fraction >= {min_tissue} at {mpp} µm/px")
-            embeddings = embed_one_slide(backbone, slide.path, coords, mpp, tile_size, batch_size)
+            embeddings = embed_one_slide(
+                backbone, slide.path, coords, mpp, tile_size, batch_size, num_workers
+            )
         except SlideError as err:
             failed[slide.slide_id] = str(err)
             counts["failed"] += 1

@@ -65,7 +65,10 @@ def predict_proba(model: GatedABMIL, bags: list[Tensor], batch_size: int = 32) -
     """Class probabilities (S, C)."""
     model.eval()
     return torch.cat(
-        [torch.softmax(model(*pad_bags(bags[i : i + batch_size])), 1) for i in range(0, len(bags), batch_size)]
+        [
+            torch.softmax(model(*pad_bags(bags[i : i + batch_size])), 1)
+            for i in range(0, len(bags), batch_size)
+        ]
     )
 
 
@@ -81,8 +84,13 @@ def slide_scores(targets: Tensor, probs: Tensor, num_classes: int, kappa: bool) 
     return out
 
 
-def train_one(data: dict[str, tuple[list[Tensor], Tensor]], num_classes: int, config: MilConfig, seed: int,
-              kappa: bool = False) -> dict:
+def train_one(
+    data: dict[str, tuple[list[Tensor], Tensor]],
+    num_classes: int,
+    config: MilConfig,
+    seed: int,
+    kappa: bool = False,
+) -> dict:
     """One seeded run: train on ``data["train"]``, early-stop on ``data["validation"]``, score every split."""
     torch.manual_seed(seed)
     train_bags, train_y = data["train"]
@@ -114,8 +122,9 @@ def train_one(data: dict[str, tuple[list[Tensor], Tensor]], num_classes: int, co
     return result
 
 
-def run_protocol(data: dict[str, tuple[list[Tensor], Tensor]], num_classes: int, config: MilConfig,
-                 kappa: bool = False) -> dict:
+def run_protocol(
+    data: dict[str, tuple[list[Tensor], Tensor]], num_classes: int, config: MilConfig, kappa: bool = False
+) -> dict:
     """``config.runs`` seeded runs; per-run values and mean/std per split and metric."""
     runs = [train_one(data, num_classes, config, config.seed + r, kappa) for r in range(config.runs)]
     summary = {}

@@ -51,9 +51,14 @@ def evaluate_task(args: SegmentationArguments, config: SegmentationConfig) -> di
         splits[split] = {**data, "images": normalise(data["images"], backbone.processor)}
     results = run_protocol(splits["train"], splits["validation"], task.num_classes, task.IGNORE_INDEX, config)
     results.update(
-        task=task.TASK_NAME, model=backbone.model_id, revision=backbone.revision, tile_size=args.tile_size,
-        class_names=list(task.CLASS_NAMES), ignore_index=task.IGNORE_INDEX,
-        tiles={split: len(d["masks"]) for split, d in splits.items()}, split_scored="validation",
+        task=task.TASK_NAME,
+        model=backbone.model_id,
+        revision=backbone.revision,
+        tile_size=args.tile_size,
+        class_names=list(task.CLASS_NAMES),
+        ignore_index=task.IGNORE_INDEX,
+        tiles={split: len(d["masks"]) for split, d in splits.items()},
+        split_scored="validation",
     )
     folder = Path(args.output_dir) / task.TASK_NAME
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     except (TaskDataError, BackboneError, CacheConflictError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{results['task']}: Dice {results['dice_mean']:.4f} ± {results['dice_std']:.4f} "
-          f"({config.runs} runs, {results['metric_variant'].split(':')[0]})")
+    print(
+        f"{results['task']}: Dice {results['dice_mean']:.4f} ± {results['dice_std']:.4f} "
+        f"({config.runs} runs, {results['metric_variant'].split(':')[0]})"
+    )
     return 0

@@ -34,7 +34,9 @@ def merge_feature_grids(features: Tensor | Sequence[Tensor]) -> Tensor:
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     """3x3 conv (padding 1) -> BatchNorm -> ReLU."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)
+        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -99,5 +101,9 @@ DECODERS = {"conv_with_image": ConvDecoderWithImage, "conv_ms": ConvDecoderMS}
 # Our parameter name -> eva 0.4.5's, for copying weights between the two (tests, importing eva heads).
 EVA_NAMES = {
     "ConvDecoderMS": {"conv1": "_layers.1", "conv2": "_layers.3"},
-    "ConvDecoderWithImage": {"feature_block": "_layers.1", "image_block": "image_block", "classifier": "classifier"},
+    "ConvDecoderWithImage": {
+        "feature_block": "_layers.1",
+        "image_block": "image_block",
+        "classifier": "classifier",
+    },
 }

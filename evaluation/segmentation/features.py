@@ -26,7 +26,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 
-def cut_tiles(image: np.ndarray, mask: np.ndarray, tile: int) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+def cut_tiles(
+    image: np.ndarray, mask: np.ndarray, tile: int
+) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
     """Non-overlapping (x, y, image tile (tile, tile, 3), mask tile (tile, tile)) in row-major order."""
     height, width = mask.shape
     return [
@@ -37,7 +39,7 @@ def cut_tiles(image: np.ndarray, mask: np.ndarray, tile: int) -> list[tuple[int,
 
 
 def normalise(images: Tensor, processor: object) -> Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W) scaled by 1/255 and normalised with the processor's mean/std."""
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) scaled by 1/255, normalised with the processor's mean/std."""
     mean = torch.tensor(processor.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(processor.image_std, dtype=torch.float32).view(1, 3, 1, 1)
     return (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
@@ -79,7 +81,10 @@ def split_features(
     if tile % patch:
         raise ValueError(f"tile {tile} px is not a multiple of the model's patch size {patch}")
     folder = (
-        Path(cache_root) / task.TASK_NAME / slug(backbone.model_id) / slug(backbone.revision)
+        Path(cache_root)
+        / task.TASK_NAME
+        / slug(backbone.model_id)
+        / slug(backbone.revision)
         / f"patch_tokens-{tile}px-{backbone.processor_hash[:12]}"
     )
     manifest_path, path = folder / "manifest.json", folder / f"{split}.safetensors"
@@ -91,12 +96,14 @@ def split_features(
             masks.append(mask_tile)
             sources.append(f"{sample.image}@{x},{y}")
     if not sources:
-        raise ValueError(f"{task.TASK_NAME}: no {tile} px tile fits in the {split} images (use a smaller tile)")
+        raise ValueError(
+            f"{task.TASK_NAME}: no {tile} px tile fits in the {split} images (use a smaller tile)"
+        )
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     if path.is_file() and not overwrite:
         if manifest.get(split) != sources:
             raise CacheConflictError(
-                f"{path} holds other tiles than {task.TASK_NAME}/{split} lists now; pass overwrite to recompute"
+                f"{path} holds other tiles than {task.TASK_NAME}/{split} lists now; pass overwrite"
             )
         return load_file(path)
     image_tensor = torch.from_numpy(np.ascontiguousarray(np.stack(images)))

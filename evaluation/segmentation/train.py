@@ -33,7 +33,9 @@ class SegmentationConfig:
     seed: int = 0
 
 
-def dice_loss(logits: Tensor, target: Tensor, ignore_index: int | None = None, smooth: float = 1e-5) -> Tensor:
+def dice_loss(
+    logits: Tensor, target: Tensor, ignore_index: int | None = None, smooth: float = 1e-5
+) -> Tensor:
     """1 - mean over classes of soft Dice, pixels pooled over the batch (MONAI ``DiceLoss(softmax=True,
     to_onehot_y=True, batch=True)``, smooth 1e-5 in numerator and denominator).
 
@@ -44,7 +46,9 @@ def dice_loss(logits: Tensor, target: Tensor, ignore_index: int | None = None, s
     num_classes = logits.shape[1]
     keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
     probs = torch.softmax(logits, dim=1) * keep[:, None]
-    onehot = F.one_hot(target.clamp(0, num_classes - 1) * keep, num_classes).permute(0, 3, 1, 2) * keep[:, None]
+    onehot = (
+        F.one_hot(target.clamp(0, num_classes - 1) * keep, num_classes).permute(0, 3, 1, 2) * keep[:, None]
+    )
     inter = (probs * onehot).sum(dim=(0, 2, 3))
     denom = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
     return 1.0 - ((2 * inter + smooth) / (denom + smooth)).mean()
@@ -78,8 +82,12 @@ def score(pred: Tensor, masks: Tensor, num_classes: int, ignore_index: int | Non
 
 
 def train_one(
-    train: dict[str, Tensor], val: dict[str, Tensor], num_classes: int, ignore_index: int | None,
-    config: SegmentationConfig, seed: int,
+    train: dict[str, Tensor],
+    val: dict[str, Tensor],
+    num_classes: int,
+    ignore_index: int | None,
+    config: SegmentationConfig,
+    seed: int,
 ) -> dict:
     """Train one decoder; ``{"dice", "micro_dice", "per_class_dice", "best_step", "variant"}`` on validation.
 
@@ -100,8 +108,9 @@ def train_one(
         loss.backward()
         optimizer.step()
         if step % config.eval_every == 0 or step == config.steps:
-            result = score(predict(decoder, val["features"], val["images"]), val["masks"], num_classes,
-                           ignore_index)
+            result = score(
+                predict(decoder, val["features"], val["images"]), val["masks"], num_classes, ignore_index
+            )
             if best is None or result["dice"] > best["dice"]:
                 best, best_step = result, step
     assert best is not None
@@ -109,11 +118,16 @@ def train_one(
 
 
 def run_protocol(
-    train: dict[str, Tensor], val: dict[str, Tensor], num_classes: int, ignore_index: int | None,
+    train: dict[str, Tensor],
+    val: dict[str, Tensor],
+    num_classes: int,
+    ignore_index: int | None,
     config: SegmentationConfig,
 ) -> dict:
     """``config.runs`` seeded runs; per-run values plus mean and std (0 for one run) of the Dice."""
-    runs = [train_one(train, val, num_classes, ignore_index, config, config.seed + r) for r in range(config.runs)]
+    runs = [
+        train_one(train, val, num_classes, ignore_index, config, config.seed + r) for r in range(config.runs)
+    ]
     values = [r["dice"] for r in runs]
     return {
         "protocol": PROTOCOL,

@@ -9,6 +9,7 @@ holds ``type_map`` (H, W) with raw types 0..7; types 3 and 4 merge to epithelial
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import scipy.io
@@ -24,10 +25,10 @@ class CoNSeP(SegmentationTask):
 
     TASK_NAME = "consep"
     CLASS_NAMES = ("background", "other", "inflammatory", "epithelial", "spindle-shaped")
-    EXPECTED_COUNTS = {"train": 27, "validation": 14}
+    EXPECTED_COUNTS: ClassVar[dict[str, int]] = {"train": 27, "validation": 14}
     MPP = 0.25
     DESCRIPTION = "CoNSeP colorectal nuclei, 4 classes + background (Train 27 / Test 14 images, 0.25 µm/px)."
-    FOLDERS = {"train": "Train", "validation": "Test"}
+    FOLDERS: ClassVar[dict[str, str]] = {"train": "Train", "validation": "Test"}
 
     def _list(self, split: str) -> list[SegSample]:
         base = require_folder(self.root / self.FOLDERS[split], "CoNSeP's {Train,Test}/{Images,Labels}")

@@ -10,8 +10,9 @@ earlier ones; polygons are filled with scikit-image's ``draw.polygon`` (eva 0.4.
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ElementTree
 from pathlib import Path
+from typing import ClassVar
+from xml.etree import ElementTree
 
 import numpy as np
 from pathfm.evaluation.tasks.base import TaskDataError
@@ -57,10 +58,13 @@ class MoNuSAC(SegmentationTask):
     TASK_NAME = "monusac"
     CLASS_NAMES = ("Background", "Epithelial", "Lymphocyte", "Neutrophil", "Macrophage", "Ambiguous")
     IGNORE_INDEX = 5
-    EXPECTED_COUNTS = {"train": 209, "validation": 85}
+    EXPECTED_COUNTS: ClassVar[dict[str, int]] = {"train": 209, "validation": 85}
     MPP = 0.25
     DESCRIPTION = "MoNuSAC multi-organ nuclei, 4 classes + background (209 / 85 images, 0.25 µm/px)."
-    FOLDERS = {"train": "MoNuSAC_images_and_annotations", "validation": "MoNuSAC Testing Data and Annotations"}
+    FOLDERS: ClassVar[dict[str, str]] = {
+        "train": "MoNuSAC_images_and_annotations",
+        "validation": "MoNuSAC Testing Data and Annotations",
+    }
 
     def _list(self, split: str) -> list[SegSample]:
         base = require_folder(self.root / self.FOLDERS[split], "patient folders of .tif + .xml")
@@ -78,4 +82,3 @@ class MoNuSAC(SegmentationTask):
     def is_present(cls, data_dir: str | Path | None) -> bool:
         """Whether ``data_dir`` holds the training folder."""
         return data_dir is not None and (Path(data_dir) / cls.FOLDERS["train"]).is_dir()
-

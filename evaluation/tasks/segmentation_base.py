@@ -89,7 +89,8 @@ class SegmentationTask:
             expected = self.EXPECTED_COUNTS.get(split)
             if self.check_counts and expected is not None and len(samples) != expected:
                 raise TaskDataError(
-                    f"{self.TASK_NAME}: split {split!r} under {self.root} has {len(samples)} images, expected "
+                    f"{self.TASK_NAME}: split {split!r} under {self.root} has {len(samples)} images, "
+                    f"expected "
                     f"{expected} (incomplete download? check_counts=False skips this for miniature layouts)"
                 )
             self._samples[split] = samples

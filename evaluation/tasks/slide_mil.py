@@ -32,7 +32,7 @@ class SlideSample:
 
 
 def stratified_split(targets: list[int], fractions: tuple[float, ...], seed: int) -> list[int]:
-    """Split index (0..len(fractions)-1) per item, each class split by ``fractions`` after a seeded shuffle."""
+    """Split index (0..len(fractions)-1) per item: each class cut by ``fractions`` after a seeded shuffle."""
     rng = np.random.default_rng(seed)
     out = [0] * len(targets)
     for cls in sorted(set(targets)):
@@ -140,7 +140,9 @@ class PandaSmall(SlideTask):
         with table.open() as fh:
             reader = csv.DictReader(fh)
             if not {"image_id", "isup_grade"} <= set(reader.fieldnames or []):
-                raise TaskDataError(f"{table}: needs columns image_id and isup_grade, has {reader.fieldnames}")
+                raise TaskDataError(
+                    f"{table}: needs columns image_id and isup_grade, has {reader.fieldnames}"
+                )
             for row in reader:
                 path = images / f"{row['image_id']}.tiff"
                 if not path.is_file():

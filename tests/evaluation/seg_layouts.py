@@ -51,7 +51,9 @@ def make_consep(root: Path, n_train: int = 3, n_test: int = 2, size: int = 64, s
 def _xml(nuclei: list, names: dict[int, str]) -> str:
     parts = ['<?xml version="1.0"?>\n<Annotations>']
     for cls in sorted({c for c, _ in nuclei}):
-        parts.append(f'<Annotation Id="{cls}"><Attributes><Attribute Name="{names[cls]}" Id="0"/></Attributes>')
+        parts.append(
+            f'<Annotation Id="{cls}"><Attributes><Attribute Name="{names[cls]}" Id="0"/></Attributes>'
+        )
         parts.append("<Regions>")
         for c, (x0, y0, x1, y1) in nuclei:
             if c != cls:
@@ -74,7 +76,10 @@ def make_monusac(root: Path, n_train: int = 3, n_test: int = 2, size: int = 64, 
     """
     rng = np.random.default_rng(seed)
     names = {1: "Epithelial", 2: "Lymphocyte", 3: "Neutrophil", 4: "Macrophage"}
-    for folder, n in (("MoNuSAC_images_and_annotations", n_train), ("MoNuSAC Testing Data and Annotations", n_test)):
+    for folder, n in (
+        ("MoNuSAC_images_and_annotations", n_train),
+        ("MoNuSAC Testing Data and Annotations", n_test),
+    ):
         for i in range(n):
             patient = root / folder / f"TCGA-P{i % 2}-01Z"
             patient.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,9 @@ def make_camelyon16(root: Path, per_class: int = 3, n_test: int = 2, size: int =
     for target, name in enumerate(("normal", "tumor")):
         (root / "training" / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            tissue_slide(root / "training" / name / f"{name}_{i + 1:03d}.tif", size, 0.25, target, 10 * target + i)
+            tissue_slide(
+                root / "training" / name / f"{name}_{i + 1:03d}.tif", size, 0.25, target, 10 * target + i
+            )
     (root / "testing" / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n_test):
@@ -45,7 +47,9 @@ def make_panda(root: Path, grades: tuple[int, ...] = (0, 4), per_grade: int = 7,
     for grade in grades:
         for i in range(per_grade):
             image_id = f"{grade}{i:02d}abc"
-            tissue_slide(root / "train_images" / f"{image_id}.tiff", size, 0.5, grade / 5, 1000 + 10 * grade + i)
+            tissue_slide(
+                root / "train_images" / f"{image_id}.tiff", size, 0.5, grade / 5, 1000 + 10 * grade + i
+            )
             rows.append(f"{image_id},radboud,{grade},0+0\n")
     (root / "train.csv").write_text("".join(rows))
     return root

@@ -1,4 +1,4 @@
-"""Export to / import from eva's embeddings layout: lossless round trip, eva's own datasets read our export."""
+"""Export to / import from eva's embeddings layout: lossless round trip; eva's datasets read our export."""
 
 from __future__ import annotations
 
@@ -36,8 +36,17 @@ def test_patch_round_trip_is_lossless(tmp_path: Path) -> None:
         origins, got, targets = back[split]
         assert origins == [s.source for s in samples] and targets.tolist() == [s.target for s in samples]
         assert torch.equal(got, emb)
-    argv = ["import", "--source", str(tmp_path / "eva"), "--embeddings_dir", str(tmp_path / "imp"),
-            "--task", "crc", "--model_id", "eva-model"]
+    argv = [
+        "import",
+        "--source",
+        str(tmp_path / "eva"),
+        "--embeddings_dir",
+        str(tmp_path / "imp"),
+        "--task",
+        "crc",
+        "--model_id",
+        "eva-model",
+    ]
     assert main(argv) == 0
     imported = next((tmp_path / "imp").rglob("train.safetensors"))
     assert torch.equal(load_file(imported)["embeddings"], data["train"][1])
@@ -49,8 +58,17 @@ def test_pickled_objects_are_refused(tmp_path: Path, capsys) -> None:
     (evil / "e").mkdir(parents=True)
     torch.save({"not": object()}, evil / "e" / "0.pt")
     (evil / "manifest.csv").write_text("origin,embeddings,target,split\na.png,e/0.pt,1,train\n")
-    argv = ["import", "--source", str(evil), "--embeddings_dir", str(tmp_path / "imp"), "--task", "crc",
-            "--model_id", "m"]
+    argv = [
+        "import",
+        "--source",
+        str(evil),
+        "--embeddings_dir",
+        str(tmp_path / "imp"),
+        "--task",
+        "crc",
+        "--model_id",
+        "m",
+    ]
     assert main(argv) == 2
     assert f"{evil / 'e' / '0.pt'} holds something other than tensors" in capsys.readouterr().err
     with pytest.raises(ValueError, match="missing embeddings file"):
@@ -62,7 +80,10 @@ def _slide_folder(root: Path) -> Path:
     rows = [("slide_id", "target", "split")]
     for i, split in enumerate(("train", "train", "validation")):
         n = 4 + i
-        save_file({"embeddings": torch.randn(n, 6), "coords": torch.arange(2 * n).reshape(n, 2)}, root / f"s{i}.safetensors")
+        save_file(
+            {"embeddings": torch.randn(n, 6), "coords": torch.arange(2 * n).reshape(n, 2)},
+            root / f"s{i}.safetensors",
+        )
         rows.append((f"s{i}", str(i % 2), split))
     with (root / "slides.csv").open("w", newline="") as fh:
         csv.writer(fh).writerows(rows)

@@ -16,6 +16,11 @@ from tests.evaluation.slide_layouts import make_camelyon16, make_panda
 FAST = ["--tile_size", "32", "--tiles_per_slide", "6", "--epochs", "3", "--patience", "2", "--runs", "2"]
 
 
+def _argv(model: Path, task: str, root: Path, tmp_path: Path) -> list[str]:
+    folders = ["--output_dir", str(tmp_path / "out"), "--embeddings_dir", str(tmp_path / "emb")]
+    return ["--model", str(model), "--task", task, "--data_dir", str(root), *folders, *FAST]
+
+
 def test_stratified_split_keeps_every_class_in_proportion() -> None:
     which = stratified_split([0] * 10 + [1] * 5, (0.8, 0.2), seed=3)
     assert [which[:10].count(1), which[10:].count(1)] == [2, 1]
@@ -27,8 +32,7 @@ def test_camelyon16_end_to_end_resume_and_corrupt_slide(tmp_path: Path, tiny_mod
     task = Camelyon16Small(root)
     assert [len(task.list_samples(s)) for s in task.SPLIT_NAMES] == [4, 2, 2]
     (root / "training" / "tumor" / "tumor_003.tif").write_bytes(b"not a slide")
-    argv = ["--model", str(tiny_model_dir), "--task", "camelyon16_small", "--data_dir", str(root),
-            "--output_dir", str(tmp_path / "out"), "--embeddings_dir", str(tmp_path / "emb"), *FAST]
+    argv = _argv(tiny_model_dir, "camelyon16_small", root, tmp_path)
     assert main(argv) == 0
     results = json.loads((tmp_path / "out" / "camelyon16_small" / "results.json").read_text())
     assert results["protocol"] == "eva-mil-v1" and len(results["runs"]) == 2
@@ -46,8 +50,7 @@ def test_camelyon16_end_to_end_resume_and_corrupt_slide(tmp_path: Path, tiny_mod
 
 def test_panda_reports_quadratic_kappa(tmp_path: Path, tiny_model_dir: Path) -> None:
     root = make_panda(tmp_path / "panda")
-    argv = ["--model", str(tiny_model_dir), "--task", "panda_small", "--data_dir", str(root),
-            "--output_dir", str(tmp_path / "out"), "--embeddings_dir", str(tmp_path / "emb"), *FAST]
+    argv = _argv(tiny_model_dir, "panda_small", root, tmp_path)
     assert main(argv) == 0
     results = json.loads((tmp_path / "out" / "panda_small" / "results.json").read_text())
     assert -1.0 <= results["summary"]["test/quadratic_kappa"]["mean"] <= 1.0

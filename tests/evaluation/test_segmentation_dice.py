@@ -43,7 +43,8 @@ def test_only_background_gives_nan() -> None:
 def test_equals_monai_dice_metric_on_fixed_tensors() -> None:
     # Expected values from MONAI 1.6.1 (github.com/Project-MONAI/MONAI, monai/metrics/meandice.py), run
     # outside the project on these exact masks:
-    # DiceMetric(include_background=False, reduction="mean" | "mean_batch", ignore_empty=True)(one_hot(p), one_hot(r))
+    # DiceMetric(include_background=False, reduction="mean" | "mean_batch", ignore_empty=True)
+    # called on (one_hot(p), one_hot(r)).
     rng = np.random.default_rng(0)
     k = 5
     preds = rng.integers(0, k, (6, 1, 8, 8))

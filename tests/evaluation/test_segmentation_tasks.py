@@ -58,9 +58,27 @@ def test_monusac_polygons_unknown_names_and_missing_xml(tmp_path: Path) -> None:
 def test_segmentation_end_to_end(tmp_path: Path, tiny_model_dir: Path, maker, name: str, capsys) -> None:
     root = maker(tmp_path / name)
     argv = [
-        "--model", str(tiny_model_dir), "--task", name, "--data_dir", str(root), "--no_check_counts",
-        "--output_dir", str(tmp_path / "out"), "--embeddings_dir", str(tmp_path / "emb"), "--tile_size", "32",
-        "--steps", "6", "--eval_every", "3", "--batch_size", "4", "--runs", "2",
+        "--model",
+        str(tiny_model_dir),
+        "--task",
+        name,
+        "--data_dir",
+        str(root),
+        "--no_check_counts",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--embeddings_dir",
+        str(tmp_path / "emb"),
+        "--tile_size",
+        "32",
+        "--steps",
+        "6",
+        "--eval_every",
+        "3",
+        "--batch_size",
+        "4",
+        "--runs",
+        "2",
     ]
     assert main(argv) == 0
     results = json.loads((tmp_path / "out" / name / "results.json").read_text())
