@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from pathfm.evaluation.scoring import load_metric
 
 
@@ -59,3 +60,20 @@ def test_equals_monai_dice_metric_on_fixed_tensors() -> None:
     assert got["dice"] == pytest.approx(0.18338161706924438, abs=1e-6)
     monai_mean_batch = [0.1708422750234604, 0.16804029047489166, 0.14075106382369995, 0.2177269011735916]
     assert [got["per_class_dice"][str(c)] for c in range(1, k)] == pytest.approx(monai_mean_batch, abs=1e-6)
+
+
+def test_dice_loss_equals_monai() -> None:
+    # MONAI 1.6.1 (monai/losses/dice.py) on these exact tensors, outside the project:
+    # DiceLoss(softmax=True, to_onehot_y=True, batch=True)(logits, target[:, None]) = 0.7709546089172363
+    from pathfm.evaluation.segmentation.train import dice_loss
+
+    rng = np.random.default_rng(5)
+    logits = torch.from_numpy(rng.standard_normal((3, 4, 6, 6)).astype(np.float32))
+    target = torch.from_numpy(rng.integers(0, 4, (3, 1, 6, 6)))
+    target[target == 2] = 0  # class 2 absent from every tile
+    assert float(dice_loss(logits, target[:, 0])) == pytest.approx(0.7709546089172363, abs=1e-6)
+    # ignored pixels change nothing when none are marked, and drop out of both sums when they are
+    marked = target[:, 0].clone()
+    marked[:, 0] = 255
+    kept = dice_loss(logits[:, :, 1:], target[:, 0, 1:])
+    assert float(dice_loss(logits, marked, ignore_index=255)) == pytest.approx(float(kept), abs=1e-6)
