@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from pathlib import Path
@@ -93,3 +94,25 @@ def test_segmentation_end_to_end(tmp_path: Path, tiny_model_dir: Path, maker, na
     assert main([*argv[:-6], "--steps", "1", "--runs", "1"]) == 0  # reads the cached patch tokens
     cached = list((tmp_path / "emb" / name).rglob("train.safetensors"))
     assert len(cached) == 1
+
+
+def test_monusac_masks_equal_evas(tmp_path: Path) -> None:
+    # sha256 (first 16 hex) of the uint8 masks that kaiko-eva 0.4.5's own MoNuSAC dataset
+    # (eva/vision/data/datasets/segmentation/monusac.py, github.com/kaiko-ai/eva) builds from this exact
+    # generated layout, computed outside the project; every mask was also compared pixel by pixel there.
+    expected = {
+        ("train", "TCGA-P0-01Z_1.tif"): "4afb2d91083ee995",
+        ("train", "TCGA-P0-01Z_3.tif"): "fe6926772438f9d7",
+        ("train", "TCGA-P1-01Z_2.tif"): "ed81a9fe929eee35",
+        ("validation", "TCGA-P0-01Z_1.tif"): "0f5236bc380fc1bc",
+        ("validation", "TCGA-P1-01Z_2.tif"): "6f491e4f5b0b68fd",
+    }
+    task = MoNuSAC(make_monusac(tmp_path / "m"), check_counts=False)
+    got = {
+        (split, Path(s.image).name): hashlib.sha256(task.load_mask(s).astype(np.uint8).tobytes()).hexdigest()[
+            :16
+        ]
+        for split in task.SPLIT_NAMES
+        for s in task.list_samples(split)
+    }
+    assert got == expected
