@@ -10,8 +10,8 @@ Kinds:
   per sample holding a list with one [D] float32 tensor.
 - ``slide``: from a slide-embedding folder of ``evaluation/mil`` (``<slide>.safetensors`` + ``slides.csv``);
   one ``.pt`` per slide holding [N, D], its [N, 2] level-0 tile coordinates in ``<slide>-coords.pt``.
-- ``segmentation``: from a patch-token cache folder of ``evaluation/segmentation``; per tile ``<i>.pt`` =
-  list with one [D, h, w] map and ``<i>-0-mask.pt`` = int64 [H, W] mask.
+- ``segmentation``: from a patch-token cache folder of ``evaluation/segmentation``; per tile ``<i>-0.pt`` =
+  list with one [D, h, w] map and ``<i>-0-mask.pt`` = int64 [H, W] mask, whose path is the ``target``.
 
 ``import`` reads a ``patch`` folder (eva's or ours) back into a pathfm embedding cache. ``.pt`` files are
 read with ``torch.load(weights_only=True)``: tensors and lists only, never arbitrary pickled objects.
@@ -103,10 +103,10 @@ def export_segmentation(source: str | Path, out: str | Path) -> Path:
         tensors = load_file(source / f"{split}.safetensors")
         (out / "embeddings" / split).mkdir(parents=True, exist_ok=True)
         for i, origin in enumerate(sources):
-            rel = f"embeddings/{split}/{i}.pt"
+            rel, mask = f"embeddings/{split}/{i}-0.pt", f"embeddings/{split}/{i}-0-mask.pt"
             torch.save([tensors["features"][i].clone()], out / rel)
-            torch.save(tensors["masks"][i].clone(), out / f"embeddings/{split}/{i}-0-mask.pt")
-            rows.append([origin, rel, "", TO_EVA_SPLIT[split]])
+            torch.save(tensors["masks"][i].clone(), out / mask)
+            rows.append([origin, rel, mask, TO_EVA_SPLIT[split]])
     return _write_manifest(out, rows)
 
 

@@ -113,3 +113,21 @@ def test_eva_datasets_load_the_export(tmp_path: Path) -> None:
     assert len(bags) == 2
     bag, target = bags[1]
     assert torch.equal(bag, load_file(slides / "s1.safetensors")["embeddings"]) and int(target) == 1
+
+
+def test_eva_segmentation_dataset_loads_the_export(tmp_path: Path) -> None:
+    pytest.importorskip("eva", reason="kaiko-eva is not installed (it is not a pathfm dependency)")
+    from eva.vision.data.datasets.segmentation.embeddings import EmbeddingsSegmentationDataset
+    from pathfm.evaluation.embeddings import export_segmentation
+
+    source = tmp_path / "tokens"
+    source.mkdir()
+    features, masks = torch.randn(3, 8, 2, 2), torch.randint(0, 5, (3, 32, 32))
+    images = torch.zeros(3, 32, 32, 3, dtype=torch.uint8)
+    save_file({"features": features, "images": images, "masks": masks}, source / "train.safetensors")
+    (source / "manifest.json").write_text('{"train": ["a.png@0,0", "a.png@32,0", "b.png@0,0"]}')
+    export_segmentation(source, tmp_path / "eva")
+    data = EmbeddingsSegmentationDataset(str(tmp_path / "eva"), "manifest.csv", split="train")
+    data.setup()
+    grids, mask = data[2]
+    assert len(data) == 3 and torch.equal(grids[0], features[2]) and torch.equal(mask, masks[2])
