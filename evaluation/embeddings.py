@@ -13,8 +13,9 @@ Kinds:
 - ``segmentation``: from a patch-token cache folder of ``evaluation/segmentation``; per tile ``<i>-0.pt`` =
   list with one [D, h, w] map and ``<i>-0-mask.pt`` = int64 [H, W] mask, whose path is the ``target``.
 
-``import`` reads a ``patch`` folder (eva's or ours) back into a pathfm embedding cache. ``.pt`` files are
-read with ``torch.load(weights_only=True)``: tensors and lists only, never arbitrary pickled objects.
+``import`` reads a ``patch`` folder (eva's or ours) into a pathfm embedding cache, or a ``slide`` folder into
+a slide-embedding folder that ``python -m pathfm.evaluation.mil --embeddings_folder`` trains on. ``.pt`` files
+are read with ``torch.load(weights_only=True)``: tensors and lists only, never arbitrary pickled objects.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 from pathfm.evaluation.embedding_cache import CacheConflictError, CacheKey, EmbeddingCache
 from pathfm.evaluation.tasks.base import Sample
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 TO_EVA_SPLIT = {"train": "train", "validation": "val", "test": "test"}
@@ -137,40 +138,81 @@ def load_pt(path: Path) -> Tensor:
     )
 
 
+def manifest_rows(root: str | Path, extra: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """Rows of ``<root>/manifest.csv`` with ``split`` mapped to pathfm's names.
+
+    Raises:
+        EmbeddingsFormatError: missing manifest, missing columns (``COLUMNS`` + ``extra``), unknown split.
+    """
+    manifest = Path(root) / "manifest.csv"
+    if not manifest.is_file():
+        raise EmbeddingsFormatError(f"missing {manifest}")
+    with manifest.open() as fh:
+        reader = csv.DictReader(fh)
+        needed = COLUMNS + list(extra)
+        if not set(needed) <= set(reader.fieldnames or []):
+            raise EmbeddingsFormatError(f"{manifest}: needs columns {needed}, has {reader.fieldnames}")
+        rows = list(reader)
+    for row in rows:
+        if row["split"] not in FROM_EVA_SPLIT:
+            raise EmbeddingsFormatError(
+                f"{manifest}: split {row['split']!r} is not one of {list(FROM_EVA_SPLIT)}"
+            )
+        row["split"] = FROM_EVA_SPLIT[row["split"]]
+    return rows
+
+
 def read_patch(root: str | Path) -> dict[str, tuple[list[str], Tensor, Tensor]]:
     """eva patch folder -> {pathfm split: (origins, embeddings (N, D), targets (N,))}, in manifest order.
 
     Raises:
-        EmbeddingsFormatError: missing manifest or columns, unknown split, a [D] tensor of another width.
+        EmbeddingsFormatError: see :func:`manifest_rows`; a [D] tensor of another width in a split.
     """
     root = Path(root)
-    manifest = root / "manifest.csv"
-    if not manifest.is_file():
-        raise EmbeddingsFormatError(f"missing {manifest}")
     rows: dict[str, list] = {}
-    with manifest.open() as fh:
-        reader = csv.DictReader(fh)
-        if not set(COLUMNS) <= set(reader.fieldnames or []):
-            raise EmbeddingsFormatError(f"{manifest}: needs columns {COLUMNS}, has {reader.fieldnames}")
-        for row in reader:
-            if row["split"] not in FROM_EVA_SPLIT:
-                raise EmbeddingsFormatError(
-                    f"{manifest}: split {row['split']!r} is not one of {list(FROM_EVA_SPLIT)}"
-                )
-            vector = load_pt(root / row["embeddings"]).reshape(-1)
-            rows.setdefault(FROM_EVA_SPLIT[row["split"]], []).append(
-                (row["origin"], vector, int(row["target"]))
-            )
+    for row in manifest_rows(root):
+        vector = load_pt(root / row["embeddings"]).reshape(-1)
+        rows.setdefault(row["split"], []).append((row["origin"], vector, int(row["target"])))
     out = {}
     for split, items in rows.items():
         widths = {len(v) for _, v, _ in items}
         if len(widths) != 1:
-            raise EmbeddingsFormatError(f"{manifest}: split {split} mixes embedding widths {sorted(widths)}")
+            raise EmbeddingsFormatError(f"{root}/manifest.csv: split {split} mixes widths {sorted(widths)}")
         out[split] = (
             [o for o, _, _ in items],
             torch.stack([v.float() for _, v, _ in items]),
             torch.tensor([t for _, _, t in items], dtype=torch.int64),
         )
+    return out
+
+
+def import_slides(root: str | Path, out: str | Path) -> Path:
+    """eva slide folder (rows grouped by ``wsi_id``) -> a slide-embedding folder for ``evaluation/mil``.
+
+    Writes ``<out>/<wsi_id>.safetensors`` (``embeddings`` (N, D), ``coords`` (N, 2), -1 where eva has none)
+    and ``<out>/slides.csv``. Raises EmbeddingsFormatError for a slide with several targets or splits.
+    """
+    root, out = Path(root), Path(out)
+    groups: dict[str, list[dict[str, str]]] = {}
+    for row in manifest_rows(root, ("wsi_id",)):
+        groups.setdefault(row["wsi_id"], []).append(row)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = [("slide_id", "target", "split")]
+    for wsi, rows in groups.items():
+        if len({(r["target"], r["split"]) for r in rows}) != 1:
+            raise EmbeddingsFormatError(f"{root}/manifest.csv: slide {wsi} has several targets or splits")
+        bags = [load_pt(root / r["embeddings"]) for r in rows]
+        bag = torch.cat([b.reshape(-1, b.shape[-1]) for b in bags]).float()
+        coords = [load_pt(root / r["coords"]) if r.get("coords") else None for r in rows]
+        xy = (
+            torch.cat(coords).reshape(-1, 2).to(torch.int64)
+            if all(c is not None for c in coords)
+            else torch.full((len(bag), 2), -1, dtype=torch.int64)
+        )
+        save_file({"embeddings": bag.contiguous(), "coords": xy.contiguous()}, out / f"{wsi}.safetensors")
+        labels.append((wsi, rows[0]["target"], rows[0]["split"]))
+    with (out / "slides.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows(labels)
     return out
 
 
@@ -198,17 +240,30 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--kind", choices=sorted(EXPORTERS), default="patch")
     exp.add_argument("--source", required=True, help="pathfm cache / slide-embedding folder")
     exp.add_argument("--output_dir", required=True)
-    imp = sub.add_parser("import", help="eva patch embeddings -> pathfm embedding cache")
+    imp = sub.add_parser(
+        "import", help="eva embeddings -> pathfm (patch: embedding cache; slide: MIL folder)"
+    )
+    imp.add_argument("--kind", choices=["patch", "slide"], default="patch")
     imp.add_argument("--source", required=True, help="folder holding eva's manifest.csv")
-    imp.add_argument("--embeddings_dir", required=True)
-    imp.add_argument("--task", required=True)
-    imp.add_argument("--model_id", required=True, help="label of the model the embeddings came from")
+    imp.add_argument("--embeddings_dir", help="patch: pathfm cache root")
+    imp.add_argument("--task", help="patch: task name")
+    imp.add_argument("--model_id", help="patch: label of the model the embeddings came from")
+    imp.add_argument(
+        "--output_dir", help="slide: folder to write (then --embeddings_folder of pathfm.evaluation.mil)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "export":
             print(EXPORTERS[args.kind](args.source, args.output_dir))
         else:
-            print(import_patch(args.source, args.embeddings_dir, args.task, args.model_id))
+            needed = ("output_dir",) if args.kind == "slide" else ("embeddings_dir", "task", "model_id")
+            missing = [f"--{n}" for n in needed if not getattr(args, n)]
+            if missing:
+                raise EmbeddingsFormatError(f"import --kind {args.kind} needs {' '.join(missing)}")
+            if args.kind == "slide":
+                print(import_slides(args.source, args.output_dir))
+            else:
+                print(import_patch(args.source, args.embeddings_dir, args.task, args.model_id))
     except (EmbeddingsFormatError, CacheConflictError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from pathfm.evaluation.embeddings import main as emb_main
 from pathfm.evaluation.mil.cli import main
 from pathfm.evaluation.tasks.base import TaskDataError
 from pathfm.evaluation.tasks.slide_mil import Camelyon16Small, PandaSmall, stratified_split
@@ -46,6 +48,35 @@ def test_camelyon16_end_to_end_resume_and_corrupt_slide(tmp_path: Path, tiny_mod
     again = json.loads((tmp_path / "out" / "camelyon16_small" / "results.json").read_text())
     assert sum(c["embedded"] for c in again["slides"].values()) == 0
     assert sum(c["reused"] for c in again["slides"].values()) == 7
+    # to eva's layout and back: the heads train on the imported folder without the model or the slides
+    assert (
+        emb_main(
+            ["export", "--kind", "slide", "--source", str(folder), "--output_dir", str(tmp_path / "eva")]
+        )
+        == 0
+    )
+    imported = tmp_path / "imported"
+    assert (
+        emb_main(
+            ["import", "--kind", "slide", "--source", str(tmp_path / "eva"), "--output_dir", str(imported)]
+        )
+        == 0
+    )
+    back = load_file(imported / "normal_001.safetensors")
+    assert torch.equal(back["embeddings"], saved["embeddings"]) and torch.equal(
+        back["coords"], saved["coords"]
+    )
+    argv = [
+        "--task",
+        "camelyon16_small",
+        "--embeddings_folder",
+        str(imported),
+        "--output_dir",
+        str(tmp_path / "o2"),
+    ]
+    assert main([*argv, *FAST[4:]]) == 0
+    from_eva = json.loads((tmp_path / "o2" / "camelyon16_small" / "results.json").read_text())
+    assert from_eva["embeddings"] == str(imported) and len(from_eva["runs"]) == 2
 
 
 def test_panda_reports_quadratic_kappa(tmp_path: Path, tiny_model_dir: Path) -> None:
