@@ -2,7 +2,7 @@
 
 kaiko-ai/eva 0.4.5 slide-level configs: AdamW lr 1e-3, batch 32 slides, at most 100 epochs, early stopping
 with patience 20 on validation balanced accuracy, best validation state scored on every split; ``runs``
-seeds (eva: 20). Metrics: balanced accuracy and AUROC (``evaluate`` scripts), plus quadratic Cohen kappa
+seeds (20, as eva). Metrics: balanced accuracy and AUROC (``evaluate`` scripts), plus quadratic Cohen kappa
 (scikit-learn) for ordinal tasks (PANDA).
 """
 
@@ -34,7 +34,7 @@ class MilConfig:
     patience: int = 20
     batch_size: int = 32
     learning_rate: float = 1e-3
-    runs: int = 5
+    runs: int = 20
     seed: int = 0
 
 

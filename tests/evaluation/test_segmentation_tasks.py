@@ -94,6 +94,10 @@ def test_segmentation_end_to_end(tmp_path: Path, tiny_model_dir: Path, maker, na
     assert main([*argv[:-6], "--steps", "1", "--runs", "1"]) == 0  # reads the cached patch tokens
     cached = list((tmp_path / "emb" / name).rglob("train.safetensors"))
     assert len(cached) == 1
+    broken = next(root.rglob("*.mat" if name == "consep" else "*.xml"))
+    broken.unlink()
+    assert main([*argv, "--overwrite_embeddings"]) == 2
+    assert f"annotation file {broken} is missing" in capsys.readouterr().err
 
 
 def test_monusac_masks_equal_evas(tmp_path: Path) -> None:
