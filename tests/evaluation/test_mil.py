@@ -97,3 +97,16 @@ def test_layout_errors_name_the_file(tmp_path: Path) -> None:
     (c16 / "training" / "normal").mkdir(parents=True)
     with pytest.raises(TaskDataError, match=f"missing {c16 / 'training' / 'tumor'}"):
         Camelyon16Small(c16).list_samples("train")
+
+
+def test_tile_draw_on_a_real_slide_is_seeded_and_row_major(cmu_svs: Path) -> None:
+    from pathfm.evaluation.mil.embed_slides import slide_seed, tile_coords
+
+    all_tiles = tile_coords(str(cmu_svs), 0.5, 224, 10_000, 0.35, seed=0)
+    drawn = tile_coords(str(cmu_svs), 0.5, 224, 10, 0.35, slide_seed("CMU-1", 0))
+    again = tile_coords(str(cmu_svs), 0.5, 224, 10, 0.35, slide_seed("CMU-1", 0))
+    other = tile_coords(str(cmu_svs), 0.5, 224, 10, 0.35, slide_seed("CMU-2", 0))
+    assert len(all_tiles) > 10 and len(drawn) == 10 and drawn == again and drawn != other
+    assert set(drawn) <= set(all_tiles)
+    assert [(c.y, c.x) for c in drawn] == sorted((c.y, c.x) for c in drawn)
+    assert all(c.tissue_fraction >= 0.35 for c in drawn)
