@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pathfm.evaluation.mil.abmil import GatedABMIL
 from pathfm.evaluation.scoring import classification_scores, fast_balanced_accuracy
 from pathfm.evaluation.tasks.slide_mil import SlideSample
+from pathfm.evaluation.threads import threads_for
 from safetensors.torch import load_file
 from sklearn.metrics import cohen_kappa_score
 from torch import Tensor
@@ -84,7 +85,7 @@ def slide_scores(targets: Tensor, probs: Tensor, num_classes: int, kappa: bool) 
     return out
 
 
-def train_one(
+def _train_one(
     data: dict[str, tuple[list[Tensor], Tensor]],
     num_classes: int,
     config: MilConfig,
@@ -120,6 +121,20 @@ def train_one(
     for split, (bags, y) in data.items():
         result[split] = slide_scores(y, predict_proba(model, bags), num_classes, kappa)
     return result
+
+
+def train_one(
+    data: dict[str, tuple[list[Tensor], Tensor]],
+    num_classes: int,
+    config: MilConfig,
+    seed: int,
+    kappa: bool = False,
+) -> dict:
+    """One seeded run (see :func:`_train_one`), on one thread when a batch of bags is small."""
+    bags = data["train"][0]
+    instances = min(config.batch_size, len(bags)) * max(len(b) for b in bags) * bags[0].shape[1]
+    with threads_for(instances):
+        return _train_one(data, num_classes, config, seed, kappa)
 
 
 def run_protocol(

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from pathfm.evaluation.scoring import load_metric
 from pathfm.evaluation.segmentation.decoders import DECODERS
+from pathfm.evaluation.threads import threads_for
 from torch import Tensor
 
 PROTOCOL = "eva-segmentation-v1"
@@ -81,7 +82,7 @@ def score(pred: Tensor, masks: Tensor, num_classes: int, ignore_index: int | Non
     )
 
 
-def train_one(
+def _train_one(
     train: dict[str, Tensor],
     val: dict[str, Tensor],
     num_classes: int,
@@ -115,6 +116,20 @@ def train_one(
                 best, best_step = result, step
     assert best is not None
     return {**best, "best_step": best_step}
+
+
+def train_one(
+    train: dict[str, Tensor],
+    val: dict[str, Tensor],
+    num_classes: int,
+    ignore_index: int | None,
+    config: SegmentationConfig,
+    seed: int,
+) -> dict:
+    """One seeded run (see :func:`_train_one`), on one thread when a batch is small (``threads_for``)."""
+    images = train["images"]
+    with threads_for(min(config.batch_size, len(images)) * images.shape[2] * images.shape[3]):
+        return _train_one(train, val, num_classes, ignore_index, config, seed)
 
 
 def run_protocol(

@@ -55,10 +55,17 @@ def test_monusac_polygons_unknown_names_and_missing_xml(tmp_path: Path) -> None:
         MoNuSAC(tmp_path / "nowhere").list_samples("train")
 
 
-@pytest.mark.parametrize(("maker", "name"), [(make_consep, "consep"), (make_monusac, "monusac")])
-def test_segmentation_end_to_end(tmp_path: Path, tiny_model_dir: Path, maker, name: str, capsys) -> None:
+@pytest.mark.parametrize(
+    ("maker", "name", "decoder"),
+    [(make_consep, "consep", "conv_ms"), (make_monusac, "monusac", "conv_with_image")],
+)
+def test_segmentation_end_to_end(
+    tmp_path: Path, tiny_model_dir: Path, maker, name: str, decoder: str, capsys
+) -> None:
     root = maker(tmp_path / name)
     argv = [
+        "--decoder",
+        decoder,
         "--model",
         str(tiny_model_dir),
         "--task",
@@ -84,7 +91,7 @@ def test_segmentation_end_to_end(tmp_path: Path, tiny_model_dir: Path, maker, na
     assert main(argv) == 0
     results = json.loads((tmp_path / "out" / name / "results.json").read_text())
     assert results["protocol"] == "eva-segmentation-v1"
-    assert results["metric_variant"].startswith("monai-mean")
+    assert results["metric_variant"].startswith("monai-mean") and results["config"]["decoder"] == decoder
     values = [r["dice"] for r in results["runs"]]
     assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
     assert results["dice_mean"] == pytest.approx(statistics.fmean(values))
