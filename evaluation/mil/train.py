@@ -85,7 +85,7 @@ def slide_scores(targets: Tensor, probs: Tensor, num_classes: int, kappa: bool) 
     return out
 
 
-def _train_one(
+def train_one(
     data: dict[str, tuple[list[Tensor], Tensor]],
     num_classes: int,
     config: MilConfig,
@@ -123,25 +123,14 @@ def _train_one(
     return result
 
 
-def train_one(
-    data: dict[str, tuple[list[Tensor], Tensor]],
-    num_classes: int,
-    config: MilConfig,
-    seed: int,
-    kappa: bool = False,
-) -> dict:
-    """One seeded run (see :func:`_train_one`), on one thread when a batch of bags is small."""
-    bags = data["train"][0]
-    instances = min(config.batch_size, len(bags)) * max(len(b) for b in bags) * bags[0].shape[1]
-    with threads_for(instances):
-        return _train_one(data, num_classes, config, seed, kappa)
-
-
 def run_protocol(
     data: dict[str, tuple[list[Tensor], Tensor]], num_classes: int, config: MilConfig, kappa: bool = False
 ) -> dict:
     """``config.runs`` seeded runs; per-run values and mean/std per split and metric."""
-    runs = [train_one(data, num_classes, config, config.seed + r, kappa) for r in range(config.runs)]
+    bags = data["train"][0]
+    work = min(config.batch_size, len(bags)) * max(len(b) for b in bags) * bags[0].shape[1]
+    with threads_for(work):  # one thread for small steps (see evaluation/threads.py)
+        runs = [train_one(data, num_classes, config, config.seed + r, kappa) for r in range(config.runs)]
     summary = {}
     for split in data:
         for metric in runs[0][split]:

@@ -82,7 +82,7 @@ def score(pred: Tensor, masks: Tensor, num_classes: int, ignore_index: int | Non
     )
 
 
-def _train_one(
+def train_one(
     train: dict[str, Tensor],
     val: dict[str, Tensor],
     num_classes: int,
@@ -118,20 +118,6 @@ def _train_one(
     return {**best, "best_step": best_step}
 
 
-def train_one(
-    train: dict[str, Tensor],
-    val: dict[str, Tensor],
-    num_classes: int,
-    ignore_index: int | None,
-    config: SegmentationConfig,
-    seed: int,
-) -> dict:
-    """One seeded run (see :func:`_train_one`), on one thread when a batch is small (``threads_for``)."""
-    images = train["images"]
-    with threads_for(min(config.batch_size, len(images)) * images.shape[2] * images.shape[3]):
-        return _train_one(train, val, num_classes, ignore_index, config, seed)
-
-
 def run_protocol(
     train: dict[str, Tensor],
     val: dict[str, Tensor],
@@ -140,9 +126,13 @@ def run_protocol(
     config: SegmentationConfig,
 ) -> dict:
     """``config.runs`` seeded runs; per-run values plus mean and std (0 for one run) of the Dice."""
-    runs = [
-        train_one(train, val, num_classes, ignore_index, config, config.seed + r) for r in range(config.runs)
-    ]
+    images = train["images"]
+    work = min(config.batch_size, len(images)) * images.shape[2] * images.shape[3]
+    with threads_for(work):  # one thread for small steps (see evaluation/threads.py)
+        runs = [
+            train_one(train, val, num_classes, ignore_index, config, config.seed + r)
+            for r in range(config.runs)
+        ]
     values = [r["dice"] for r in runs]
     return {
         "protocol": PROTOCOL,
