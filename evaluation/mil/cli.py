@@ -41,7 +41,6 @@ class MilArguments:
         metadata={"help": "train on this slide-embedding folder (e.g. imported from eva); no embedding"},
     )
     embed_num_workers: int = field(default=0, metadata={"help": "DataLoader workers reading tiles"})
-    device: str = "cpu"
 
 
 def embed_task(args: MilArguments, config: MilConfig) -> tuple[dict, dict]:
@@ -51,7 +50,7 @@ def embed_task(args: MilArguments, config: MilConfig) -> tuple[dict, dict]:
     task = SLIDE_TASKS[args.task](args.data_dir or None, seed=config.seed)
     tile = args.tile_size or task.TILE_SIZE
     per_slide = args.tiles_per_slide or task.TILES_PER_SLIDE
-    backbone = load_backbone(args.model, device=args.device)
+    backbone = load_backbone(args.model, device=config.device)
     folder = (
         Path(args.embeddings_dir)
         / task.TASK_NAME

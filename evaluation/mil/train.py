@@ -36,6 +36,7 @@ class MilConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     runs: int = 20
+    device: str = "cpu"  # backbone forward and head training
     seed: int = 0
 
 
@@ -96,7 +97,7 @@ def train_one(
     torch.manual_seed(seed)
     train_bags, train_y = data["train"]
     val_bags, val_y = data["validation"]
-    model = GatedABMIL(train_bags[0].shape[1], num_classes)
+    model = GatedABMIL(train_bags[0].shape[1], num_classes).to(config.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
     rng = np.random.default_rng(seed)
     best, best_state, best_epoch, waited = -1.0, None, 0, 0
@@ -105,7 +106,9 @@ def train_one(
         order = rng.permutation(len(train_bags))
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
-            loss = F.cross_entropy(model(*pad_bags([train_bags[i] for i in idx])), train_y[idx])
+            padded, mask = pad_bags([train_bags[i] for i in idx])
+            logits = model(padded.to(config.device), mask.to(config.device))
+            loss = F.cross_entropy(logits, train_y[idx].to(config.device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -129,7 +132,7 @@ def run_protocol(
     """``config.runs`` seeded runs; per-run values and mean/std per split and metric."""
     bags = data["train"][0]
     work = min(config.batch_size, len(bags)) * max(len(b) for b in bags) * bags[0].shape[1]
-    with threads_for(work):  # one thread for small steps (see evaluation/threads.py)
+    with threads_for(work, config.device):  # one thread for small steps (see evaluation/threads.py)
         runs = [train_one(data, num_classes, config, config.seed + r, kappa) for r in range(config.runs)]
     summary = {}
     for split in data:

@@ -34,7 +34,6 @@ class SegmentationArguments:
     tile_size: int = field(default=224, metadata={"help": "tile side in px (multiple of the patch size)"})
     check_counts: bool = field(default=True, metadata={"help": "enforce the official image counts"})
     overwrite_embeddings: bool = False
-    device: str = "cpu"
 
 
 def evaluate_task(args: SegmentationArguments, config: SegmentationConfig) -> dict:
@@ -42,7 +41,7 @@ def evaluate_task(args: SegmentationArguments, config: SegmentationConfig) -> di
     if args.task not in SEGMENTATION_TASKS:
         raise ValueError(f"unknown segmentation task {args.task!r}; available: {sorted(SEGMENTATION_TASKS)}")
     task = SEGMENTATION_TASKS[args.task](args.data_dir, check_counts=args.check_counts)
-    backbone = load_backbone(args.model, device=args.device)
+    backbone = load_backbone(args.model, device=config.device)
     splits = {}
     for split in ("train", "validation"):
         data = split_features(

@@ -30,6 +30,7 @@ class SegmentationConfig:
     batch_size: int = 64
     learning_rate: float = 2e-3
     eval_every: int = 100
+    device: str = "cpu"  # backbone forward and decoder training
     runs: int = 5
     seed: int = 0
 
@@ -65,8 +66,11 @@ def _forward(decoder: torch.nn.Module, features: Tensor, images: Tensor) -> Tens
 def predict(decoder: torch.nn.Module, features: Tensor, images: Tensor, batch_size: int = 64) -> Tensor:
     """Predicted class ids (N, H, W) for features (N, D, h, w) and normalised images (N, 3, H, W)."""
     decoder.eval()
+    device = next(decoder.parameters()).device
     out = [
-        _forward(decoder, features[i : i + batch_size], images[i : i + batch_size]).argmax(1)
+        _forward(decoder, features[i : i + batch_size].to(device), images[i : i + batch_size].to(device))
+        .argmax(1)
+        .cpu()
         for i in range(0, len(features), batch_size)
     ]
     return torch.cat(out)
@@ -95,7 +99,7 @@ def train_one(
     ``train`` / ``val`` hold ``features`` (N, D, h, w) and normalised ``images`` (N, 3, H, W), ``masks``.
     """
     torch.manual_seed(seed)
-    decoder = DECODERS[config.decoder](train["features"].shape[1], num_classes)
+    decoder = DECODERS[config.decoder](train["features"].shape[1], num_classes).to(config.device)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.learning_rate)
     generator = torch.Generator().manual_seed(seed)
     n = len(train["features"])
@@ -103,8 +107,8 @@ def train_one(
     for step in range(1, config.steps + 1):
         decoder.train()
         idx = torch.randint(0, n, (min(config.batch_size, n),), generator=generator)
-        logits = _forward(decoder, train["features"][idx], train["images"][idx])
-        loss = dice_loss(logits, train["masks"][idx], ignore_index)
+        batch = {k: train[k][idx].to(config.device) for k in ("features", "images", "masks")}
+        loss = dice_loss(_forward(decoder, batch["features"], batch["images"]), batch["masks"], ignore_index)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -128,7 +132,7 @@ def run_protocol(
     """``config.runs`` seeded runs; per-run values plus mean and std (0 for one run) of the Dice."""
     images = train["images"]
     work = min(config.batch_size, len(images)) * images.shape[2] * images.shape[3]
-    with threads_for(work):  # one thread for small steps (see evaluation/threads.py)
+    with threads_for(work, config.device):  # one thread for small steps (see evaluation/threads.py)
         runs = [
             train_one(train, val, num_classes, ignore_index, config, config.seed + r)
             for r in range(config.runs)
