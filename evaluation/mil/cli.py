@@ -50,6 +50,8 @@ def embed_task(args: MilArguments, config: MilConfig) -> tuple[dict, dict]:
     task = SLIDE_TASKS[args.task](args.data_dir or None, seed=config.seed)
     tile = args.tile_size or task.TILE_SIZE
     per_slide = args.tiles_per_slide or task.TILES_PER_SLIDE
+    for split in task.SPLIT_NAMES:  # layout errors before the (slow) model load
+        task.list_samples(split)
     backbone = load_backbone(args.model, device=config.device)
     folder = (
         Path(args.embeddings_dir)

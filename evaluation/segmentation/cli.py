@@ -41,6 +41,8 @@ def evaluate_task(args: SegmentationArguments, config: SegmentationConfig) -> di
     if args.task not in SEGMENTATION_TASKS:
         raise ValueError(f"unknown segmentation task {args.task!r}; available: {sorted(SEGMENTATION_TASKS)}")
     task = SEGMENTATION_TASKS[args.task](args.data_dir, check_counts=args.check_counts)
+    for split in task.SPLIT_NAMES:  # layout errors before the (slow) model load
+        task.list_samples(split)
     backbone = load_backbone(args.model, device=config.device)
     splits = {}
     for split in ("train", "validation"):
