@@ -19,11 +19,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from pathfm.evaluation.backbone import Backbone
+from pathfm.evaluation.protocol import POOLINGS
 from pathfm.evaluation.tasks.base import EvalTask, Sample
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-
-POOLINGS = ("pooler_output", "cls_mean")
 
 
 class TaskImages(Dataset):

@@ -40,19 +40,29 @@ import re
 import sys
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 try:
     from .configuration_pathfm_vit import PRESETS, TIMM_ARCHITECTURES, PathFMViTConfig
-    from .image_processing_pathfm_vit import PathFMViTImageProcessor
-    from .modeling_pathfm_vit import PathFMViTModel
 except ImportError:  # run as a script: `python modeling/convert_timm_to_pathfm.py`
     from pathfm.modeling.configuration_pathfm_vit import PRESETS, TIMM_ARCHITECTURES, PathFMViTConfig
-    from pathfm.modeling.image_processing_pathfm_vit import PathFMViTImageProcessor
+
+if TYPE_CHECKING:  # torch and the model classes are imported where used, so that --help returns at once
+    import torch
+
     from pathfm.modeling.modeling_pathfm_vit import PathFMViTModel
 
 logger = logging.getLogger(__name__)
+
+
+def _model_class() -> type[PathFMViTModel]:
+    """:class:`PathFMViTModel`, imported on first use (relative when imported as a package module)."""
+    try:
+        from .modeling_pathfm_vit import PathFMViTModel
+    except ImportError:  # run as a script
+        from pathfm.modeling.modeling_pathfm_vit import PathFMViTModel
+    return PathFMViTModel
+
 
 # (timm regex, pathfm template); applied to whole keys, first match wins
 _TIMM_TO_PATHFM: list[tuple[str, str]] = [
@@ -96,8 +106,10 @@ def _rename(key: str, table: list[tuple[str, str]]) -> str | None:
 
 def _expected_shapes(config: PathFMViTConfig) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of ``PathFMViTModel(config)`` (built on the meta device: no memory, no init)."""
+    import torch
+
     with torch.device("meta"):
-        model = PathFMViTModel(config)
+        model = _model_class()(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -196,6 +208,8 @@ def pathfm_to_timm_state_dict(
 
 
 def _unwrap(obj: object, source: str) -> dict[str, torch.Tensor]:
+    import torch
+
     """Find the tensor dict inside a training checkpoint and strip wrapper prefixes (``module.``,
     ``backbone.``, ...)."""
     while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -244,8 +258,12 @@ def read_timm_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
     if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
         obj: object = load_file(str(path))
     else:
+        import torch
+
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     return _unwrap(obj, str(path))
 
@@ -286,7 +304,7 @@ def load_pretrained_backbone(path: str, preset: str, **overrides) -> PathFMViTMo
     if src.is_dir():
         config_file = src / "config.json"
         if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "pathfm_vit":
-            model = PathFMViTModel.from_pretrained(str(src), **overrides)
+            model = _model_class().from_pretrained(str(src), **overrides)
             reference = PathFMViTConfig.from_preset(preset)
             fields = (
                 "hidden_size",
@@ -327,7 +345,7 @@ def load_pretrained_backbone(path: str, preset: str, **overrides) -> PathFMViTMo
         )
         config = PathFMViTConfig.from_preset(preset, **{**overrides, "image_size": side * config.patch_size})
     state = timm_to_pathfm_state_dict(timm_sd, config, source=str(src))
-    model = PathFMViTModel(config)
+    model = _model_class()(config)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -347,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
         help="reverse: read a pathfm folder, write <output_dir>/model.safetensors in timm layout",
     )
     args = parser.parse_args(argv)
+    from safetensors.torch import save_file
+
+    try:
+        from .image_processing_pathfm_vit import PathFMViTImageProcessor
+    except ImportError:  # run as a script
+        from pathfm.modeling.image_processing_pathfm_vit import PathFMViTImageProcessor
     out = Path(args.output_dir)
     overrides = {"pooling": args.pooling} if args.pooling else {}
     model = load_pretrained_backbone(args.checkpoint, args.arch, **overrides)
