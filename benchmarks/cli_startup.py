@@ -10,6 +10,7 @@ project is <= 3 s per ``--help`` on a 2-core machine. Exit status 1 when a comma
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import statistics
 import subprocess
@@ -38,7 +39,8 @@ def entry_points() -> list[tuple[str, list[str]]]:
         from pathfm.cli import COMMANDS
 
         commands.append(("pathfm --help", [console, "--help"]))
-        commands += [(f"pathfm {name} --help", [console, name, "--help"]) for name in COMMANDS]
+        present = [name for name, (module, *_) in COMMANDS.items() if importlib.util.find_spec(module)]
+        commands += [(f"pathfm {name} --help", [console, name, "--help"]) for name in present]
     return commands
 
 

@@ -24,11 +24,10 @@ import argparse
 import dataclasses
 import json
 import time
-
 from typing import TYPE_CHECKING
 
 from pathfm.evaluation.protocol import POOLINGS, PROTOCOL_NAME, KnnConfig, LinearProbeConfig
-from pathfm.evaluation.tasks import TASKS, build_task, present_tasks
+from pathfm.evaluation.tasks import TASKS, absent_tasks, build_task, present_tasks
 
 if TYPE_CHECKING:  # torch-heavy modules are imported where used, so that --help returns at once
     from pathfm.evaluation.backbone import Backbone
@@ -95,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def resolve_tasks(spec: str, data_dir: str | None) -> list[str]:
     """Task names from ``--task`` (``all`` = every task whose data is present)."""
     if spec == "all":
+        for name, reason in absent_tasks(data_dir).items():
+            print(f"skipped {name}: {reason}", flush=True)
         return present_tasks(data_dir)
     names = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [n for n in names if n not in TASKS]
@@ -189,7 +190,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = parse_args(argv)
     import torch
-
     from pathfm.evaluation.backbone import load_backbone
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

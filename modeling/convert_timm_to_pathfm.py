@@ -39,7 +39,6 @@ import math
 import re
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 try:
@@ -49,7 +48,6 @@ except ImportError:  # run as a script: `python modeling/convert_timm_to_pathfm.
 
 if TYPE_CHECKING:  # torch and the model classes are imported where used, so that --help returns at once
     import torch
-
     from pathfm.modeling.modeling_pathfm_vit import PathFMViTModel
 
 logger = logging.getLogger(__name__)
@@ -260,11 +258,18 @@ def read_timm_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        obj: object = load_file(str(path))
+        try:
+            obj: object = load_file(str(path))
+        except Exception as err:  # noqa: BLE001  (safetensors' own error type for a truncated header)
+            raise CheckpointMismatchError(f"{path}: truncated or not a safetensors file ({err}).") from None
     else:
         import torch
 
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, ValueError) as err:
+            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointMismatchError(f"{path}: not a readable torch checkpoint ({text}).") from None
     return _unwrap(obj, str(path))
 
 
@@ -303,8 +308,18 @@ def load_pretrained_backbone(path: str, preset: str, **overrides) -> PathFMViTMo
     src = Path(path)
     if src.is_dir():
         config_file = src / "config.json"
-        if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "pathfm_vit":
-            model = _model_class().from_pretrained(str(src), **overrides)
+        try:
+            model_type = (
+                json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
+            )
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointMismatchError(f"{config_file}: not valid JSON ({err}).") from None
+        if model_type == "pathfm_vit":
+            try:
+                from .loading import load_checked
+            except ImportError:  # run as a script
+                from pathfm.modeling.loading import load_checked
+            model = load_checked(_model_class(), str(src), is_folder=True, **overrides)
             reference = PathFMViTConfig.from_preset(preset)
             fields = (
                 "hidden_size",

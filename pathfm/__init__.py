@@ -2,7 +2,8 @@
 
 Importing ``pathfm`` registers the ``pathfm_vit`` model type with the transformers Auto classes, except in
 a process started only to print one of pathfm's command-line ``--help`` texts (see :func:`help_only`): it
-never builds a model, and registration costs ~3 s of torch / torchvision imports on 2 cores.
+never builds a model, and registration costs ~3 s of torch / torchvision imports on 2 cores. The ``pathfm``
+console script (:mod:`pathfm.cli`) registers once it knows its command is not ``--help``.
 """
 
 import sys as _sys
@@ -46,7 +47,12 @@ def help_only(argv: list[str]) -> bool:
     return False
 
 
-if not help_only(_sys.argv):
+def _console_script(argv: list[str]) -> bool:
+    """The ``pathfm`` console script registers the classes itself, once it knows the command needs them."""
+    return bool(argv) and _Path(argv[0]).name == "pathfm"
+
+
+if not (help_only(_sys.argv) or _console_script(_sys.argv)):
     from pathfm.modeling import register_auto_classes as _register
 
     _register()

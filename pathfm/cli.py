@@ -1,6 +1,6 @@
 """The ``pathfm`` console script: one command with a subcommand per entry point.
 
-    pathfm train [preset] [--flags]    # = python training/dino.py (multi-process: accelerate launch training/dino.py)
+    pathfm train [preset] [--flags]    # = python training/dino.py (several processes: accelerate launch ...)
     pathfm export --checkpoint DIR --output_dir DIR
     pathfm probe --model DIR --task NAME --output_dir DIR
     pathfm catalogue ...               # = python datasets_scripts/catalogue.py
@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     module_name, function_name, script, _ = COMMANDS[name]
+    if not {"-h", "--help"} & set(rest):  # models will be loaded: make the Auto classes know pathfm_vit
+        from pathfm.modeling import register_auto_classes
+
+        register_auto_classes()
     sys.argv = [f"pathfm {name}", *rest]  # argparse's usage line names the subcommand
     function = _train_help(rest) if name == "train" else None
     if function is None:

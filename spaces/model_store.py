@@ -124,53 +124,20 @@ def _is_smoke_test(source: str, is_folder: bool) -> bool:
         return False
 
 
-def _first_mismatch(source: str, config: PathFMViTConfig) -> str:
-    """The first checkpoint tensor whose shape differs from what ``config.json`` builds, for messages."""
-    from safetensors import safe_open
-
-    weights = Path(source) / "model.safetensors"
-    if not weights.is_file():
-        return ""
-    with torch.device("meta"):
-        expected = PathFMViTModel(config).state_dict()
-    with safe_open(str(weights), framework="pt") as handle:
-        for key in handle.keys():
-            shape = tuple(handle.get_slice(key).get_shape())
-            if key in expected and tuple(expected[key].shape) != shape:
-                built = list(expected[key].shape)
-                return f" (e.g. {key}: {list(shape)} in the weights, {built} from config.json)"
-    return ""
-
-
 def _load_backbone(name: str, source: str, is_folder: bool) -> PathFMViTModel:
     """``AutoModel.from_pretrained`` with every failure turned into one :class:`ModelLoadError` line."""
+    from pathfm.modeling.loading import ModelFolderError, load_checked
     from transformers import AutoModel
 
     where = "folder" if is_folder else "Hub id (offline: only ids already in the local cache load)"
     try:
-        model, info = AutoModel.from_pretrained(source, output_loading_info=True)
-    except Exception as error:  # noqa: BLE001  (transformers / safetensors raise many types for a bad folder)
-        text = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
-        if "mismatched_sizes" in text and is_folder:
-            try:
-                config = PathFMViTConfig.from_pretrained(source)
-                text = "model.safetensors does not fit config.json" + _first_mismatch(source, config)
-            except Exception:  # noqa: BLE001  (the mismatch detail is a bonus; keep the plain message)
-                text = "model.safetensors does not fit config.json"
-            text += "; a checkpoint of another architecture or size?"
-        elif type(error).__name__ == "SafetensorError":
-            text = f"model.safetensors is truncated or not a safetensors file ({text})"
-        raise ModelLoadError(f"{name}: cannot load a pathfm model from this {where}: {text}") from None
+        model = load_checked(AutoModel, source, is_folder)
+    except ModelFolderError as error:
+        raise ModelLoadError(f"{name}: cannot load a pathfm model from this {where}: {error}") from None
     if not isinstance(model, PathFMViTModel):
         raise ModelLoadError(
             f"{name}: holds a {type(model).__name__} (model_type {model.config.model_type!r}), not a pathfm_vit "
             "backbone."
-        )
-    missing = list(info.get("missing_keys") or [])
-    if missing:
-        raise ModelLoadError(
-            f"{name}: model.safetensors lacks {len(missing)} of the backbone's tensors "
-            f"(e.g. {sorted(missing)[0]}): a checkpoint of another architecture? Convert it first (python modeling/convert.py)."
         )
     return model
 

@@ -8,8 +8,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pathfm
 import pytest
+
+import pathfm
 from pathfm.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,51 +46,55 @@ def test_top_level_help_and_unknown_command():
     ]
 
 
-@pytest.mark.parametrize(
-    ("name", "flag"),
-    [
-        ("train", "--backbone_preset"),
-        ("probe", "--save_head"),
-        ("convert", "--to_timm"),
-        ("publish", "--grid_mpp"),
-    ],
-)
+@pytest.mark.parametrize(("name", "flag"), [("probe", "--save_head"), ("convert", "--to_timm")])
 def test_subcommand_help_is_the_scripts_help(name, flag):
     ours = run(console(), name, "--help")
-    script = COMMANDS[name][2]
-    theirs = run(sys.executable, script, "--help")
+    theirs = run(sys.executable, COMMANDS[name][2], "--help")
     assert ours.returncode == 0 and theirs.returncode == 0 and flag in ours.stdout
     assert ours.stdout.split("options:", 1)[1] == theirs.stdout.split("options:", 1)[1]
     assert f"usage: pathfm {name}" in ours.stdout
 
 
+def test_train_help_is_the_training_parser(capsys):
+    from pathfm.training.config import parse_config
+
+    ours = run(console(), "train", "--help")
+    with pytest.raises(SystemExit):
+        parse_config(["--help"])  # what training/dino.py parses its arguments with
+    theirs = capsys.readouterr().out
+    assert ours.returncode == 0 and "--backbone_preset" in ours.stdout
+    assert ours.stdout.split("options:", 1)[1] == theirs.split("options:", 1)[1]
+
+
 def test_subcommand_errors_exit_like_the_script(tmp_path):
     done = run(
         console(),
-        "probe",
-        "--model",
-        str(tmp_path / "missing"),
-        "--task",
-        "crc",
+        "convert",
+        "--checkpoint",
+        str(tmp_path / "missing.pth"),
+        "--arch",
+        "tiny",
         "--output_dir",
-        str(tmp_path),
+        str(tmp_path / "out"),
     )
-    assert done.returncode == 2 and "Traceback" not in done.stderr and "missing" in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"convert_timm_to_pathfm.py: error: Checkpoint {tmp_path / 'missing.pth'} does not exist."
+    ]
 
 
 def test_help_imports_no_torch():
     code = (
-        "import sys; sys.argv = ['{0}', '--help']\n"
+        "import sys\n"
+        "sys.argv = ['{0}', '--help']\n"
         "import pathfm.cli\n"
-        "try:\n    pathfm.cli.main(['{1}', '--help'])\n"
-        "except SystemExit:\n    pass\n"
+        "for name in ('train', 'probe', 'publish', 'demo'):\n"
+        "    try:\n        pathfm.cli.main([name, '--help'])\n"
+        "    except SystemExit:\n        pass\n"
         "print('TORCH', 'torch' in sys.modules, 'transformers.modeling_utils' in sys.modules)\n"
-    )
-    for name in ("train", "probe", "convert", "publish", "demo"):
-        out = run(sys.executable, "-c", code.format(str(Path(sys.executable).parent / "pathfm"), name)).stdout
-        # the converter's --arch choices come from the config module, which transformers builds on torch
-        expected = "TORCH True False" if name == "convert" else "TORCH False False"
-        assert out.strip().endswith(expected), (name, out[-300:])
+    ).format(Path(sys.executable).parent / "pathfm")
+    out = run(sys.executable, "-c", code).stdout
+    assert out.strip().endswith("TORCH False False"), out[-300:]
 
 
 def test_help_only_recognises_our_entry_points_only():
@@ -100,3 +105,18 @@ def test_help_only_recognises_our_entry_points_only():
     assert not pathfm.help_only(["/usr/bin/pytest", "--help"])
     assert not pathfm.help_only([str(root / ".venv" / "bin" / "tool.py"), "--help"])
     assert not pathfm.help_only(["-c", "--help"])
+
+
+def test_console_script_registers_the_model_type_before_a_real_command():
+    code = (
+        "import sys\n"
+        "sys.argv = ['/bin/pathfm', 'probe']\n"
+        "import pathfm.cli\n"
+        "from transformers import AutoConfig\n"
+        "try:\n    AutoConfig.for_model('pathfm_vit')\n    print('early')\n"
+        "except ValueError:\n    print('deferred')\n"
+        "try:\n    pathfm.cli.main(['probe'])\n"
+        "except SystemExit:\n    pass\n"
+        "print(type(AutoConfig.for_model('pathfm_vit')).__name__)\n"
+    )
+    assert run(sys.executable, "-c", code).stdout.split() == ["deferred", "PathFMViTConfig"]
