@@ -132,3 +132,10 @@ def test_broken_model_folders_give_one_line(probe, case, tiny_model_dir, tmp_pat
     folder, needle = broken_models(tiny_model_dir, tmp_path)[case]
     done = probe(folder, "embedded_tissue", tmp_path / "out")
     one_line_error(done, needle)
+
+
+def test_count_mismatch_names_the_cli_flag(pcam_eva):
+    from pathfm.evaluation.tasks import TaskDataError, build_task
+
+    with pytest.raises(TaskDataError, match="has 8 samples, expected 262144 .*--no_check_counts skips this"):
+        build_task("pcam", pcam_eva, check_counts=True).list_samples("train")
