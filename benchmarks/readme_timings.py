@@ -81,9 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'step':<8} {'wall s':>8} {'min':>6} {'x import torch':>15}  exit")
     for step, seconds, code in results:
         print(f"{step:<8} {seconds:8.0f} {seconds / 60:6.1f} {seconds / yardstick:15.0f}  {code:4d}")
-    print(
-        f"{'torch':<8} {yardstick:8.1f} {'':>6} {1:15d}     (python -c 'import torch': {before:.1f} s / {after:.1f} s)"
-    )
+    torch_note = f"(python -c 'import torch': {before:.1f} s before, {after:.1f} s after)"
+    print(f"{'torch':<8} {yardstick:8.1f} {'':>6} {1:15d}     {torch_note}")
     print(f"{os.cpu_count()} CPUs; {sys.version.split()[0]}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
