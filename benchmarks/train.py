@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate.state import AcceleratorState, GradientState, PartialState
+
 from pathfm.modeling import PathFMViTConfig
 from pathfm.training import dino
 from pathfm.training.config import parse_config
