@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState, PartialState
 
 from pathfm.modeling import PathFMViTConfig, PathFMViTModel
 from pathfm.training.checkpointing import (
@@ -20,14 +19,10 @@ from pathfm.training.checkpointing import (
 from pathfm.training.export import load_teacher_from_checkpoint
 from pathfm.training.heads import DINOHead, MultiCropWrapper
 from pathfm.training.losses.dino import DINOLoss
+from tests.training.conftest import reset_accelerate_state
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 class _Stream:
@@ -63,9 +58,7 @@ def test_save_resume_and_export_whatever_the_keyword_order(tmp_path):
         torch.testing.assert_close(exported.state_dict()[name], value, rtol=0, atol=0)
 
     # a fresh process state restores teacher, center, position and the stream
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate_state()
     teacher2, loss2, state2, stream2 = _wrapper(2), DINOLoss(32, 4), TrainState(), _Stream(0)
     accelerator2 = Accelerator(cpu=True)
     register(accelerator2, teacher=teacher2, loss=loss2, state=state2)

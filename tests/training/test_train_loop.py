@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
@@ -21,12 +20,7 @@ from pathfm.training.optim import build_optimizer, set_lr_wd
 from pathfm.training.step import NonFiniteLossError, train_step
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def _args(cmu_svs, out, *extra):
