@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pathfm.training.loss import DINOLoss
+from pathfm.training.losses.dino import DINOLoss
 
 
 def _reference_loss(
