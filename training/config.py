@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import HfArgumentParser
-
 from pathfm.training import hf_aliases
+from transformers import HfArgumentParser
 
 __all__ = [
     "DINOModelArguments",
@@ -285,7 +284,7 @@ def parse_config(
         usage=f"%(prog)s [PRESET] [--flag value ...]   (PRESET: a name in {sorted(preset_names())} or a "
         f"YAML file; default {DEFAULT_PRESET})",
         description=f"DINO pretraining. Defaults below are those of preset {preset_path.stem!r} ({preset_path}); "
-        "transformers.TrainingArguments names are accepted where the meaning is the same: "
+        "transformers.TrainingArguments names are accepted where they mean the same: "
         + ", ".join(f"--{a} (= --{b})" for a, b in hf_aliases.RENAMED.items())
         + ", --warmup_steps / --warmup_ratio (converted to --warmup_epochs), --bf16 / --fp16.",
     )
