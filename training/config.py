@@ -283,7 +283,8 @@ def parse_config(
         CONFIG_CLASSES,
         usage=f"%(prog)s [PRESET] [--flag value ...]   (PRESET: a name in {sorted(preset_names())} or a "
         f"YAML file; default {DEFAULT_PRESET})",
-        description=f"DINO pretraining. Defaults below are those of preset {preset_path.stem!r} ({preset_path}); "
+        description=f"DINO pretraining. Defaults below are those of preset {preset_path.stem!r} "
+        f"({preset_path}); "
         "transformers.TrainingArguments names are accepted where they mean the same: "
         + ", ".join(f"--{a} (= --{b})" for a, b in hf_aliases.RENAMED.items())
         + ", --warmup_steps / --warmup_ratio (converted to --warmup_epochs), --bf16 / --fp16.",
