@@ -181,6 +181,13 @@ class DINOTrainingArguments:
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "'latest' or a checkpoint folder written by this script."}
     )
+    save_on_interrupt: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Save a checkpoint when stopped by Ctrl-C / SIGTERM (default: on SIGTERM only, as SLURM "
+            "sends before a time limit)."
+        },
+    )
     expected_world_size: int | None = field(
         default=None,
         metadata={"help": "Fail unless exactly this many processes run (else compared to WORLD_SIZE)."},

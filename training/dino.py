@@ -54,6 +54,7 @@ from pathfm.training.config import (
     save_config,
 )
 from pathfm.training.data import build_data, build_probe
+from pathfm.training.interrupt import TrainingInterrupted
 from pathfm.training.launch import WorldSizeMismatchError, make_accelerator, trackers
 from pathfm.training.loop import Loop, run_loop
 from pathfm.training.losses.dino import DINOLoss
@@ -187,7 +188,12 @@ def train(
         # fixed RankMe probe batch, main process only
         probe=build_probe(data.readable, d_args, t_args, device) if accelerator.is_main_process else None,
     )
-    run_loop(loop)
+    try:
+        run_loop(loop)
+    except TrainingInterrupted:
+        data.stream.close()
+        accelerator.end_training()
+        raise
     data.stream.close()
 
     # ============ end: consistency, export, push ============
@@ -287,6 +293,10 @@ def cli(argv: list[str]) -> int:
     """Run :func:`main`; configuration and input errors print one line (no traceback) and return 2."""
     try:
         main(argv)
+    except TrainingInterrupted as stopped:
+        if os.environ.get("RANK", "0") == "0":
+            print(stopped.message, file=sys.stderr)
+        return 128 + stopped.signum
     except USER_ERRORS as err:
         # every rank reaches the same error; under a launcher (RANK set) only rank 0 prints it
         if os.environ.get("RANK", "0") == "0":
