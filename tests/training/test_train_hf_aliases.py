@@ -62,3 +62,13 @@ def test_usage_names_the_preset_and_help_shows_its_values(capsys):
     assert text.splitlines()[0].startswith("usage: ") and "[PRESET]" in text.splitlines()[0]
     assert "preset 'vits16_kaiko'" in text
     assert "(default: vits16)" in " ".join(text.split())  # the preset's backbone, not the field default
+
+
+def test_end_of_run_says_where_things_are_and_what_next(tmp_path):
+    from pathfm.training.dino import next_steps
+
+    text = next_steps(tmp_path, {"export": str(tmp_path / "model"), "hub_url": "https://hub/x"})
+    assert f"model: {tmp_path / 'model'} (model card: {tmp_path / 'model' / 'README.md'})" in text
+    assert f"tensorboard --logdir {tmp_path / 'logs'}" in text and "Hub: https://hub/x" in text
+    assert f"python evaluation/linear_probe.py --model {tmp_path / 'model'}" in text
+    assert f"PATHFM_SPACE_MODEL={tmp_path / 'model'} python spaces/app.py" in text
