@@ -157,6 +157,13 @@ class DINOTrainingArguments:
     warmup_teacher_temp_epochs: float = field(
         default=0, metadata={"help": "Teacher temperature warm-up (epochs)."}
     )
+    teacher_temp_per_epoch: bool = field(
+        default=False,
+        metadata={
+            "help": "Teacher temperature warm-up in epoch steps, as facebookresearch/dino and dinov2 (one "
+            "value per epoch); default False: a linear ramp per optimizer step."
+        },
+    )
     student_temp: float = field(default=0.1, metadata={"help": "Student temperature (DINO 0.1)."})
     center_momentum: float = field(default=0.9, metadata={"help": "Center EMA momentum (DINO 0.9)."})
     mixed_precision: str = field(
