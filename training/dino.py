@@ -125,7 +125,9 @@ def train(
     # ============ networks, loss, optimizer ============
     student, teacher = build_student_teacher(m_args)
     teacher.to(device)
-    dino_loss = DINOLoss(m_args.out_dim, augment.ncrops, t_args.student_temp, t_args.center_momentum)
+    dino_loss = DINOLoss(
+        m_args.out_dim, augment.ncrops, t_args.student_temp, t_args.center_momentum, t_args.centering
+    )
     dino_loss.to(device)
     optimizer = build_optimizer(student)
     # prepare: wraps the student in DDP when several processes run (gradients all-reduced in backward) and

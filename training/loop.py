@@ -77,8 +77,8 @@ def run_loop(loop: Loop) -> None:
     acc, t_args, state = loop.accelerator, loop.t_args, loop.state
     total = t_args.total_steps
     metrics_path = loop.output_dir / "metrics.jsonl"
-    if acc.is_main_process and state.step == 0 and metrics_path.exists():
-        metrics_path.unlink()
+    if acc.is_main_process and metrics_path.exists():
+        cut_metrics(metrics_path, state.step)
     found = checkpoint_dirs(loop.output_dir)
     loop.last_good = found[-1] if found else None
     progress = tqdm(total=total, initial=state.step, disable=not acc.is_main_process, desc="dino")
@@ -181,6 +181,20 @@ def _stop(loop: Loop, signum: int, loss: float) -> None:
         )
     message = f"stopped by {name} at step {state.step}; last checkpoint {where}; {resume}"
     raise TrainingInterrupted(signum, message)
+
+
+def cut_metrics(metrics_path: Path, step: int) -> None:
+    """Keep the rows of ``metrics.jsonl`` up to ``step`` (the resumed checkpoint; 0: a fresh run).
+
+    A run killed after its last checkpoint logged steps that the resumed run logs again; without the cut they
+    would appear twice.
+    """
+    if step == 0:
+        metrics_path.unlink()
+        return
+    rows = [line for line in metrics_path.read_text().splitlines() if line.strip()]
+    kept = [line for line in rows if json.loads(line)["step"] <= step]
+    metrics_path.write_text("".join(line + "\n" for line in kept))
 
 
 def log_step(loop: Loop, it: int, out: StepOutput, timer: _Timer, metrics_path: Path, progress: Any) -> None:

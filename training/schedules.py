@@ -142,12 +142,25 @@ def build_schedules(t_args: Any, world_size: int) -> RunSchedules:
         ),
         weight_decay=cosine_scheduler(t_args.weight_decay, t_args.weight_decay_end, total),
         momentum=cosine_scheduler(t_args.momentum_teacher, 1.0, total),
-        teacher_temp=teacher_temp_schedule(
-            t_args.warmup_teacher_temp,
-            t_args.teacher_temp,
-            round(t_args.warmup_teacher_temp_epochs * spe),
-            total,
-        ),
+        teacher_temp=run_teacher_temp(t_args, total, spe),
         freeze_last_layer_steps=round(t_args.freeze_last_layer * spe),
         global_batch=global_batch,
     )
+
+
+def run_teacher_temp(t_args: Any, total: int, steps_per_epoch: int) -> np.ndarray:
+    """(total,) teacher temperature per optimizer step.
+
+    With ``teacher_temp_per_epoch`` the warm-up is the references' per-epoch array (facebookresearch/dino
+    ``DINOLoss.__init__``, dinov2 ``SSLMetaArch`` teacher_temp schedule: one value per epoch, linear over
+    ``warmup_teacher_temp_epochs`` epochs) held for the ``steps_per_epoch`` steps of each epoch; otherwise the
+    same ramp is spread over optimizer steps.
+    """
+    if not t_args.teacher_temp_per_epoch:
+        warmup = round(t_args.warmup_teacher_temp_epochs * steps_per_epoch)
+        return teacher_temp_schedule(t_args.warmup_teacher_temp, t_args.teacher_temp, warmup, total)
+    epochs = math.ceil(total / steps_per_epoch)
+    per_epoch = teacher_temp_schedule(
+        t_args.warmup_teacher_temp, t_args.teacher_temp, round(t_args.warmup_teacher_temp_epochs), epochs
+    )
+    return np.repeat(per_epoch, steps_per_epoch)[:total]

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from torch import Tensor, nn
 
 from pathfm.training.losses.dino import DINOLoss
-from pathfm.training.monitoring import teacher_entropy
+from pathfm.training.monitoring import entropy as row_entropy
 from pathfm.training.optim import cancel_gradients_last_layer, clip_gradients
 from pathfm.training.teacher import update_teacher
 
@@ -112,7 +112,8 @@ def train_step(
                 optimizer.zero_grad(set_to_none=True)
     # once per optimizer step: center from all micro-batches of all ranks, then the teacher EMA
     center_sum = accelerator.reduce(center_sum, reduction="sum")
-    entropy = teacher_entropy(teacher_output.float(), dino_loss.center, teacher_temp)
+    # entropy of the last micro-batch's actual targets (centred softmax or Sinkhorn-Knopp), before the update
+    entropy = float(row_entropy(dino_loss.teacher_probs(teacher_output, teacher_temp)).mean())
     dino_loss.update_center(center_sum, rows * accelerator.num_processes)
     with torch.no_grad():
         update_teacher(accelerator.unwrap_model(student), teacher, momentum)

@@ -199,6 +199,10 @@ def test_resume_continues_exactly(cmu_svs, tmp_path):
     sa = json.loads((full_dir / "checkpoints" / "checkpoint-6" / "data_state_rank0.json").read_text())
     sb = json.loads((resumed_dir / "checkpoints" / "checkpoint-6" / "data_state_rank0.json").read_text())
     assert sa["pass_index"] == sb["pass_index"] and sa["batches_in_pass"] == sb["batches_in_pass"]
+    # resuming in the same folder cuts metrics.jsonl back to the checkpoint: every step is logged once
+    _run(_args(cmu_svs, full_dir, *common, "--resume_from_checkpoint", str(ckpt)))
+    rows = [json.loads(line) for line in (full_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     # "latest" finds the newest checkpoint of the output folder; nothing left to do there
     latest = _run(_args(cmu_svs, full_dir, *common, "--resume_from_checkpoint", "latest"))
     assert latest["resumed_from"].endswith("checkpoint-6") and latest["losses"] == []
