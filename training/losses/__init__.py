@@ -1,1 +1,1 @@
-"""Self-supervised losses, one module per objective term (DINO CLS, iBOT patch, KoLeo, KDE, Sinkhorn-Knopp)."""
+"""Self-supervised losses, one module per term (DINO CLS, iBOT patch, KoLeo, KDE, Sinkhorn-Knopp)."""
