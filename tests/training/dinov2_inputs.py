@@ -1,6 +1,7 @@
 """Fixed inputs of the DINOv2 reference-equality tests and of the script that produced their expected values.
 
-Closed-form (sines), so that the values do not depend on a random generator's implementation.
+Closed-form (sines), so that the values do not depend on a random generator's implementation. The scripts in
+``dinov2_reference/`` regenerate every expected value from the upstream code.
 """
 
 import zlib

@@ -1,0 +1,52 @@
+"""Writes expected values of the DINOv2 equality tests by running upstream code (not part of pathfm).
+
+Run outside pathfm with its .venv python, from this folder:
+``DINOV2_SRC=<facebookresearch/dinov2 at b8931f7bf91576930313be2c6d6af376033b35f0> python make_groups.py``
+(``OPENMIDNIGHT_SRC``: MedARC-AI/OpenMidnight at f7d5a6457d7f34c0a7be194ed8d0b1199e5360ca, for KDE).
+Results go to ``$OUT`` (default /tmp). ``make_step.py`` also needs omegaconf on ``sys.path`` and uses
+``xformers_shim/`` (a stand-in for xFormers' block-diagonal head batching; the head is row-wise).
+"""
+
+import os
+import pathlib
+
+HERE = pathlib.Path(__file__).resolve().parent
+DINOV2 = os.environ.get("DINOV2_SRC", "/tmp/dv2")
+OPENMIDNIGHT = os.environ.get("OPENMIDNIGHT_SRC", "/tmp/om")
+SHIM = str(HERE / "xformers_shim")
+OUT = os.environ.get("OUT", "/tmp")
+import json, sys
+
+sys.path[:0] = [DINOV2]
+from functools import partial
+import torch
+from dinov2.models.vision_transformer import DinoVisionTransformer
+from dinov2.layers import DINOHead, MemEffAttention
+from dinov2.layers.block import NestedTensorBlock as Block
+from dinov2.utils.param_groups import get_params_groups_with_decay, fuse_params_groups
+
+vit = DinoVisionTransformer(
+    img_size=28,
+    patch_size=14,
+    embed_dim=32,
+    depth=3,
+    num_heads=4,
+    mlp_ratio=4,
+    num_register_tokens=4,
+    init_values=1e-5,
+    block_chunks=0,
+    block_fn=partial(Block, attn_class=MemEffAttention),
+)
+head = DINOHead(32, 16, hidden_dim=24, bottleneck_dim=8, nlayers=3)
+out = {}
+for key, m in (("backbone", vit), ("head", head)):
+    g = get_params_groups_with_decay(m, lr_decay_rate=0.9, patch_embed_lr_mult=0.2)
+    out[key] = [(d["name"], d["lr_multiplier"], d["wd_multiplier"], d["is_last_layer"]) for d in g]
+    out[key + "_fused"] = [
+        (d["lr_multiplier"], d["wd_multiplier"], d["is_last_layer"], len(d["params"]))
+        for d in fuse_params_groups(g)
+    ]
+json.dump(out, open(OUT + f"/groups.json", "w"), indent=0)
+for k, v in out.items():
+    print(k)
+    [print(" ", r) for r in v]
