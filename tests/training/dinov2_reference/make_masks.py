@@ -1,20 +1,6 @@
-"""Writes expected values of the DINOv2 equality tests by running upstream code (not part of pathfm).
+"""Expected values for the DINOv2 tests (masks) from upstream code; see reference_paths.py."""
 
-Run outside pathfm with its .venv python, from this folder:
-``DINOV2_SRC=<facebookresearch/dinov2 at b8931f7bf91576930313be2c6d6af376033b35f0> python make_masks.py``
-(``OPENMIDNIGHT_SRC``: MedARC-AI/OpenMidnight at f7d5a6457d7f34c0a7be194ed8d0b1199e5360ca, for KDE).
-Results go to ``$OUT`` (default /tmp). ``make_step.py`` also needs omegaconf on ``sys.path`` and uses
-``xformers_shim/`` (a stand-in for xFormers' block-diagonal head batching; the head is row-wise).
-"""
-
-import os
-import pathlib
-
-HERE = pathlib.Path(__file__).resolve().parent
-DINOV2 = os.environ.get("DINOV2_SRC", "/tmp/dv2")
-OPENMIDNIGHT = os.environ.get("OPENMIDNIGHT_SRC", "/tmp/om")
-SHIM = str(HERE / "xformers_shim")
-OUT = os.environ.get("OUT", "/tmp")
+from reference_paths import DINOV2, OPENMIDNIGHT, OUT, SHIM, TESTS  # noqa: F401
 import hashlib, json, random, sys
 
 sys.path[:0] = [DINOV2]
