@@ -181,7 +181,7 @@ class TileBatchStream:
             epoch=pass_index,
         )
         # This rank's slides are already partitioned: no second split by node.
-        self._ds = tile_stream(config, rank=0, world_size=1)
+        self._ds = tile_stream(config, rank=0, world_size=1, num_workers=self.num_workers)
         return self._ds
 
     def _make_iterator(self, pass_index: int, skip_batches: int) -> Iterator[dict[str, Any]]:
