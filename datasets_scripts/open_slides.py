@@ -53,13 +53,24 @@ class SlidePool:
             old.close()
         return reader
 
-    def release(self, path: str | os.PathLike) -> None:
-        """Close every open reader of ``path`` (the stream is done with that slide)."""
+    def discard(self, path: str | os.PathLike) -> None:
+        """Close every open reader of ``path``; the next :meth:`get` reopens it."""
         for key in [k for k in self.readers if k[0] == str(path)]:
             self.readers.pop(key).close()
 
+    def release(self, path: str | os.PathLike) -> None:
+        """The stream is done with ``path``: close its readers and forget its failure count."""
+        self.discard(path)
+        self.region_failures.pop(str(path), None)
+
     def failed(self, path: str | os.PathLike) -> int:
-        """Count one failed region read of ``path``; returns the slide's failures so far in this process."""
+        """Count one failed region read of ``path`` and close its readers (OpenSlide handles stay in an error
+        state after a failed read, so the next read reopens the slide).
+
+        Returns:
+            the slide's failures so far in this process.
+        """
+        self.discard(path)
         n = self.region_failures.get(str(path), 0) + 1
         self.region_failures[str(path)] = n
         return n

@@ -203,3 +203,41 @@ def test_dataloader_workers_match_single_process(eight_slides):
     single = sorted(_key(e) for e in tile_stream(cfg))
     loader = DataLoader(tile_stream(cfg, num_workers=2), batch_size=None, num_workers=2)
     assert sorted(_key(e) for e in loader) == single
+
+
+# ------------------------------------------------------------------------------------- a region that fails to decode
+def _corrupt_level0_tiles(path: Path, tile_indices: list[int]) -> None:
+    """Overwrite the stored bytes of some level-0 tiles with garbage (zlib then fails on exactly those)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        spans = [(page.dataoffsets[i], page.databytecounts[i]) for i in tile_indices]
+    with open(path, "r+b") as f:
+        for offset, count in spans:
+            f.seek(offset)
+            f.write(b"\xff" * count)
+
+
+@pytest.mark.parametrize("n_bad", [1, 4])
+def test_failed_region_costs_that_tile_only_or_drops_the_slide(tmp_path, n_bad):
+    from pathfm.datasets_scripts.builder import stream_stats
+
+    from tests.datasets_scripts.synthetic import tissue_rect_slide
+
+    path = tissue_rect_slide(tmp_path / "s.tiff", 512, 512, (0, 0, 512, 512), level_sizes=[(128, 128)])
+    cfg = SlideTilesConfig(slides=[str(path)], sampler="grid", grid_mpp=0.5, tile_size=64, min_tissue=0.0)
+    good = [_key(e) for e in tile_stream(cfg)]
+    assert len(good) == 64  # 8 x 8 tiles of 64 px on a 64 px TIFF tiling: one stored tile per grid tile
+    _corrupt_level0_tiles(path, [9, 18, 27, 36][:n_bad])  # row-major stored tiles (1,1), (2,2), ...
+    ds = tile_stream(cfg)
+    with pytest.warns(RuntimeWarning, match="failed to read"):
+        got = [_key(e) for e in ds]
+    stats = stream_stats(ds)
+    if n_bad == 1:
+        assert stats["failed_regions"] == 1 and stats["corrupt_slides"] == 0
+        assert got == [k for k in good if (k[1], k[2]) != (64, 64)]
+    else:  # max_region_failures = 3: the slide is dropped after its third failed region, once
+        assert stats["failed_regions"] == 3 and stats["corrupt_slides"] == 1
+        assert got == [k for k in good if (k[1], k[2]) not in {(64, 64), (128, 128)}][: len(got)]
+        assert len(got) == 27 - 2  # tiles before the third bad tile (index 27), minus the first two bad ones
