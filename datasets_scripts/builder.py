@@ -23,13 +23,10 @@ counted (:func:`stream_stats`); a slide with no tissue yields zero tiles and say
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -37,11 +34,9 @@ import numpy as np
 from pathfm.datasets_scripts.open_slides import SlidePool, slide_pool
 from pathfm.datasets_scripts.samplers import GridTileSampler, RandomTileSampler
 from pathfm.datasets_scripts.slide import DEFAULT_MPP_TOLERANCE, SlideError, SlideReader
-from pathfm.datasets_scripts.sources import SlideRecord, find_slides, read_manifest
+from pathfm.datasets_scripts.resolve import resolve_sources
+from pathfm.datasets_scripts.sources import SlideRecord
 from pathfm.datasets_scripts.tissue import TissueMask, compute_tissue_mask
-
-MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt")
-
 
 @dataclass
 class SlideTilesConfig:
@@ -102,41 +97,13 @@ class SlideTilesConfig:
 
 
 def resolve_slides(spec: Any) -> list[SlideRecord]:
-    """Turn ``SlideTilesConfig.slides`` into records.
-
-    Args:
-        spec: a folder or manifest path, or a list of SlideRecord / slide paths / folders / manifests.
-
-    Returns:
-        records in a stable order (folder contents sorted).
+    """Turn ``SlideTilesConfig.slides`` into records (:func:`pathfm.datasets_scripts.resolve.resolve_sources`).
 
     Raises:
-        ValueError: nothing given, or an entry that is neither a record nor an existing path.
+        FileNotFoundError: a folder, manifest or catalogue that does not exist.
+        ValueError: nothing given or no slides found.
     """
-    if spec is None:
-        raise ValueError(
-            "SlideTilesConfig.slides is empty: give slide paths, SlideRecords, a folder or a manifest"
-        )
-    items = [spec] if isinstance(spec, (str, os.PathLike, SlideRecord)) else list(spec)
-    out: list[SlideRecord] = []
-    for item in items:
-        if isinstance(item, SlideRecord):
-            out.append(item)
-            continue
-        if isinstance(item, dict):
-            out.append(SlideRecord(**item))
-            continue
-        p = Path(item)
-        if p.is_dir():
-            out.extend(find_slides(p))
-        elif p.suffix.lower() in MANIFEST_SUFFIXES:
-            out.extend(read_manifest(p))
-        else:
-            # A slide path; existence is checked when the slide is opened (missing -> skipped and counted).
-            out.append(SlideRecord(path=str(p)))
-    if not out:
-        raise ValueError(f"no slides found in {spec!r}")
-    return out
+    return resolve_sources(spec)
 
 
 def tile_features(tile_size: int, image_encoding: str = "array") -> datasets.Features:
