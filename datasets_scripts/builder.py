@@ -23,6 +23,8 @@ counted (:func:`stream_stats`); a slide with no tissue yields zero tiles and say
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -296,21 +298,19 @@ class LimitedTiles:
         return item
 
 
-def slide_tile_coords(
-    groups: list[list[tuple[int, SlideRecord]]], config: SlideTilesConfig, stats: SlideStats
-) -> Iterator[dict]:
+def slide_tile_coords(groups: list[str], config: SlideTilesConfig, stats: SlideStats) -> Iterator[dict]:
     """Generator of one shard: the tile coordinates of a group of slides, interleaved.
 
     Args:
         groups: the shard's slice of the list-valued ``gen_kwargs`` entry (``datasets`` passes one group per
-            shard): lists of ``(global slide index, record)``.
+            shard), each group encoded by :func:`encode_group`.
         config: stream config (``max_open_slides`` slides are interleaved, one tile each in turn).
         stats: shared counters.
 
     Yields:
         coordinate examples (see :func:`coord_features`); no pixels are read here.
     """
-    group = [item for g in groups for item in g]
+    group = [item for g in groups for item in decode_group(g)]
     pool = slide_pool(config.max_open_slides)
     width = 1 if config.sampler == "grid" else config.max_open_slides
     active: list[tuple[SlideRecord, Iterator]] = []
@@ -318,7 +318,8 @@ def slide_tile_coords(
     try:
         while True:
             while len(active) < width and nxt < len(group):
-                index, rec = group[nxt]
+                index, path, slide_id, mpp = group[nxt]
+                rec = SlideRecord(path=path, slide_id=slide_id, mpp=mpp)
                 nxt += 1
                 opened = open_slide_for_tiles(index, rec, config, stats, pool)
                 if opened is not None:
@@ -387,7 +388,18 @@ def has_image(example: dict) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- the stream
-def slide_groups(records: list[SlideRecord], world_size: int, num_workers: int) -> list[list[tuple]]:
+def encode_group(group: list[tuple[int, SlideRecord]]) -> str:
+    """A slide group as one JSON string: ``datasets`` fingerprints ``gen_kwargs`` by pickling them, and one
+    string per group keeps that cheap for 30,000 slides (records as objects take seconds)."""
+    return json.dumps([[i, r.path, r.slide_id, r.mpp] for i, r in group])
+
+
+def decode_group(text: str) -> list[list]:
+    """Inverse of :func:`encode_group`: ``[index, path, slide_id, mpp]`` lists (records are made lazily)."""
+    return json.loads(text)
+
+
+def slide_groups(records: list[SlideRecord], world_size: int, num_workers: int) -> list[str]:
     """Split slides into shards: one group per consumer (rank x worker), a multiple of ``world_size``.
 
     Slides are dealt round robin, so group sizes differ by at most one. With fewer slides than consumers there
@@ -395,7 +407,7 @@ def slide_groups(records: list[SlideRecord], world_size: int, num_workers: int) 
     fewer slides than ranks, one group per slide.
 
     Returns:
-        groups of ``(global slide index, record)``.
+        groups of ``(global slide index, record)``, each encoded by :func:`encode_group`.
     """
     consumers = world_size * max(1, num_workers)
     n = len(records)
@@ -406,7 +418,7 @@ def slide_groups(records: list[SlideRecord], world_size: int, num_workers: int) 
     else:
         n_groups = n
     indexed = list(enumerate(records))
-    return [indexed[g::n_groups] for g in range(n_groups)]
+    return [encode_group(indexed[g::n_groups]) for g in range(n_groups)]
 
 
 def tile_stream(
@@ -439,6 +451,7 @@ def tile_stream(
 
     records = resolve_slides(config.slides)
     stats = stats if stats is not None else SlideStats()
+    config = dataclasses.replace(config, slides=None)  # the slides travel in the groups, hashed cheaply
     coords = datasets.IterableDataset.from_generator(
         slide_tile_coords,
         features=coord_features(),
