@@ -56,8 +56,11 @@ class SlideTilesConfig:
         epoch: epoch number mixed into the random sampler's seed (tiles change with the epoch).
         grid_mpp: grid sampler µm/px.
         grid_stride: grid step in px at ``grid_mpp`` (default ``tile_size``).
+        grid_partial: grid tiles crossing the slide edge: ``"pad"`` (background fill), ``"drop"`` or ``"keep"``
+            (moved inward to end at the edge); see :class:`GridTileSampler`.
         mask_mpp: tissue-mask resolution, µm/px.
         saturation_floor: floor of the Otsu saturation threshold (0-255).
+        min_object_um2: smallest tissue piece kept in the mask, µm² (lower it for needle biopsies / TMA cores).
         max_open_slides: slides open at once per worker (the random sampler's interleaving width and the
             size of the worker's LRU pool of open slides).
         mpp_tolerance: relative mpp tolerance (level choice, refusing to upsample).
@@ -78,8 +81,10 @@ class SlideTilesConfig:
     epoch: int = 0
     grid_mpp: float = 0.5
     grid_stride: int | None = None
+    grid_partial: str = "pad"
     mask_mpp: float = 8.0
     saturation_floor: float = 20.0
+    min_object_um2: float = 10_000.0
     max_open_slides: int = 8
     mpp_tolerance: float = DEFAULT_MPP_TOLERANCE
     mask_cache_dir: str | None = None
@@ -222,6 +227,7 @@ def open_slide_for_tiles(
             reader,
             mask_mpp=config.mask_mpp,
             saturation_floor=config.saturation_floor,
+            min_object_um2=config.min_object_um2,
             cache_dir=config.mask_cache_dir,
         )
     except (SlideError, ValueError) as err:
@@ -246,7 +252,7 @@ def slide_coords(
                 f"{reader.mpp:.4g} µm/px; 0 tiles"
             )
             return iter(())
-        grid = GridTileSampler(cfg.grid_mpp, cfg.tile_size, cfg.grid_stride, cfg.min_tissue)
+        grid = GridTileSampler(cfg.grid_mpp, cfg.tile_size, cfg.grid_stride, cfg.min_tissue, cfg.grid_partial)
         tiles = grid.tiles(reader, mask)
         if not tiles:
             stats.add("no_tissue_slides")

@@ -92,6 +92,7 @@ def catalogue_row(
     saturation_floor: float = 20.0,
     mpp_override: float | None = None,
     default_mpp: float | None = None,
+    min_object_um2: float = 10_000.0,
 ) -> dict[str, Any]:
     """Open one slide and describe it (never raises for a bad slide: the status and reason say what is wrong).
 
@@ -148,7 +149,9 @@ def catalogue_row(
             return row
         reader.mpp = float(mx)
         try:
-            mask = compute_tissue_mask(reader, mask_mpp=mask_mpp, saturation_floor=saturation_floor)
+            mask = compute_tissue_mask(
+                reader, mask_mpp=mask_mpp, saturation_floor=saturation_floor, min_object_um2=min_object_um2
+            )
         except (SlideError, MissingMppError, ValueError) as err:
             row["reason"] = f"tissue mask failed: {err}"
             return row
@@ -219,6 +222,7 @@ def build_catalogue(
     saturation_floor: float = 20.0,
     mpp_override: float | None = None,
     default_mpp: float | None = None,
+    min_object_um2: float = 10_000.0,
 ) -> dict[str, int]:
     """Build or update a catalogue parquet file.
 
@@ -230,6 +234,7 @@ def build_catalogue(
         saturation_floor: floor of the Otsu saturation threshold.
         mpp_override: level-0 µm/px for every slide (wins over metadata).
         default_mpp: level-0 µm/px for slides without one.
+        min_object_um2: smallest tissue piece kept in the mask, µm² (needle biopsies, TMA cores: lower it).
 
     Returns:
         counts: ``{"rows", "opened", "reused", <status>: n}``.
@@ -245,7 +250,7 @@ def build_catalogue(
     todo = [r for r, p in zip(records, paths) if not _unchanged(previous.get(p), p)]
     todo_paths = {os.path.abspath(r.path) for r in todo}
     rows = {p: previous[p] for p in paths if p not in todo_paths}
-    jobs = [(r, mask_mpp, saturation_floor, mpp_override, default_mpp) for r in todo]
+    jobs = [(r, mask_mpp, saturation_floor, mpp_override, default_mpp, min_object_um2) for r in todo]
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(partial, "a") as log:
         for row in _run(jobs, num_proc):
@@ -282,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--saturation_floor", type=float, default=20.0)
     ap.add_argument("--mpp_override", type=float, default=None, help="level-0 µm/px for every slide")
     ap.add_argument("--default_mpp", type=float, default=None, help="level-0 µm/px for slides without one")
+    ap.add_argument("--min_object_um2", type=float, default=10_000.0, help="smallest tissue piece kept, µm²")
     args = ap.parse_args(argv)
     if not args.output.endswith(".parquet"):
         print(f"error: --output {args.output!r} must end with .parquet", file=sys.stderr)
@@ -289,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         counts = build_catalogue(
             args.slides, args.output, args.num_proc, args.mask_mpp, args.saturation_floor,
-            args.mpp_override, args.default_mpp,
+            args.mpp_override, args.default_mpp, args.min_object_um2,
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
