@@ -42,7 +42,6 @@ from pathfm.datasets_scripts.sources import SlideRecord, parse_tcga_barcode
 __all__ = ["build_catalogue", "catalogue_row", "decode_mask", "main"]
 
 MIN_LEVEL0_MPP = 0.05
-MASK_METHOD = "hsv-saturation-otsu"
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
@@ -159,7 +158,7 @@ def catalogue_row(
     row["mask_shape"] = list(mask.mask.shape)
     row["mask_mpp"] = float(mask.mpp)
     row["mask_threshold"] = float(mask.threshold)
-    row["mask_method"] = MASK_METHOD
+    row["mask_method"] = mask.method
     row["tissue_mm2"] = float(mask.tissue_pixels * (mask.mpp / 1000.0) ** 2)
     if mask.tissue_pixels == 0:
         row["status"], row["reason"] = "no-tissue", f"no tissue above saturation {mask.threshold:.1f}"

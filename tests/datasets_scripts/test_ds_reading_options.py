@@ -61,3 +61,25 @@ def test_min_object_size_keeps_small_biopsy_pieces(tmp_path):
     assert kept and all(400 - 64 < t["x"] < 560 and 400 - 64 < t["y"] < 560 for t in kept)
     assert build_catalogue([str(path)], tmp_path / "c.parquet")["no-tissue"] == 1
     assert build_catalogue([str(path)], tmp_path / "c2.parquet", min_object_um2=1_000.0)["ok"] == 1
+
+
+def test_grayscale_slide_tissue_found_by_darkness(tmp_path):
+    """Saturation alone finds nothing on a grayscale slide; the mask falls back to darkness and says so."""
+    rng = np.random.default_rng(0)
+    img = blank(1024, 768)
+    grey = rng.integers(90, 150, size=(384, 512), dtype=np.uint8)
+    img[192:576, 256:768] = grey[..., None]  # grey tissue, R = G = B
+    path = write_slide(tmp_path / "grey.tiff", img, level_sizes=[(256, 192)])
+    cfg = SlideTilesConfig(slides=[str(path)], sampler="grid", grid_mpp=0.5, tile_size=128, min_tissue=0.9)
+    tiles = list(tile_stream(cfg))
+    # Tiles fully inside the grey block: x in {256, 384, 512, 640}, y in {256, 384} (192 and 448+ straddle).
+    assert {(t["x"], t["y"]) for t in tiles} >= {(x, y) for x in (256, 384, 512, 640) for y in (256, 384)}
+    assert all(256 - 128 < t["x"] < 768 and 192 - 128 < t["y"] < 576 for t in tiles)
+    build_catalogue([str(path)], tmp_path / "c.parquet")
+    import pyarrow.parquet as pq
+
+    row = pq.read_table(tmp_path / "c.parquet").to_pylist()[0]
+    assert (row["status"], row["mask_method"]) == ("ok", "darkness-otsu")
+    he = tissue_rect_slide(tmp_path / "he.tiff", 512, 512, (128, 128, 256, 256), level_sizes=[(128, 128)])
+    build_catalogue([str(he)], tmp_path / "he.parquet")
+    assert pq.read_table(tmp_path / "he.parquet").to_pylist()[0]["mask_method"] == "hsv-saturation-otsu"
