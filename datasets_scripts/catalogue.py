@@ -36,12 +36,11 @@ from typing import Any
 import numpy as np
 
 from pathfm.datasets_scripts.resolve import resolve_sources
-from pathfm.datasets_scripts.slide import MAX_LEVEL0_MPP, MissingMppError, SlideError, open_slide
+from pathfm.datasets_scripts.slide import MAX_LEVEL0_MPP, MIN_LEVEL0_MPP, MissingMppError, SlideError, open_slide
 from pathfm.datasets_scripts.sources import SlideRecord, parse_tcga_barcode
 
 __all__ = ["build_catalogue", "catalogue_row", "decode_mask", "main"]
 
-MIN_LEVEL0_MPP = 0.05
 
 
 def encode_mask(mask: np.ndarray) -> bytes:

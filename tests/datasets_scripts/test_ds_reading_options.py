@@ -83,3 +83,18 @@ def test_grayscale_slide_tissue_found_by_darkness(tmp_path):
     he = tissue_rect_slide(tmp_path / "he.tiff", 512, 512, (128, 128, 256, 256), level_sizes=[(128, 128)])
     build_catalogue([str(he)], tmp_path / "he.parquet")
     assert pq.read_table(tmp_path / "he.parquet").to_pylist()[0]["mask_method"] == "hsv-saturation-otsu"
+
+
+@pytest.mark.parametrize("mpp", [0.01, 25.0])
+def test_implausible_mpp_refused_with_value_and_source(tmp_path, mpp):
+    from pathfm.datasets_scripts.slide import MissingMppError
+
+    path = tissue_rect_slide(tmp_path / "odd.tiff", 512, 512, (64, 64, 256, 256), mpp=mpp)
+    with pytest.raises(MissingMppError, match=rf"{mpp:.4g} µm/px from openslide.mpp-x/y \(expected 0.05-10"):
+        open_slide(path)
+    assert open_slide(path, mpp=0.5).mpp == 0.5  # an explicit override is the fix the message names
+    import pyarrow.parquet as pq
+
+    build_catalogue([str(path)], tmp_path / "c.parquet")
+    row = pq.read_table(tmp_path / "c.parquet").to_pylist()[0]
+    assert row["status"] == "no-mpp" and f"{mpp:.4g}" in row["reason"] and "openslide" in row["reason"]
