@@ -36,7 +36,7 @@ import numpy as np
 from pathfm.datasets_scripts.open_slides import SlidePool, slide_pool
 from pathfm.datasets_scripts.samplers import GridTileSampler, RandomTileSampler
 from pathfm.datasets_scripts.slide import DEFAULT_MPP_TOLERANCE, SlideError, SlideReader
-from pathfm.datasets_scripts.resolve import resolve_sources
+from pathfm.datasets_scripts.resolve import resolve_sources, unique_slide_ids
 from pathfm.datasets_scripts.sources import SlideRecord
 from pathfm.datasets_scripts.tissue import TissueMask, compute_tissue_mask
 
@@ -455,7 +455,11 @@ def tile_stream(
     """
     from datasets.distributed import split_dataset_by_node
 
-    records = resolve_slides(config.slides)
+    given = config.slides
+    if isinstance(given, list) and given and all(isinstance(r, SlideRecord) for r in given):
+        records = unique_slide_ids(list(given))  # already resolved (e.g. training's records): no second pass
+    else:
+        records = resolve_slides(given)
     stats = stats if stats is not None else SlideStats()
     config = dataclasses.replace(config, slides=None)  # the slides travel in the groups, hashed cheaply
     coords = datasets.IterableDataset.from_generator(
