@@ -98,3 +98,29 @@ def test_implausible_mpp_refused_with_value_and_source(tmp_path, mpp):
     build_catalogue([str(path)], tmp_path / "c.parquet")
     row = pq.read_table(tmp_path / "c.parquet").to_pylist()[0]
     assert row["status"] == "no-mpp" and f"{mpp:.4g}" in row["reason"] and "openslide" in row["reason"]
+
+
+def _write_anisotropic(path, mpp_x: float, mpp_y: float):
+    import tifffile
+
+    img = blank(512, 512)
+    img[128:384, 128:384] = PINK
+    with tifffile.TiffWriter(path) as tw:  # OpenSlide reads resolution tags per axis (px per cm)
+        tw.write(img, tile=(64, 64), photometric="rgb", compression="zlib", metadata=None,
+                 resolution=(1e4 / mpp_x, 1e4 / mpp_y), resolutionunit="CENTIMETER")  # fmt: skip
+    return path
+
+
+def test_per_axis_mpp_refused_by_name_never_averaged(tmp_path):
+    from pathfm.datasets_scripts.slide import MissingMppError
+
+    square = _write_anisotropic(tmp_path / "almost.tiff", 0.5, 0.502)  # scanner rounding (< 1 %)
+    assert open_slide(square).mpp == 0.5  # x is the reference, not the mean 0.501
+    odd = _write_anisotropic(tmp_path / "odd.tiff", 0.5, 1.0)
+    with pytest.raises(MissingMppError, match=r"non-square pixels \(openslide.mpp-x 0.5.*mpp-y 1"):
+        open_slide(odd)
+    import pyarrow.parquet as pq
+
+    build_catalogue([str(odd)], tmp_path / "c.parquet")
+    row = pq.read_table(tmp_path / "c.parquet").to_pylist()[0]
+    assert (row["mpp_x"], row["mpp_y"], row["status"]) == (0.5, 1.0, "no-mpp") and "non-square" in row["reason"]
