@@ -3,7 +3,8 @@
 One tile, file by file: ``sources`` (folder / manifest / GDC download -> ``SlideRecord``) -> ``slide``
 (``open_slide``: mpp, level choice, antialiased resize, background compositing) -> ``tissue``
 (``compute_tissue_mask``) -> ``samplers`` (``RandomTileSampler`` / ``GridTileSampler`` -> ``TileCoord``) ->
-``builder`` (``SlideTiles`` builder, ``tile_stream``, ``collate_tiles``) -> the training loop.
+``open_slides`` (per-worker LRU pool of open slides) -> ``builder`` (``tile_stream``: a public
+``IterableDataset.from_generator`` coordinate stream + ``.map`` pixel reads; ``collate_tiles``) -> training.
 ``embedded`` lists the three real slides shipped with the repo; ``publish`` writes fixed tile datasets
 (parquet + dataset card) and pushes them to the Hub.
 """

@@ -1,54 +1,48 @@
-"""Online patching as a ``datasets`` builder: slides in, tissue-filtered multi-magnification tiles out.
+"""Online patching as a ``datasets`` stream: slides in, tissue-filtered multi-magnification tiles out.
 
-``SlideTiles`` is a :class:`datasets.GeneratorBasedBuilder` (datasets 5 has no dataset scripts, so the builder
-is a class in our code) used through ``as_streaming_dataset()``:
+:func:`tile_stream` builds an ordinary :class:`datasets.IterableDataset` from public pieces only:
 
-* one shard per slide, so DataLoader workers and ranks (``split_dataset_by_node``) read disjoint slides;
-* slides are opened lazily inside the worker, at most ``max_open_slides`` at a time; the random sampler keeps
-  that many slides in a pool and takes one tile from each in turn, so a batch mixes slides;
-* the random sampler's tiles for slide i depend only on (seed, epoch, i) (plus the shard-shuffle draw of
-  ``IterableDataset.set_epoch``), never on how slides were spread over workers;
-* a corrupt or unreadable slide is skipped with a warning and counted (:func:`stream_stats`); a slide with no
-  tissue yields zero tiles and says so;
-* ``state_dict()`` / ``load_state_dict()`` resume exactly (the pool, each slide's progress and the cursor are
-  saved; a resumed slide re-draws and skips its already-emitted coordinates, reading no pixels for them).
+* ``IterableDataset.from_generator`` over a list-valued ``gen_kwargs`` entry: one shard per *slide group*. The
+  number of groups suits ranks x DataLoader workers (one group per consumer, a multiple of the world size), so
+  ``split_dataset_by_node`` hands every rank whole, disjoint groups and no rank reads every slide;
+* the generator (:func:`slide_tile_coords`) yields cheap tile *coordinates*: it opens a group's slides
+  lazily, at most ``max_open_slides`` at a time, computes their tissue masks and draws positions, taking one
+  tile from each open slide in turn so a batch mixes slides;
+* ``.map(read_tile_pixels)`` reads the pixels (uint8 numpy arrays, never PNG-encoded) and ``.filter`` drops a
+  region that failed to decode (counted; a slide failing ``max_region_failures`` times is dropped);
+* so every ``datasets`` op chains on it: ``shuffle(seed, buffer_size)``, ``map``, ``filter``,
+  ``take``/``skip``, ``batch``, ``with_format("torch")``, ``set_epoch``, ``split_dataset_by_node``, DataLoader workers, and
+  ``state_dict()``/``load_state_dict()`` (datasets' own resume re-runs the generator and skips coordinates, so
+  a resumed stream reads no pixels for what it skips).
 
-Hot path: tiles are handed over as uint8 numpy arrays with no PNG encode/decode. The examples iterable is
-"typed" (it already yields the decoded form of the declared features), so ``datasets`` does not run
-``Features.encode_example`` / ``decode_example`` on it (``benchmarks/tiles.py`` measures the alternatives).
-``image_encoding="png"`` declares ``datasets.Image()`` instead (yields PIL images), for fixed datasets written
-with ``download_and_prepare`` and pushed to the Hub.
+The random sampler's tiles of slide i depend only on (seed, epoch, i), never on how slides were grouped or
+spread over workers and ranks. ``set_epoch`` has the ``datasets`` meaning (it reseeds ``shuffle``); the tile
+positions change with ``SlideTilesConfig.epoch``. A corrupt or unreadable slide is skipped with a warning and
+counted (:func:`stream_stats`); a slide with no tissue yields zero tiles and says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import logging
-import os
 import warnings
-from collections.abc import Iterator, Sequence
-from copy import copy
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
-from datasets.builder import Key
-from datasets.iterable_dataset import _BaseExamplesIterable
+from pathfm.datasets_scripts.open_slides import SlidePool, slide_pool
 from pathfm.datasets_scripts.samplers import GridTileSampler, RandomTileSampler
-from pathfm.datasets_scripts.slide import DEFAULT_MPP_TOLERANCE, SlideError, SlideReader, open_slide
-from pathfm.datasets_scripts.sources import SlideRecord, find_slides, read_manifest
-from pathfm.datasets_scripts.tissue import compute_tissue_mask
-
-logger = logging.getLogger(__name__)
-
-MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt")
-
+from pathfm.datasets_scripts.slide import DEFAULT_MPP_TOLERANCE, SlideError, SlideReader
+from pathfm.datasets_scripts.resolve import resolve_sources, unique_slide_ids
+from pathfm.datasets_scripts.sources import SlideRecord
+from pathfm.datasets_scripts.tissue import TissueMask, compute_tissue_mask
 
 @dataclass
-class SlideTilesConfig(datasets.BuilderConfig):
-    """Configuration of :class:`SlideTiles`.
+class SlideTilesConfig:
+    """Configuration of :func:`tile_stream`.
 
     Attributes:
         slides: list of :class:`SlideRecord` or paths (slide files, folders, manifests), or one folder /
@@ -62,16 +56,21 @@ class SlideTilesConfig(datasets.BuilderConfig):
         epoch: epoch number mixed into the random sampler's seed (tiles change with the epoch).
         grid_mpp: grid sampler µm/px.
         grid_stride: grid step in px at ``grid_mpp`` (default ``tile_size``).
+        grid_partial: grid tiles crossing the slide edge: ``"pad"`` (background fill), ``"drop"`` or ``"keep"``
+            (moved inward to end at the edge); see :class:`GridTileSampler`.
         mask_mpp: tissue-mask resolution, µm/px.
         saturation_floor: floor of the Otsu saturation threshold (0-255).
-        max_open_slides: slides open at once per worker (the random sampler's interleaving pool).
+        min_object_um2: smallest tissue piece kept in the mask, µm² (lower it for needle biopsies / TMA cores).
+        max_open_slides: slides open at once per worker (the random sampler's interleaving width and the
+            size of the worker's LRU pool of open slides).
         mpp_tolerance: relative mpp tolerance (level choice, refusing to upsample).
         mask_cache_dir: optional folder for cached tissue masks (.npz).
         image_encoding: ``"array"`` (uint8 numpy, ``Array3D``: no codec on the hot path) or ``"png"``
             (``datasets.Image``: PIL images; compact parquet for fixed datasets).
+        max_region_failures: failed region reads after which a slide is dropped (each failure is counted in
+            ``failed_regions`` and costs that tile only).
     """
 
-    name: str = "default"
     slides: Any = None
     mpps: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
     tile_size: int = 256
@@ -82,60 +81,36 @@ class SlideTilesConfig(datasets.BuilderConfig):
     epoch: int = 0
     grid_mpp: float = 0.5
     grid_stride: int | None = None
+    grid_partial: str = "pad"
     mask_mpp: float = 8.0
     saturation_floor: float = 20.0
+    min_object_um2: float = 10_000.0
     max_open_slides: int = 8
     mpp_tolerance: float = DEFAULT_MPP_TOLERANCE
     mask_cache_dir: str | None = None
     image_encoding: str = "array"
+    max_region_failures: int = 3
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if self.sampler not in ("random", "grid"):
             raise ValueError(f"sampler must be 'random' or 'grid', got {self.sampler!r}")
         if self.image_encoding not in ("array", "png"):
             raise ValueError(f"image_encoding must be 'array' or 'png', got {self.image_encoding!r}")
         if self.tile_size <= 0 or self.tiles_per_slide <= 0 or self.max_open_slides <= 0:
             raise ValueError("tile_size, tiles_per_slide and max_open_slides must be positive")
+        if self.max_region_failures <= 0:
+            raise ValueError(f"max_region_failures must be positive, got {self.max_region_failures}")
         self.mpps = tuple(float(m) for m in self.mpps)
 
 
 def resolve_slides(spec: Any) -> list[SlideRecord]:
-    """Turn ``SlideTilesConfig.slides`` into records.
-
-    Args:
-        spec: a folder or manifest path, or a list of SlideRecord / slide paths / folders / manifests.
-
-    Returns:
-        records in a stable order (folder contents sorted).
+    """Turn ``SlideTilesConfig.slides`` into records (:func:`pathfm.datasets_scripts.resolve.resolve_sources`).
 
     Raises:
-        ValueError: nothing given, or an entry that is neither a record nor an existing path.
+        FileNotFoundError: a folder, manifest or catalogue that does not exist.
+        ValueError: nothing given or no slides found.
     """
-    if spec is None:
-        raise ValueError(
-            "SlideTilesConfig.slides is empty: give slide paths, SlideRecords, a folder or a manifest"
-        )
-    items = [spec] if isinstance(spec, (str, os.PathLike, SlideRecord)) else list(spec)
-    out: list[SlideRecord] = []
-    for item in items:
-        if isinstance(item, SlideRecord):
-            out.append(item)
-            continue
-        if isinstance(item, dict):
-            out.append(SlideRecord(**item))
-            continue
-        p = Path(item)
-        if p.is_dir():
-            out.extend(find_slides(p))
-        elif p.suffix.lower() in MANIFEST_SUFFIXES:
-            out.extend(read_manifest(p))
-        else:
-            # A slide path; existence is checked when the slide is opened (missing -> skipped and counted).
-            out.append(SlideRecord(path=str(p)))
-    if not out:
-        raise ValueError(f"no slides found in {spec!r}")
-    return out
+    return resolve_sources(spec)
 
 
 def tile_features(tile_size: int, image_encoding: str = "array") -> datasets.Features:
@@ -163,18 +138,37 @@ def tile_features(tile_size: int, image_encoding: str = "array") -> datasets.Fea
     )
 
 
+def coord_features() -> datasets.Features:
+    """Features of the coordinate generator (before pixels are read)."""
+    return datasets.Features(
+        {
+            "path": datasets.Value("string"),
+            "slide_mpp": datasets.Value("float64"),  # level-0 mpp override of the record, or None
+            "slide_id": datasets.Value("string"),
+            "x": datasets.Value("int64"),
+            "y": datasets.Value("int64"),
+            "mpp": datasets.Value("float32"),
+            "level": datasets.Value("int32"),
+            "tile_size": datasets.Value("int32"),
+            "tissue_fraction": datasets.Value("float32"),
+        }
+    )
+
+
+COORD_ONLY_COLUMNS = ["path", "slide_mpp", "tile_size"]
+
 # ----------------------------------------------------------------------------------------------------- counters
-STAT_NAMES = ("slides_done", "corrupt_slides", "no_tissue_slides", "unsupported_mpp_slides")
+STAT_NAMES = ("slides_done", "corrupt_slides", "no_tissue_slides", "unsupported_mpp_slides", "failed_regions")
 
 
 class SlideStats:
     """Per-stream counters shared with DataLoader workers (a torch tensor in shared memory).
 
-    ``corrupt_slides``: could not be opened or read (includes missing files and missing mpp);
-    ``no_tissue_slides``: empty tissue mask or no tile passing the threshold;
-    ``unsupported_mpp_slides``: none of the requested magnifications is servable without upsampling.
-    Increments from different workers are not atomic; they happen once per slide, so collisions are
-    practically impossible.
+    ``corrupt_slides``: could not be opened or read (includes missing files and missing mpp), or dropped after
+    ``max_region_failures`` failed regions; ``no_tissue_slides``: empty tissue mask or no tile passing the
+    threshold; ``unsupported_mpp_slides``: none of the requested magnifications is servable without upsampling;
+    ``failed_regions``: tiles whose region failed to decode (skipped). Increments from different workers are not
+    atomic; they are rare events (per slide or per failure), so collisions are practically impossible.
     """
 
     def __init__(self) -> None:
@@ -191,264 +185,108 @@ class SlideStats:
         return {k: int(v) for k, v in zip(STAT_NAMES, self.values.tolist())}
 
 
-def _find_tiles_iterable(ex_iterable: Any) -> SlideTilesIterable | None:
-    seen = 0
-    while ex_iterable is not None and seen < 50:
-        if isinstance(ex_iterable, SlideTilesIterable):
-            return ex_iterable
-        ex_iterable = getattr(ex_iterable, "ex_iterable", None)
-        seen += 1
-    return None
+_STREAM_STATS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def stream_stats(ds: datasets.IterableDataset) -> dict[str, int]:
-    """Skip counters of a stream made by :func:`tile_stream` / ``SlideTiles.as_streaming_dataset``.
+    """Skip counters of a stream returned by :func:`tile_stream`.
 
     Args:
-        ds: the IterableDataset (possibly wrapped by with_format / split_dataset_by_node).
+        ds: the IterableDataset :func:`tile_stream` returned (derived datasets share the counters but are not
+            registered: keep the returned object, or pass your own ``stats`` to :func:`tile_stream`).
 
     Returns:
-        {"slides_done", "corrupt_slides", "no_tissue_slides", "unsupported_mpp_slides"} summed over this
-        process and its DataLoader workers.
+        ``{name: count}`` for :data:`STAT_NAMES`, summed over this process and its DataLoader workers.
+
+    Raises:
+        ValueError: ``ds`` was not returned by :func:`tile_stream`.
     """
-    it = _find_tiles_iterable(ds._ex_iterable)
-    if it is None:
-        raise ValueError("not a SlideTiles stream")
-    return it.stats.as_dict()
+    stats = _STREAM_STATS.get(ds)
+    if stats is None:
+        raise ValueError("not a stream returned by tile_stream(): keep that object or pass stats=SlideStats()")
+    return stats.as_dict()
 
 
-# ----------------------------------------------------------------------------------------------- the iterable
-class SlideTilesIterable(_BaseExamplesIterable):
-    """Examples iterable over slides (one shard = one slide) with an interleaving pool and exact resume.
+# ----------------------------------------------------------------------------------------------- coordinates
+def _warn(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
-    Args:
-        records: all slides of the split (global order; a slide's index here seeds its sampler).
-        indices: the global indices this iterable reads (a shard subset after worker/rank splitting).
-        config: the builder config.
-        features: declared features (the iterable yields their decoded form).
-        stats: shared counters.
-        epoch_token: extra seed material set by ``shuffle_data_sources`` (``IterableDataset.set_epoch``).
-    """
 
-    def __init__(
-        self,
-        records: Sequence[SlideRecord],
-        indices: Sequence[int],
-        config: SlideTilesConfig,
-        features: datasets.Features,
-        stats: SlideStats | None = None,
-        epoch_token: int = 0,
-    ) -> None:
-        super().__init__()
-        self.records = list(records)
-        self.indices = list(indices)
-        self.config = config
-        self._features = features
-        self.stats = stats if stats is not None else SlideStats()
-        self.epoch_token = int(epoch_token)
+def open_slide_for_tiles(
+    index: int, rec: SlideRecord, config: SlideTilesConfig, stats: SlideStats, pool: SlidePool
+) -> tuple[SlideReader, TissueMask] | None:
+    """Open slide ``rec`` from the worker's pool and compute its mask; None (warned, counted) when unusable."""
+    try:
+        reader = pool.get(rec.path, mpp=rec.mpp, mpp_tolerance=config.mpp_tolerance)
+    except SlideError as err:
+        stats.add("corrupt_slides")
+        _warn(f"skipping slide {rec.slide_id}: {err}")
+        return None
+    try:
+        mask = compute_tissue_mask(
+            reader,
+            mask_mpp=config.mask_mpp,
+            saturation_floor=config.saturation_floor,
+            min_object_um2=config.min_object_um2,
+            cache_dir=config.mask_cache_dir,
+        )
+    except (SlideError, ValueError) as err:
+        pool.release(rec.path)
+        stats.add("corrupt_slides")
+        _warn(f"skipping slide {rec.slide_id}: tissue mask failed: {err}")
+        return None
+    return reader, mask
 
-    # -- datasets plumbing -----------------------------------------------------------------------------
-    @property
-    def is_typed(self) -> bool:
-        return True
 
-    @property
-    def features(self) -> datasets.Features:
-        return self._features
-
-    @property
-    def num_shards(self) -> int:
-        return len(self.indices)
-
-    def _with_indices(self, indices: Sequence[int], epoch_token: int | None = None) -> SlideTilesIterable:
-        new = copy(self)
-        new.indices = list(indices)
-        new.epoch_token = self.epoch_token if epoch_token is None else int(epoch_token)
-        new._state_dict = None
-        return new
-
-    def shard_data_sources(self, num_shards: int, index: int, contiguous: bool = True) -> SlideTilesIterable:
-        """Keep the slides of worker/rank ``index`` out of ``num_shards``."""
-        keep = self.split_shard_indices_by_worker(num_shards, index, contiguous=contiguous)
-        return self._with_indices([self.indices[i] for i in keep])
-
-    def shuffle_data_sources(self, generator: np.random.Generator) -> SlideTilesIterable:
-        """Random sampler: permute the slide order and draw fresh seed material (``set_epoch``). Grid: no-op."""
-        if self.config.sampler == "grid":
-            return self
-        generator = copy(generator)
-        order = generator.permutation(len(self.indices))
-        token = int(generator.integers(1, 2**31 - 1))
-        return self._with_indices([self.indices[i] for i in order], epoch_token=token)
-
-    def reshard_data_sources(self) -> SlideTilesIterable:
-        return self
-
-    def _init_state_dict(self) -> dict:
-        # Only primitive values: datasets' generic state merging cannot grow lists, so the pool is a JSON string.
-        self._state_dict = {"next": 0, "pool": "[]", "cursor": 0, "type": type(self).__name__}
-        return self._state_dict
-
-    def load_state_dict(self, state_dict: dict) -> dict:
-        self._init_state_dict()
-        self._state_dict.update({k: state_dict[k] for k in ("next", "pool", "cursor") if k in state_dict})
-        return self._state_dict
-
-    # -- slides ----------------------------------------------------------------------------------------
-    def _open(self, index: int) -> tuple[SlideReader, Any] | None:
-        """Open slide ``index`` and compute its mask; None (warned, counted) when it is unusable."""
-        rec = self.records[index]
-        cfg = self.config
-        try:
-            reader = open_slide(rec.path, mpp=rec.mpp, mpp_tolerance=cfg.mpp_tolerance)
-        except SlideError as err:
-            self.stats.add("corrupt_slides")
-            warnings.warn(f"skipping slide {rec.slide_id}: {err}", RuntimeWarning, stacklevel=2)
-            return None
-        try:
-            mask = compute_tissue_mask(
-                reader,
-                mask_mpp=cfg.mask_mpp,
-                saturation_floor=cfg.saturation_floor,
-                cache_dir=cfg.mask_cache_dir,
-            )
-        except (SlideError, ValueError) as err:
-            reader.close()
-            self.stats.add("corrupt_slides")
-            warnings.warn(
-                f"skipping slide {rec.slide_id}: tissue mask failed: {err}", RuntimeWarning, stacklevel=2
-            )
-            return None
-        return reader, mask
-
-    def _coords(self, index: int, reader: SlideReader, mask: Any) -> Iterator:
-        """The slide's tile coordinates (deterministic), or None after warning when there are none."""
-        cfg = self.config
-        rec = self.records[index]
-        if cfg.sampler == "grid":
-            sampler = GridTileSampler(cfg.grid_mpp, cfg.tile_size, cfg.grid_stride, cfg.min_tissue)
-            if not reader.supports_mpp(cfg.grid_mpp):
-                self.stats.add("unsupported_mpp_slides")
-                warnings.warn(
-                    f"slide {rec.slide_id}: grid mpp {cfg.grid_mpp} is finer than its native "
-                    f"{reader.mpp:.4g} µm/px; 0 tiles",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                return iter(())
-            tiles = sampler.tiles(reader, mask)
-            if not tiles:
-                self.stats.add("no_tissue_slides")
-                warnings.warn(
-                    f"slide {rec.slide_id} ({rec.path}): no grid tile has >= {cfg.min_tissue:.0%} tissue "
-                    f"(tissue mask: {mask.tissue_pixels} px); 0 tiles",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            return iter(tiles)
-        sampler = RandomTileSampler(cfg.mpps, cfg.tile_size, cfg.min_tissue)
-        if not sampler.allowed_mpps(reader):
-            self.stats.add("unsupported_mpp_slides")
-            warnings.warn(
-                f"slide {rec.slide_id}: none of mpps {cfg.mpps} is servable from native "
-                f"{reader.mpp:.4g} µm/px; 0 tiles",
-                RuntimeWarning,
-                stacklevel=2,
+def slide_coords(
+    index: int, rec: SlideRecord, reader: SlideReader, mask: TissueMask, config: SlideTilesConfig,
+    stats: SlideStats,
+) -> Iterator:
+    """The tile coordinates of slide ``index`` (deterministic in (seed, epoch, index)); empty after warning."""
+    cfg = config
+    if cfg.sampler == "grid":
+        if not reader.supports_mpp(cfg.grid_mpp):
+            stats.add("unsupported_mpp_slides")
+            _warn(
+                f"slide {rec.slide_id}: grid mpp {cfg.grid_mpp} is finer than its native "
+                f"{reader.mpp:.4g} µm/px; 0 tiles"
             )
             return iter(())
-        if mask.tissue_pixels == 0:
-            self.stats.add("no_tissue_slides")
-            warnings.warn(
-                f"slide {rec.slide_id} ({rec.path}): no tissue found (saturation threshold "
-                f"{mask.threshold:.1f}); 0 tiles",
-                RuntimeWarning,
-                stacklevel=2,
+        grid = GridTileSampler(cfg.grid_mpp, cfg.tile_size, cfg.grid_stride, cfg.min_tissue, cfg.grid_partial)
+        tiles = grid.tiles(reader, mask)
+        if not tiles:
+            stats.add("no_tissue_slides")
+            _warn(
+                f"slide {rec.slide_id} ({rec.path}): no grid tile has >= {cfg.min_tissue:.0%} tissue "
+                f"(tissue mask: {mask.tissue_pixels} px); 0 tiles"
             )
-            return iter(())
-        rng = np.random.default_rng([int(cfg.seed), int(cfg.epoch), self.epoch_token, int(index)])
-        return _Limited(sampler.iter_tiles(reader, mask, rng), cfg.tiles_per_slide, rec, self.stats)
-
-    def _example(self, reader: SlideReader, coord: Any) -> dict:
-        tile = reader.read_tile(coord.x, coord.y, coord.tile_size, coord.mpp)
-        if self.config.image_encoding == "png":
-            from PIL import Image
-
-            tile = Image.fromarray(tile)
-        return {
-            "image": tile,
-            "slide_id": coord.slide_id,
-            "x": coord.x,
-            "y": coord.y,
-            "mpp": coord.mpp,
-            "level": coord.level,
-            "tissue_fraction": coord.tissue_fraction,
-        }
-
-    # -- iteration -------------------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[tuple[Key, dict]]:
-        state = self._state_dict if self._state_dict is not None else self._init_state_dict()
-        pool_size = 1 if self.config.sampler == "grid" else self.config.max_open_slides
-        pool: list[list[int]] = json.loads(state["pool"])  # [[position in self.indices, tiles emitted], ...]
-        nxt, cursor = int(state["next"]), int(state["cursor"])
-        live: dict[int, tuple[SlideReader, Iterator]] = {}
-        try:
-            while True:
-                while len(pool) < pool_size and nxt < len(self.indices):
-                    pool.append([nxt, 0])
-                    nxt += 1
-                if not pool:
-                    return
-                cursor %= len(pool)
-                pos, emitted = pool[cursor]
-                index = self.indices[pos]
-                if pos not in live:
-                    opened = self._open(index)
-                    coords = None
-                    if opened is not None:
-                        reader, mask = opened
-                        coords = self._coords(index, reader, mask)
-                        for _ in range(emitted):  # resume: re-draw and drop what was already emitted
-                            next(coords, None)
-                        live[pos] = (reader, coords)
-                    else:
-                        pool.pop(cursor)
-                        continue
-                reader, coords = live[pos]
-                coord = next(coords, None)
-                example = None
-                if coord is not None:
-                    try:
-                        example = self._example(reader, coord)
-                    except SlideError as err:
-                        self.stats.add("corrupt_slides")
-                        warnings.warn(
-                            f"skipping rest of slide {coord.slide_id}: {err}", RuntimeWarning, stacklevel=2
-                        )
-                if example is None:
-                    if coord is None:
-                        self.stats.add("slides_done")
-                    reader.close()
-                    del live[pos]
-                    pool.pop(cursor)
-                    continue
-                pool[cursor][1] = emitted + 1
-                cursor += 1
-                state["pool"] = json.dumps(pool)
-                state["next"] = nxt
-                state["cursor"] = cursor
-                yield Key(index, emitted), example
-        finally:
-            for reader, _ in live.values():
-                reader.close()
+        return iter(tiles)
+    sampler = RandomTileSampler(cfg.mpps, cfg.tile_size, cfg.min_tissue)
+    if not sampler.allowed_mpps(reader):
+        stats.add("unsupported_mpp_slides")
+        _warn(
+            f"slide {rec.slide_id}: none of mpps {cfg.mpps} is servable from native {reader.mpp:.4g} µm/px; "
+            f"0 tiles"
+        )
+        return iter(())
+    if mask.tissue_pixels == 0:
+        stats.add("no_tissue_slides")
+        _warn(
+            f"slide {rec.slide_id} ({rec.path}): no tissue found (saturation threshold {mask.threshold:.1f}); "
+            f"0 tiles"
+        )
+        return iter(())
+    rng = np.random.default_rng([int(cfg.seed), int(cfg.epoch), int(index)])
+    return LimitedTiles(sampler.iter_tiles(reader, mask, rng), cfg.tiles_per_slide, rec, stats)
 
 
-class _Limited:
+class LimitedTiles:
     """At most ``n`` items of a sampler stream; warns when a slide runs out of acceptable positions early."""
 
     def __init__(self, it: Iterator, n: int, rec: SlideRecord, stats: SlideStats) -> None:
         self.it, self.left, self.rec, self.stats, self.got = it, n, rec, stats, 0
 
-    def __iter__(self) -> _Limited:
+    def __iter__(self) -> LimitedTiles:
         return self
 
     def __next__(self) -> Any:
@@ -459,103 +297,190 @@ class _Limited:
         except StopIteration:
             if self.got == 0:
                 self.stats.add("no_tissue_slides")
-                warnings.warn(
-                    f"slide {self.rec.slide_id} ({self.rec.path}): no position with enough tissue; 0 tiles",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                _warn(f"slide {self.rec.slide_id} ({self.rec.path}): no position with enough tissue; 0 tiles")
             raise
         self.left -= 1
         self.got += 1
         return item
 
 
-# ------------------------------------------------------------------------------------------------- the builder
-class SlideTiles(datasets.GeneratorBasedBuilder):
-    """Tissue-filtered, multi-magnification tiles read from whole-slide images (online patching).
+def slide_tile_coords(groups: list[str], config: SlideTilesConfig, stats: SlideStats) -> Iterator[dict]:
+    """Generator of one shard: the tile coordinates of a group of slides, interleaved.
 
-    Use ``SlideTiles(slides=[...], sampler="random", ...).as_streaming_dataset(split="train")`` or
-    :func:`tile_stream`. The grid sampler can also ``download_and_prepare()`` (arrow or parquet).
-    Example: ``{"image": uint8 (T, T, 3) | PIL.Image, "slide_id": str, "x": int, "y": int (level-0 px),
-    "mpp": float (µm/px), "level": int, "tissue_fraction": float}``.
+    Args:
+        groups: the shard's slice of the list-valued ``gen_kwargs`` entry (``datasets`` passes one group per
+            shard), each group encoded by :func:`encode_group`.
+        config: stream config (``max_open_slides`` slides are interleaved, one tile each in turn).
+        stats: shared counters.
+
+    Yields:
+        coordinate examples (see :func:`coord_features`); no pixels are read here.
     """
+    group = [item for g in groups for item in decode_group(g)]
+    pool = slide_pool(config.max_open_slides)
+    width = 1 if config.sampler == "grid" else config.max_open_slides
+    active: list[tuple[SlideRecord, Iterator]] = []
+    nxt = cursor = 0
+    try:
+        while True:
+            while len(active) < width and nxt < len(group):
+                index, path, slide_id, mpp = group[nxt]
+                rec = SlideRecord(path=path, slide_id=slide_id, mpp=mpp)
+                nxt += 1
+                opened = open_slide_for_tiles(index, rec, config, stats, pool)
+                if opened is not None:
+                    active.append((rec, slide_coords(index, rec, *opened, config, stats)))
+            if not active:
+                return
+            cursor %= len(active)
+            rec, coords = active[cursor]
+            failures = pool.region_failures.get(rec.path, 0)
+            coord = next(coords, None) if failures < config.max_region_failures else None
+            if coord is None:
+                if failures >= config.max_region_failures:
+                    stats.add("corrupt_slides")
+                    _warn(f"dropping slide {rec.slide_id} ({rec.path}): {failures} regions failed to decode")
+                else:
+                    stats.add("slides_done")
+                pool.release(rec.path)
+                active.pop(cursor)
+                continue
+            cursor += 1
+            yield {
+                "path": rec.path,
+                "slide_mpp": rec.mpp,
+                "slide_id": rec.slide_id,
+                "x": coord.x,
+                "y": coord.y,
+                "mpp": coord.mpp,
+                "level": coord.level,
+                "tile_size": coord.tile_size,
+                "tissue_fraction": coord.tissue_fraction,
+            }
+    finally:
+        for rec, _ in active:
+            pool.release(rec.path)
 
-    BUILDER_CONFIG_CLASS = SlideTilesConfig
-    VERSION = datasets.Version("1.0.0")
 
-    def _info(self) -> datasets.DatasetInfo:
-        return datasets.DatasetInfo(
-            description="Tiles read on the fly from whole-slide images (pathfm online patching).",
-            features=tile_features(self.config.tile_size, self.config.image_encoding),
+def read_tile_pixels(example: dict, config: SlideTilesConfig, stats: SlideStats) -> dict:
+    """``.map()`` function: read the tile of a coordinate example.
+
+    Returns:
+        ``{"image": uint8 (T, T, 3) array}`` (a PIL image for ``image_encoding="png"``), or ``{"image": None}``
+        when the region failed to decode (warned, counted in ``failed_regions``; :func:`has_image` drops it).
+    """
+    pool = slide_pool(config.max_open_slides)
+    try:
+        reader = pool.get(example["path"], mpp=example["slide_mpp"], mpp_tolerance=config.mpp_tolerance)
+        tile = reader.read_tile(example["x"], example["y"], example["tile_size"], example["mpp"])
+    except SlideError as err:
+        n = pool.failed(example["path"])
+        stats.add("failed_regions")
+        _warn(
+            f"slide {example['slide_id']}: tile at ({example['x']}, {example['y']}) failed to read, skipped "
+            f"(failure {n} of at most {config.max_region_failures}): {err}"
         )
+        return {"image": None}
+    if config.image_encoding == "png":
+        from PIL import Image
 
-    def _split_generators(self, dl_manager: Any) -> list[datasets.SplitGenerator]:
-        records = resolve_slides(self.config.slides)
-        # A list -> datasets makes one shard per element, i.e. one per slide.
-        return [
-            datasets.SplitGenerator(
-                name=datasets.Split.TRAIN, gen_kwargs={"slides": [(i, r) for i, r in enumerate(records)]}
-            )
-        ]
+        return {"image": Image.fromarray(tile)}
+    return {"image": tile}
 
-    def _iterable(self, slides: list[tuple[int, SlideRecord]]) -> SlideTilesIterable:
-        records: list[SlideRecord | None] = [None] * (max(i for i, _ in slides) + 1 if slides else 0)
-        for i, r in slides:
-            records[i] = r
-        return SlideTilesIterable(records, [i for i, _ in slides], self.config, self.info.features)
 
-    def _generate_examples(self, slides: list[tuple[int, SlideRecord]]) -> Iterator[tuple[Key, dict]]:
-        yield from self._iterable(slides)
+def has_image(example: dict) -> bool:
+    """``.filter()`` predicate: the tile's pixels were read."""
+    return example["image"] is not None
 
-    def _get_examples_iterable_for_split(
-        self, split_generator: datasets.SplitGenerator
-    ) -> SlideTilesIterable:
-        return self._iterable(split_generator.gen_kwargs["slides"])
+
+# ------------------------------------------------------------------------------------------------- the stream
+def encode_group(group: list[tuple[int, SlideRecord]]) -> str:
+    """A slide group as one JSON string: ``datasets`` fingerprints ``gen_kwargs`` by pickling them, and one
+    string per group keeps that cheap for 30,000 slides (records as objects take seconds)."""
+    return json.dumps([[i, r.path, r.slide_id, r.mpp] for i, r in group])
+
+
+def decode_group(text: str) -> list[list]:
+    """Inverse of :func:`encode_group`: ``[index, path, slide_id, mpp]`` lists (records are made lazily)."""
+    return json.loads(text)
+
+
+def slide_groups(records: list[SlideRecord], world_size: int, num_workers: int) -> list[str]:
+    """Split slides into shards: one group per consumer (rank x worker), a multiple of ``world_size``.
+
+    Slides are dealt round robin, so group sizes differ by at most one. With fewer slides than consumers there
+    are fewer groups (a multiple of ``world_size`` when possible; every rank still gets whole slides); with
+    fewer slides than ranks, one group per slide.
+
+    Returns:
+        groups of ``(global slide index, record)``, each encoded by :func:`encode_group`.
+    """
+    consumers = world_size * max(1, num_workers)
+    n = len(records)
+    if n >= consumers:
+        n_groups = consumers
+    elif n >= world_size:
+        n_groups = n - n % world_size
+    else:
+        n_groups = n
+    indexed = list(enumerate(records))
+    return [encode_group(indexed[g::n_groups]) for g in range(n_groups)]
 
 
 def tile_stream(
-    config: SlideTilesConfig, rank: int = 0, world_size: int = 1, strategy: str | None = None
+    config: SlideTilesConfig,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    stats: SlideStats | None = None,
 ) -> datasets.IterableDataset:
     """The streaming tile dataset for one process of a (possibly distributed) job.
 
     Args:
-        config: builder config.
+        config: stream config.
         rank: this process's rank.
         world_size: number of processes.
-        strategy: ``split_dataset_by_node`` strategy. Default: ``"shards"`` when there are at least
-            ``world_size`` slides (every rank reads whole, disjoint slides; ranks may get one slide more than
-            others, so their tile counts can differ: loop over a fixed number of steps), else ``"examples"``
-            (every rank reads every slide and keeps 1 tile in ``world_size``).
+        num_workers: DataLoader workers per process (sizes the slide groups: one per rank x worker).
+        stats: counters to update (default: new ones, read back with :func:`stream_stats`).
 
     Returns:
-        ``datasets.IterableDataset`` of examples (see :class:`SlideTiles`); wrap it in a
-        ``torch.utils.data.DataLoader(ds, batch_size=B, num_workers=W, collate_fn=collate_tiles)``: the
-        workers of a rank then split its slides again.
+        ``datasets.IterableDataset`` of ``{"image": uint8 (T, T, 3) | PIL.Image, "slide_id": str, "x": int,
+        "y": int (level-0 px), "mpp": float (µm/px), "level": int, "tissue_fraction": float}``. With at least
+        ``world_size`` slides every rank reads whole, disjoint slide groups (ranks may get one slide more than
+        others: loop over a fixed number of steps); with fewer, every rank reads every slide and keeps 1 tile in
+        ``world_size`` (``split_dataset_by_node``'s example strategy).
+
+    Raises:
+        ValueError: no slides (see :func:`resolve_slides`).
     """
     from datasets.distributed import split_dataset_by_node
 
-    kwargs = {f.name: getattr(config, f.name) for f in _config_fields(config)}
-    builder = SlideTiles(cache_dir=str(_builder_cache_dir()), **kwargs)
-    ds = builder.as_streaming_dataset(split="train")
+    given = config.slides
+    if isinstance(given, list) and given and all(isinstance(r, SlideRecord) for r in given):
+        records = unique_slide_ids(list(given))  # already resolved (e.g. training's records): no second pass
+    else:
+        records = resolve_slides(given)
+    stats = stats if stats is not None else SlideStats()
+    config = dataclasses.replace(config, slides=None)  # the slides travel in the groups, hashed cheaply
+    coords = datasets.IterableDataset.from_generator(
+        slide_tile_coords,
+        features=coord_features(),
+        gen_kwargs={
+            "groups": slide_groups(records, world_size, num_workers),
+            "config": config,
+            "stats": stats,
+        },
+    )
     if world_size > 1:
-        if strategy is None:
-            strategy = "shards" if ds.num_shards >= world_size else "examples"
-        ds = split_dataset_by_node(ds, rank=rank, world_size=world_size, strategy=strategy)
+        coords = split_dataset_by_node(coords, rank=rank, world_size=world_size)
+    ds = coords.map(
+        read_tile_pixels,
+        fn_kwargs={"config": config, "stats": stats},
+        remove_columns=COORD_ONLY_COLUMNS,
+        features=tile_features(config.tile_size, config.image_encoding),
+    ).filter(has_image)
+    _STREAM_STATS[ds] = stats
     return ds
-
-
-def _builder_cache_dir() -> Path:
-    """Where ``datasets`` puts the builder's lock files (streaming writes nothing else)."""
-    root = Path(os.environ.get("PATHFM_CACHE", Path.home() / ".cache" / "pathfm")) / "datasets"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def _config_fields(config: SlideTilesConfig) -> list:
-    import dataclasses
-
-    skip = {"version", "data_dir", "data_files", "description"}
-    return [f for f in dataclasses.fields(config) if f.name not in skip]
 
 
 def collate_tiles(examples: list[dict]) -> dict[str, Any]:
@@ -584,9 +509,8 @@ def collate_tiles(examples: list[dict]) -> dict[str, Any]:
 
 
 __all__ = [
-    "SlideTiles",
+    "SlideStats",
     "SlideTilesConfig",
-    "SlideTilesIterable",
     "collate_tiles",
     "resolve_slides",
     "stream_stats",

@@ -1,7 +1,8 @@
 """Fixed tile datasets: grid tiles written to parquet with ``download_and_prepare`` and pushed to the Hub.
 
-``build_tile_dataset`` runs :class:`~pathfm.datasets_scripts.builder.SlideTiles` (usually the grid sampler with
-``image_encoding="png"``, so the Hub viewer shows the tiles) into ``<folder>/data/*.parquet`` and writes a
+``build_tile_dataset`` runs :func:`~pathfm.datasets_scripts.builder.tile_stream` (usually the grid sampler with
+``image_encoding="png"``, so the Hub viewer shows the tiles) through ``datasets.Dataset.from_generator`` and
+``Dataset.to_parquet`` into ``<folder>/data/train-00000-of-00001.parquet`` and writes a
 dataset card (``README.md``: YAML front matter with the parquet config, features, licence and the slides'
 provenance). ``push_tile_dataset`` uploads the folder with ``HfApi.upload_folder``.
 
@@ -20,10 +21,13 @@ import json
 import shutil
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import datasets
 import pyarrow.parquet as pq
-from pathfm.datasets_scripts.builder import SlideTiles, SlideTilesConfig, _config_fields, resolve_slides
+from pathfm.datasets_scripts.builder import SlideTilesConfig, resolve_slides, tile_features, tile_stream
 
 CARD_TEMPLATE = """---
 {yaml}---
@@ -31,7 +35,7 @@ CARD_TEMPLATE = """---
 # {title}
 
 Tiles read from whole-slide images with pathfm's online-patching builder
-(`pathfm.datasets_scripts.builder.SlideTiles`), {sampler_text}.
+(`pathfm.datasets_scripts.builder.tile_stream`), {sampler_text}.
 
 | field | meaning |
 |---|---|
@@ -60,6 +64,31 @@ scanner metadata.
 """
 
 
+def stream_examples(config: SlideTilesConfig) -> Iterator[dict]:
+    """The examples of ``tile_stream(config)`` (a generator for ``Dataset.from_generator``)."""
+    yield from tile_stream(config)
+
+
+def features_yaml(features: datasets.Features) -> list[dict]:
+    """The dataset card's ``dataset_info.features`` list for the tile features (Value, Image, Array3D).
+
+    Raises:
+        TypeError: a feature type the tile datasets do not use.
+    """
+    out: list[dict] = []
+    for name, feature in features.items():
+        if isinstance(feature, datasets.Value):
+            dtype: Any = feature.dtype
+        elif isinstance(feature, datasets.Image):
+            dtype = "image"
+        elif isinstance(feature, datasets.Array3D):
+            dtype = {"array3_d": {"shape": list(feature.shape), "dtype": feature.dtype}}
+        else:
+            raise TypeError(f"feature {name!r}: {type(feature).__name__} has no card YAML form here")
+        out.append({"name": name, "dtype": dtype})
+    return out
+
+
 def build_tile_dataset(
     config: SlideTilesConfig, output_dir: str | Path, title: str = "pathfm tiles", license_id: str = "other"
 ) -> Path:
@@ -79,19 +108,20 @@ def build_tile_dataset(
     out = Path(output_dir)
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    kwargs = {f.name: getattr(config, f.name) for f in _config_fields(config)}
-    builder = SlideTiles(cache_dir=str(out / ".cache"), **kwargs)
-    builder.download_and_prepare(output_dir=str(data_dir), file_format="parquet")
+    features = tile_features(config.tile_size, config.image_encoding)
+    tiles = datasets.Dataset.from_generator(
+        stream_examples, gen_kwargs={"config": config}, features=features, cache_dir=str(out / ".cache")
+    )
+    tiles.to_parquet(str(data_dir / "train-00000-of-00001.parquet"))
     files = sorted(data_dir.glob("*.parquet"))
-    if not files:
-        raise RuntimeError(f"{data_dir}: download_and_prepare wrote no parquet file")
     counts: Counter[str] = Counter()
     for f in files:
         for batch in pq.ParquetFile(f).iter_batches(columns=["slide_id"]):
             counts.update(batch.column(0).to_pylist())
-    # Leave only parquet under data/ and no builder lock files / cache next to it.
-    for leftover in [data_dir / "dataset_info.json", *out.glob("*.lock"), *data_dir.glob("*.lock")]:
+    # Leave only parquet under data/ and no lock files / cache next to it.
+    for leftover in [*out.glob("*.lock"), *data_dir.glob("*.lock")]:
         leftover.unlink(missing_ok=True)
+    del tiles
     shutil.rmtree(out / ".cache", ignore_errors=True)
     records = resolve_slides(config.slides)
     rows = []
@@ -100,7 +130,6 @@ def build_tile_dataset(
         licence = r.extra.get("licence", "") if r.extra else ""
         mpp_text = f"override {r.mpp} µm/px" if r.mpp is not None else "slide metadata"
         rows.append(f"| {r.slide_id} | {counts.get(r.slide_id, 0)} | {mpp_text} | {licence} {source} |")
-    features = builder.info.features
     card_data = DatasetCardData(
         license=license_id,
         tags=["pathology", "histology", "whole-slide-images", "pathfm"],
@@ -108,7 +137,7 @@ def build_tile_dataset(
         pretty_name=title,
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
         dataset_info={
-            "features": features._to_yaml_list(),
+            "features": features_yaml(features),
             "splits": [{"name": "train", "num_examples": int(sum(counts.values()))}],
         },
     )

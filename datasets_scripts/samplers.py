@@ -56,13 +56,25 @@ class GridTileSampler:
         tile_size: tile side in px at ``mpp``.
         stride: grid step in px at ``mpp`` (default ``tile_size``: no overlap).
         min_tissue: minimum tissue fraction in [0, 1] (0 keeps every grid tile).
+        partial: tiles crossing the right/bottom edge of the bounds: ``"pad"`` (listed; the part outside is
+            filled with background), ``"drop"`` (not listed) or ``"keep"`` (moved inward to end at the edge: a
+            full tile of slide pixels that overlaps its neighbour).
 
     The grid starts at the bounds' top-left corner; column i sits at ``bx + round(i * stride0)`` level-0 px with
     ``stride0 = stride * mpp / slide_mpp`` (no accumulated rounding); a tile is listed if its top-left corner
-    is inside the bounds, so tiles crossing the right/bottom edge are included (filled with background).
+    is inside the bounds (then ``partial`` decides what happens to one crossing the edge).
     """
 
-    def __init__(self, mpp: float, tile_size: int = 256, stride: int | None = None, min_tissue: float = 0.4):
+    PARTIAL = ("pad", "drop", "keep")
+
+    def __init__(
+        self,
+        mpp: float,
+        tile_size: int = 256,
+        stride: int | None = None,
+        min_tissue: float = 0.4,
+        partial: str = "pad",
+    ):
         if tile_size <= 0:
             raise ValueError(f"tile_size must be positive, got {tile_size}")
         if not 0.0 <= min_tissue <= 1.0:
@@ -73,6 +85,19 @@ class GridTileSampler:
         if self.stride <= 0:
             raise ValueError(f"stride must be positive, got {stride}")
         self.min_tissue = float(min_tissue)
+        if partial not in self.PARTIAL:
+            raise ValueError(f"partial must be one of {self.PARTIAL}, got {partial!r}")
+        self.partial = partial
+
+    def _edge(self, starts: list[int], lo: int, size: int, extent: float) -> list[int]:
+        """Apply ``partial`` to one axis's tile starts (level-0 px) within [lo, lo + size)."""
+        end = lo + size
+        if self.partial == "drop":
+            return [v for v in starts if v + extent <= end + 1e-6]
+        if self.partial == "keep" and extent <= size:
+            last = math.floor(end - extent + 1e-6)
+            return sorted({min(v, last) for v in starts})
+        return starts
 
     def tiles(self, reader: SlideReader, mask: TissueMask) -> list[TileCoord]:
         """List the grid tiles of a slide.
@@ -94,8 +119,8 @@ class GridTileSampler:
         ny = max(1, math.ceil(bh / stride0 - 1e-9))
         xs = [bx + round(i * stride0) for i in range(nx)]
         ys = [by + round(j * stride0) for j in range(ny)]
-        xs = [x for x in xs if x < bx + bw]
-        ys = [y for y in ys if y < by + bh]
+        xs = self._edge([x for x in xs if x < bx + bw], bx, bw, extent)
+        ys = self._edge([y for y in ys if y < by + bh], by, bh, extent)
         out: list[TileCoord] = []
         if mask.tissue_pixels == 0 and self.min_tissue > 0:
             return out

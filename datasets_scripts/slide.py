@@ -29,6 +29,8 @@ import numpy as np
 from PIL import Image
 
 MAX_LEVEL0_MPP = 10.0
+NON_SQUARE_TOLERANCE = 0.01  # relative difference of mpp x and y still treated as square pixels
+MIN_LEVEL0_MPP = 0.05  # finer than any scanner (0.1 µm/px at 100x oil): a wrong unit or tag
 """Level 0 coarser than this (µm/px) is treated as a wrong resolution tag, not a real slide."""
 
 DEFAULT_MPP_TOLERANCE = 0.05
@@ -144,10 +146,10 @@ class SlideReader:
         """Pick the level-0 mpp: an explicit override wins; else metadata; refuse absent/absurd values."""
         if override is not None:
             override = float(override)
-            if not (math.isfinite(override) and 0.0 < override <= MAX_LEVEL0_MPP):
+            if not (math.isfinite(override) and MIN_LEVEL0_MPP <= override <= MAX_LEVEL0_MPP):
                 raise SlideError(
                     f"{self.path}: mpp override {override!r} µm/px is not a plausible level-0 resolution "
-                    f"(expected 0 < mpp <= {MAX_LEVEL0_MPP})"
+                    f"(expected {MIN_LEVEL0_MPP} <= mpp <= {MAX_LEVEL0_MPP})"
                 )
             return override
         if self.native_mpp is None:
@@ -155,11 +157,17 @@ class SlideReader:
                 f"slide '{self.slide_id}' ({self.path}) has no resolution metadata (openslide.mpp-x/y missing); "
                 f"tiles at a given magnification need it: {OVERRIDE_HINT}"
             )
-        if not (math.isfinite(self.native_mpp) and 0.0 < self.native_mpp <= MAX_LEVEL0_MPP):
+        if math.isnan(self.native_mpp):
+            raise MissingMppError(
+                f"slide '{self.slide_id}' ({self.path}) has non-square pixels (openslide.mpp-x "
+                f"{self.properties.get('openslide.mpp-x')}, mpp-y {self.properties.get('openslide.mpp-y')} µm/px); "
+                f"tiles would cover different µm in x and y: resample the slide, or {OVERRIDE_HINT}"
+            )
+        if not (math.isfinite(self.native_mpp) and MIN_LEVEL0_MPP <= self.native_mpp <= MAX_LEVEL0_MPP):
             raise MissingMppError(
                 f"slide '{self.slide_id}' ({self.path}) reports an implausible level-0 resolution of "
-                f"{self.native_mpp:.4g} µm/px (more than {MAX_LEVEL0_MPP} µm/px: likely a wrong TIFF resolution "
-                f"tag); {OVERRIDE_HINT}"
+                f"{self.native_mpp:.4g} µm/px from openslide.mpp-x/y (expected {MIN_LEVEL0_MPP}-{MAX_LEVEL0_MPP} "
+                f"µm/px: likely a wrong TIFF resolution tag or unit); {OVERRIDE_HINT}"
             )
         return float(self.native_mpp)
 
@@ -399,8 +407,11 @@ class OpenSlideReader(SlideReader):
             return None
         if mx <= 0 or my <= 0:
             return None
-        # Non-square pixels are not supported by the tile maths; use the mean (they differ by < 1 % in practice).
-        return 0.5 * (mx + my)
+        if abs(mx - my) > NON_SQUARE_TOLERANCE * max(mx, my):
+            # Tiles must cover the same µm in x and y; averaging would silently stretch them: refused in
+            # _resolve_mpp (NaN marks "present but not square").
+            return math.nan
+        return mx  # x and y agree within 1 % (scanner rounding): x is the reference
 
     def _read_level(self, x: int, y: int, level: int, width: int, height: int) -> Image.Image:
         import openslide

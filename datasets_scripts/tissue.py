@@ -32,7 +32,9 @@ class TissueMask:
         mpp: µm/px of the mask grid.
         slide_mpp: level-0 µm/px of the slide the mask belongs to.
         origin: level-0 (x, y) of the mask's top-left corner (the slide bounds' origin).
-        threshold: saturation threshold used (0-255).
+        threshold: threshold used (0-255) on the signal named by ``method``.
+        method: ``"hsv-saturation-otsu"`` (stained slides) or ``"darkness-otsu"`` (grayscale / unstained
+            slides, where saturation finds nothing; darkness = 255 - mean of R, G, B).
     """
 
     mask: np.ndarray
@@ -40,6 +42,7 @@ class TissueMask:
     slide_mpp: float = 1.0
     origin: tuple[int, int] = (0, 0)
     threshold: float = 0.0
+    method: str = "hsv-saturation-otsu"
     _rows: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -135,6 +138,23 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     return (s * 255.0).astype(np.float32)
 
 
+def darkness(rgb: np.ndarray) -> np.ndarray:
+    """255 - mean(R, G, B) as float32 (h, w): glass ~0, tissue of any stain or none > 0."""
+    return 255.0 - rgb.astype(np.float32).mean(axis=2)
+
+
+METHODS = {"saturation": "hsv-saturation-otsu", "darkness": "darkness-otsu"}
+
+
+def choose_mask_method(rgb: np.ndarray, floor: float = 20.0) -> str:
+    """``"saturation"`` unless the thumbnail has no colour (99th percentile of saturation under ``floor``)
+    but has dark structure (darkness spans more than ``floor``): then ``"darkness"`` (grayscale, IHC
+    counterstain-only or unstained slides)."""
+    if rgb.size == 0 or float(np.percentile(saturation(rgb), 99)) >= floor:
+        return "saturation"
+    return "darkness" if float(np.ptp(darkness(rgb))) > floor else "saturation"
+
+
 def _disk(radius_px: float) -> np.ndarray:
     r = max(0, round(radius_px))
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
@@ -148,6 +168,7 @@ def tissue_mask_from_rgb(
     closing_um: float = 16.0,
     opening_um: float = 16.0,
     min_object_um2: float = 10_000.0,
+    method: str = "saturation",
 ) -> tuple[np.ndarray, float]:
     """The mask algorithm on an RGB thumbnail.
 
@@ -158,6 +179,7 @@ def tissue_mask_from_rgb(
         closing_um: radius of the closing disk, µm (bridges gaps between tissue fragments).
         opening_um: radius of the opening disk, µm (removes thin debris).
         min_object_um2: connected components smaller than this (µm²) are dropped.
+        method: ``"saturation"`` (HSV saturation) or ``"darkness"`` (255 - mean RGB); Otsu with the floor.
 
     Returns:
         (bool mask (h, w), threshold used).
@@ -165,7 +187,9 @@ def tissue_mask_from_rgb(
     from scipy import ndimage
     from skimage.filters import threshold_otsu
 
-    sat = saturation(rgb)
+    if method not in METHODS:
+        raise ValueError(f"tissue mask method must be one of {sorted(METHODS)}, got {method!r}")
+    sat = saturation(rgb) if method == "saturation" else darkness(rgb)
     try:
         otsu = float(threshold_otsu(sat)) if sat.size > 1 and np.ptp(sat) > 0 else 0.0
     except ValueError:
@@ -257,14 +281,16 @@ def compute_tissue_mask(
                 slide_mpp=reader.mpp,
                 origin=(int(reader.bounds[0]), int(reader.bounds[1])),
                 threshold=float(data["threshold"]),
+                method=str(data["method"]) if "method" in data else METHODS["saturation"],
             )
             _remember(key, tm)
             return tm
     thumb = reader.thumbnail(mask_mpp)
     # The thumbnail is rounded to whole px: use its exact mpp so mask <-> level-0 mapping stays aligned.
     exact_mpp = reader.bounds[2] * reader.mpp / thumb.shape[1]
+    method = choose_mask_method(thumb, saturation_floor)
     mask, threshold = tissue_mask_from_rgb(
-        thumb, exact_mpp, saturation_floor, closing_um, opening_um, min_object_um2
+        thumb, exact_mpp, saturation_floor, closing_um, opening_um, min_object_um2, method
     )
     tm = TissueMask(
         mask=mask,
@@ -272,11 +298,12 @@ def compute_tissue_mask(
         slide_mpp=reader.mpp,
         origin=(int(reader.bounds[0]), int(reader.bounds[1])),
         threshold=threshold,
+        method=METHODS[method],
     )
     if npz is not None:
         npz.parent.mkdir(parents=True, exist_ok=True)
         tmp = npz.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez_compressed(tmp, mask=mask, mpp=exact_mpp, threshold=threshold)
+        np.savez_compressed(tmp, mask=mask, mpp=exact_mpp, threshold=threshold, method=METHODS[method])
         os.replace(tmp, npz)
     _remember(key, tm)
     return tm

@@ -85,7 +85,8 @@ class DINODataArguments:
         default_factory=lambda: ["embedded"],
         metadata={
             "help": "Slide sources: slide files, folders (searched for slides), manifest files (.csv/.tsv), "
-            "or the keyword 'embedded' (the three real slides shipped with pathfm)."
+            "GDC manifests, a slide catalogue (.parquet, from pathfm.datasets_scripts.catalogue: no slide is "
+            "opened before the first batch), or the keyword 'embedded' (the three real slides shipped with pathfm)."
         },
     )
     mpps: list[float] = field(

@@ -3,9 +3,10 @@
 One job: turn the configured slide sources into batches of ``pixel_values`` uint8 (B, 3, H, W) for *this*
 process, with a state that a checkpoint can hold.
 
-- Sources are resolved to ``SlideRecord``s (files, folders, manifests, or ``embedded``) and every slide is
-  opened once before training (``preflight_slides``): unreadable slides are skipped and counted; none readable
-  -> ``ValueError`` before any training step.
+- Sources are resolved to ``SlideRecord``s (files, folders, manifests, catalogues, or ``embedded``) and every
+  slide not from a catalogue is opened once before training (``preflight_slides``): unreadable slides are
+  skipped and counted; none readable -> ``ValueError`` before any training step. A catalogue run opens no slide
+  before the first batch (each DataLoader worker opens its own slides lazily).
 - Each rank gets its own slides, ``records[rank::world_size]`` (round robin over the sorted list), and reads
   only those: ``tile_stream`` is then called with ``rank=0, world_size=1`` so no second sharding happens and
   no rank reads tiles that another rank keeps.
@@ -22,65 +23,33 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from pathfm.datasets_scripts.sources import SlideRecord, find_slides, read_manifest
+from pathfm.datasets_scripts.sources import SlideRecord
 
 __all__ = ["resolve_slides", "preflight_slides", "partition_slides", "TileBatchStream"]
 
 logger = logging.getLogger(__name__)
 
-_MANIFEST_SUFFIXES = {".csv", ".tsv", ".txt"}
-
-
 def resolve_slides(sources: Sequence[str]) -> list[SlideRecord]:
-    """Turn slide sources into records.
-
-    Args:
-        sources: Entries that are the keyword ``embedded``, a slide file, a folder (searched with
-            ``find_slides``) or a manifest (.csv/.tsv/.txt, ``read_manifest``).
-
-    Returns:
-        Records sorted by path, duplicates (same path) removed.
+    """Turn slide sources into records, sorted by path (:func:`pathfm.datasets_scripts.resolve.resolve_sources`:
+    slide files, folders, manifests, GDC manifests, catalogues ``.parquet``, or ``embedded``).
 
     Raises:
-        FileNotFoundError: A source that does not exist (named).
+        FileNotFoundError: A folder, manifest or catalogue that does not exist (named).
         ValueError: No slides found at all (the sources are listed).
     """
-    records: list[SlideRecord] = []
-    for source in sources:
-        if source == "embedded":
-            from pathfm.datasets_scripts.embedded import embedded_slides
+    from pathfm.datasets_scripts.resolve import resolve_sources
 
-            records.extend(embedded_slides())
-            continue
-        path = Path(source)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"slide source {source!r} does not exist (expected a slide file, a folder, "
-                f"a manifest .csv/.tsv, or 'embedded')"
-            )
-        if path.is_dir():
-            records.extend(find_slides(path))
-        elif path.suffix.lower() in _MANIFEST_SUFFIXES:
-            records.extend(read_manifest(path))
-        else:
-            records.append(SlideRecord(path=str(path), slide_id=path.stem))
-    unique = {str(Path(r.path).resolve()): r for r in records}
-    if not unique:
-        raise ValueError(
-            f"no slides found in {list(sources)}: give slide files, folders that contain slides, "
-            f"a manifest, or 'embedded'"
-        )
-    return [unique[k] for k in sorted(unique)]
+    return resolve_sources(list(sources), sort=True)
 
 
 def preflight_slides(records: Sequence[SlideRecord]) -> tuple[list[SlideRecord], dict[str, str]]:
-    """Open every slide once; keep the readable ones.
+    """Open every slide once; keep the readable ones. Slides from a catalogue were opened when it was built:
+    they are kept without opening them (the stream's workers open them lazily, skipping and counting failures).
 
     Args:
         records: Candidate slides.
@@ -96,6 +65,9 @@ def preflight_slides(records: Sequence[SlideRecord]) -> tuple[list[SlideRecord],
     ok: list[SlideRecord] = []
     failures: dict[str, str] = {}
     for rec in records:
+        if rec.extra.get("catalogue"):
+            ok.append(rec)
+            continue
         try:
             with open_slide(rec.path, mpp=rec.mpp) as reader:
                 _ = reader.dimensions
@@ -181,7 +153,7 @@ class TileBatchStream:
             epoch=pass_index,
         )
         # This rank's slides are already partitioned: no second split by node.
-        self._ds = tile_stream(config, rank=0, world_size=1)
+        self._ds = tile_stream(config, rank=0, world_size=1, num_workers=self.num_workers)
         return self._ds
 
     def _make_iterator(self, pass_index: int, skip_batches: int) -> Iterator[dict[str, Any]]:

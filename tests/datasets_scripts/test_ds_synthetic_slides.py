@@ -209,7 +209,10 @@ def test_corrupt_tile_data_mid_stream(tmp_path, eight_slides):
         warnings.simplefilter("always")
         examples = list(ds)
     assert any("badtiles" in str(w.message) for w in caught)
-    assert stream_stats(ds)["corrupt_slides"] == 1
+    # A region that fails to decode costs that tile only: the bad slide keeps streaming its readable tiles.
+    stats = stream_stats(ds)
+    assert 1 <= stats["failed_regions"] < 3 and stats["corrupt_slides"] == 0
+    assert len([e for e in examples if e["slide_id"] == "badtiles"]) > 0
     n_fine = len([e for e in examples if e["slide_id"] == "fine"])
     assert n_fine == len(
         list(tile_stream(SlideTilesConfig(slides=[str(good)], sampler="grid", grid_mpp=0.5, tile_size=128)))

@@ -1,0 +1,125 @@
+"""Slide catalogue at TCGA scale: build speed with 2 processes vs 1, and time to first batch from a big catalogue.
+
+Run: ``nice .venv/bin/python benchmarks/catalogue.py [--entries 1000] [--rows 30000]``
+
+1. builds the catalogue of ``--entries`` slide entries (symbolic links to the three embedded real slides, so
+   every entry is opened and masked for real) with ``--num_proc 1`` and ``--num_proc 2``, side by side
+   (target: >= 1.8x);
+2. time to first batch on one rank from a catalogue of ``--rows`` rows vs one of 100 rows (entries are links to
+   the embedded slides; rows are copies of real catalogue rows): resolve -> preflight -> partition ->
+   ``TileBatchStream`` -> first batch (targets: <= 30 s, and within 1.5x of the 100-row catalogue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+
+def _links(root: Path, n: int) -> list[str]:
+    from pathfm.datasets_scripts.embedded import embedded_slides
+
+    real = embedded_slides()
+    out = []
+    for i in range(n):
+        rec = real[i % len(real)]
+        folder = root / f"{i // 1000:03d}"
+        folder.mkdir(exist_ok=True)
+        link = folder / f"e{i:06d}{Path(rec.path).suffix}"
+        if not link.exists():
+            os.symlink(os.path.abspath(rec.path), link)
+        out.append((str(link), rec.mpp))
+    return out
+
+
+def _manifest(root: Path, links: list[tuple[str, float | None]], name: str) -> Path:
+    path = root / name
+    lines = ["path,mpp"] + [f"{p},{'' if m is None else m}" for p, m in links]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def bench_build(root: Path, entries: int) -> None:
+    from pathfm.datasets_scripts.catalogue import build_catalogue
+
+    manifest = _manifest(root, _links(root / "links", entries), "entries.csv")
+    times = {}
+    for procs in (1, 2):
+        out = root / f"build_{procs}.parquet"
+        t0 = time.perf_counter()
+        counts = build_catalogue([str(manifest)], out, num_proc=procs)
+        times[procs] = time.perf_counter() - t0
+        assert counts["ok"] == entries, counts
+    print(
+        f"[1] catalogue of {entries} entries: 1 process {times[1]:.1f} s ({entries / times[1]:.1f} slides/s) | "
+        f"2 processes {times[2]:.1f} s ({entries / times[2]:.1f} slides/s) | ratio {times[1] / times[2]:.2f}x "
+        f"(target >= 1.8x)"
+    )
+
+
+def _big_catalogue(root: Path, rows: int) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pathfm.datasets_scripts.catalogue import build_catalogue
+
+    seed = root / "seed.parquet"
+    if not seed.exists():
+        build_catalogue(["embedded"], seed)
+    real = pq.read_table(seed).to_pylist()
+    links = _links(root / "links", rows)
+    out_rows = []
+    for i, (path, _) in enumerate(links):
+        row = dict(real[i % len(real)])
+        row["path"], row["slide_id"] = path, f"e{i:06d}"
+        out_rows.append(row)
+    out = root / f"rows_{rows}.parquet"
+    pq.write_table(pa.Table.from_pylist(out_rows), out)
+    return out
+
+
+def _first_batch(catalogue: Path) -> float:
+    from pathfm.training.tile_batches import TileBatchStream, partition_slides, preflight_slides, resolve_slides
+
+    t0 = time.perf_counter()
+    records = resolve_slides([str(catalogue)])
+    readable, _ = preflight_slides(records)
+    mine = partition_slides(readable, 0, 1)
+    stream = TileBatchStream(
+        mine, batch_size=32, seed=0, mpps=[0.5, 1.0, 2.0], tile_size=224, min_tissue=0.4, tiles_per_slide=64
+    )
+    batch = next(stream)
+    elapsed = time.perf_counter() - t0
+    assert batch["pixel_values"].shape[0] == 32
+    stream.close()
+    return elapsed
+
+
+def bench_first_batch(root: Path, rows: int) -> None:
+    small, big = _big_catalogue(root, 100), _big_catalogue(root, rows)
+    _first_batch(small)  # warm imports
+    t_small, t_big = _first_batch(small), _first_batch(big)
+    print(
+        f"[2] time to first batch on one rank: 100-row catalogue {t_small:.2f} s | {rows}-row catalogue "
+        f"{t_big:.2f} s | ratio {t_big / t_small:.2f}x (targets: <= 30 s, <= 1.5x)"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--entries", type=int, default=1000)
+    ap.add_argument("--rows", type=int, default=30_000)
+    ap.add_argument("--skip_build", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pathfm_catalogue_bench_") as tmp:
+        root = Path(tmp)
+        (root / "links").mkdir()
+        if not args.skip_build:
+            bench_build(root, args.entries)
+        bench_first_batch(root, args.rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""Slide catalogue: open every slide once, in parallel processes, and write one parquet row per slide.
+
+CLI::
+
+    python -m pathfm.datasets_scripts.catalogue SLIDES... --output catalogue.parquet --num_proc 8
+
+``SLIDES`` are anything :func:`pathfm.datasets_scripts.resolve.resolve_sources` accepts (folders, manifests,
+GDC manifests, slide files, another catalogue). Row columns: ``path`` (absolute), ``slide_id``, ``bytes``,
+``mtime_ns``, ``vendor``, ``level_dimensions`` ([[w, h], ...] px), ``level_downsamples``, ``mpp_x``, ``mpp_y``
+(level-0 µm/px) and ``mpp_source`` (``openslide`` / ``manifest`` / ``mpp_override`` / ``default_mpp``),
+``objective_power``, ``bounds`` ([x, y, w, h] level-0 px), ``background`` ([r, g, b]), ``mask`` (tissue mask,
+``numpy.packbits`` rows then zlib), ``mask_shape`` ([h, w]), ``mask_mpp`` (µm/px), ``mask_threshold``,
+``mask_method``, ``tissue_mm2``, ``group`` (manifest group or TCGA patient barcode), ``status`` (``ok`` /
+``no-mpp`` / ``unreadable`` / ``no-tissue``) and ``reason`` (words).
+
+Re-running skips files whose size and mtime are unchanged; a killed run resumes: finished rows are appended to
+``<output>.partial.jsonl`` as they come and merged into the parquet file (written atomically) at the end. The
+result is a plain parquet file: ``datasets.load_dataset("parquet", data_files=...)`` reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import math
+import os
+import sys
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pathfm.datasets_scripts.resolve import resolve_sources
+from pathfm.datasets_scripts.slide import MAX_LEVEL0_MPP, MIN_LEVEL0_MPP, MissingMppError, SlideError, open_slide
+from pathfm.datasets_scripts.sources import SlideRecord, parse_tcga_barcode
+
+__all__ = ["build_catalogue", "catalogue_row", "decode_mask", "main"]
+
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """bool (h, w) -> zlib(packbits(rows))."""
+    return zlib.compress(np.packbits(mask.astype(bool), axis=1).tobytes(), 6)
+
+
+def decode_mask(blob: bytes, shape: tuple[int, int] | list[int]) -> np.ndarray:
+    """Inverse of :func:`encode_mask`: bool (h, w)."""
+    h, w = int(shape[0]), int(shape[1])
+    packed = np.frombuffer(zlib.decompress(blob), dtype=np.uint8).reshape(h, (w + 7) // 8)
+    return np.unpackbits(packed, axis=1, count=w).astype(bool)
+
+
+def _group(rec: SlideRecord) -> str | None:
+    if rec.group:
+        return rec.group
+    try:
+        return parse_tcga_barcode(Path(rec.path).name).patient
+    except ValueError:
+        return None
+
+
+def _mpp_xy(
+    props: dict[str, str], rec: SlideRecord, mpp_override: float | None, default_mpp: float | None
+) -> tuple[float | None, float | None, str | None]:
+    """Level-0 (mpp_x, mpp_y, source): override flag, manifest, OpenSlide metadata, then the default."""
+    if mpp_override is not None:
+        return mpp_override, mpp_override, "mpp_override"
+    if rec.mpp is not None:
+        return rec.mpp, rec.mpp, rec.extra.get("mpp_source", "manifest")
+    try:
+        mx = float(props["openslide.mpp-x"])
+        my = float(props.get("openslide.mpp-y", mx))
+        if math.isfinite(mx) and math.isfinite(my) and mx > 0 and my > 0:
+            return mx, my, "openslide"
+    except (KeyError, ValueError):
+        pass
+    if default_mpp is not None:
+        return default_mpp, default_mpp, "default_mpp"
+    return None, None, None
+
+
+def catalogue_row(
+    rec: SlideRecord,
+    mask_mpp: float = 8.0,
+    saturation_floor: float = 20.0,
+    mpp_override: float | None = None,
+    default_mpp: float | None = None,
+    min_object_um2: float = 10_000.0,
+) -> dict[str, Any]:
+    """Open one slide and describe it (never raises for a bad slide: the status and reason say what is wrong).
+
+    Returns:
+        a catalogue row (see the module docstring).
+    """
+    from pathfm.datasets_scripts.tissue import compute_tissue_mask
+
+    path = os.path.abspath(rec.path)
+    row: dict[str, Any] = {
+        "path": path, "slide_id": rec.slide_id, "bytes": None, "mtime_ns": None, "vendor": None,
+        "level_dimensions": None, "level_downsamples": None, "mpp_x": None, "mpp_y": None, "mpp_source": None,
+        "objective_power": None, "bounds": None, "background": None, "mask": None, "mask_shape": None,
+        "mask_mpp": None, "mask_threshold": None, "mask_method": None, "tissue_mm2": None,
+        "group": _group(rec), "status": "unreadable", "reason": "",
+    }  # fmt: skip
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        row["reason"] = f"cannot stat the file: {err.strerror or err}"
+        return row
+    row["bytes"], row["mtime_ns"] = int(st.st_size), int(st.st_mtime_ns)
+    try:
+        reader = open_slide(path, mpp=1.0)  # a placeholder mpp: metadata is judged below, by axis
+    except SlideError as err:
+        row["reason"] = str(err)
+        return row
+    with reader:
+        props = reader.properties
+        row["vendor"] = props.get("openslide.vendor")
+        row["level_dimensions"] = [list(map(int, d)) for d in reader.level_dimensions]
+        row["level_downsamples"] = [float(d) for d in reader.level_downsamples]
+        power = props.get("openslide.objective-power")
+        row["objective_power"] = float(power) if power not in (None, "") else None
+        row["bounds"] = list(map(int, reader.bounds))
+        row["background"] = list(map(int, reader.background_color))
+        mx, my, source = _mpp_xy(props, rec, mpp_override, default_mpp)
+        row["mpp_x"], row["mpp_y"], row["mpp_source"] = mx, my, source
+        if mx is None:
+            row["status"] = "no-mpp"
+            row["reason"] = "no mpp in the slide metadata: add an mpp manifest column or pass --mpp_override"
+            return row
+        for axis, value in (("x", mx), ("y", my)):
+            if not MIN_LEVEL0_MPP <= value <= MAX_LEVEL0_MPP:
+                row["status"] = "no-mpp"
+                row["reason"] = (
+                    f"implausible level-0 mpp {axis} = {value:.4g} µm/px from {source} (expected "
+                    f"{MIN_LEVEL0_MPP}-{MAX_LEVEL0_MPP}); pass --mpp_override"
+                )
+                return row
+        if abs(mx - my) > 0.01 * max(mx, my):
+            row["status"] = "no-mpp"
+            row["reason"] = f"non-square pixels (mpp x {mx:.4g}, y {my:.4g} µm/px) are not supported"
+            return row
+        reader.mpp = float(mx)
+        try:
+            mask = compute_tissue_mask(
+                reader, mask_mpp=mask_mpp, saturation_floor=saturation_floor, min_object_um2=min_object_um2
+            )
+        except (SlideError, MissingMppError, ValueError) as err:
+            row["reason"] = f"tissue mask failed: {err}"
+            return row
+    row["mask"] = encode_mask(mask.mask)
+    row["mask_shape"] = list(mask.mask.shape)
+    row["mask_mpp"] = float(mask.mpp)
+    row["mask_threshold"] = float(mask.threshold)
+    row["mask_method"] = mask.method
+    row["tissue_mm2"] = float(mask.tissue_pixels * (mask.mpp / 1000.0) ** 2)
+    if mask.tissue_pixels == 0:
+        row["status"], row["reason"] = "no-tissue", f"no tissue above saturation {mask.threshold:.1f}"
+    else:
+        row["status"], row["reason"] = "ok", ""
+    return row
+
+
+def _row_job(args: tuple) -> dict[str, Any]:
+    return catalogue_row(*args)
+
+
+def _to_json(row: dict[str, Any]) -> str:
+    out = dict(row)
+    if out["mask"] is not None:
+        out["mask"] = base64.b64encode(out["mask"]).decode()
+    return json.dumps(out)
+
+
+def _from_json(line: str) -> dict[str, Any]:
+    row = json.loads(line)
+    if row["mask"] is not None:
+        row["mask"] = base64.b64decode(row["mask"])
+    return row
+
+
+def _previous_rows(output: Path, partial: Path) -> dict[str, dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    rows: dict[str, dict[str, Any]] = {}
+    if output.is_file():
+        for row in pq.read_table(output).to_pylist():
+            rows[row["path"]] = row
+    if partial.is_file():
+        for line in partial.read_text().splitlines():
+            if line.strip():
+                try:
+                    row = _from_json(line)
+                except (ValueError, KeyError):
+                    continue  # a line cut by a kill
+                rows[row["path"]] = row
+    return rows
+
+
+def _unchanged(row: dict[str, Any] | None, path: str) -> bool:
+    if row is None:
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return row["status"] == "unreadable"
+    return row["bytes"] == st.st_size and row["mtime_ns"] == st.st_mtime_ns
+
+
+def build_catalogue(
+    sources: Any,
+    output: str | os.PathLike,
+    num_proc: int = 1,
+    mask_mpp: float = 8.0,
+    saturation_floor: float = 20.0,
+    mpp_override: float | None = None,
+    default_mpp: float | None = None,
+    min_object_um2: float = 10_000.0,
+) -> dict[str, int]:
+    """Build or update a catalogue parquet file.
+
+    Args:
+        sources: slide sources (see :func:`resolve_sources`).
+        output: ``.parquet`` path.
+        num_proc: worker processes opening slides.
+        mask_mpp: tissue-mask µm/px.
+        saturation_floor: floor of the Otsu saturation threshold.
+        mpp_override: level-0 µm/px for every slide (wins over metadata).
+        default_mpp: level-0 µm/px for slides without one.
+        min_object_um2: smallest tissue piece kept in the mask, µm² (needle biopsies, TMA cores: lower it).
+
+    Returns:
+        counts: ``{"rows", "opened", "reused", <status>: n}``.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(output)
+    partial = out.with_name(out.name + ".partial.jsonl")
+    records = resolve_sources(sources)
+    previous = _previous_rows(out, partial)
+    paths = [os.path.abspath(r.path) for r in records]
+    todo = [r for r, p in zip(records, paths) if not _unchanged(previous.get(p), p)]
+    todo_paths = {os.path.abspath(r.path) for r in todo}
+    rows = {p: previous[p] for p in paths if p not in todo_paths}
+    jobs = [(r, mask_mpp, saturation_floor, mpp_override, default_mpp, min_object_um2) for r in todo]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(partial, "a") as log:
+        for row in _run(jobs, num_proc):
+            log.write(_to_json(row) + "\n")
+            log.flush()
+            rows[row["path"]] = row
+    ordered = [rows[p] for p in paths]
+    for row, rec in zip(ordered, records):
+        row["slide_id"] = rec.slide_id  # ids are made unique over the whole catalogue
+    tmp = out.with_name(out.name + ".tmp")
+    pq.write_table(pa.Table.from_pylist(ordered), tmp)
+    os.replace(tmp, out)
+    partial.unlink(missing_ok=True)
+    counts = Counter(r["status"] for r in ordered)
+    counts.update(rows=len(ordered), opened=len(todo), reused=len(records) - len(todo))
+    return dict(counts)
+
+
+def _run(jobs: list[tuple], num_proc: int) -> Iterator[dict[str, Any]]:
+    if num_proc <= 1 or len(jobs) <= 1:
+        yield from map(_row_job, jobs)
+        return
+    with get_context().Pool(num_proc) as pool:
+        yield from pool.imap_unordered(_row_job, jobs, chunksize=max(1, min(16, len(jobs) // (4 * num_proc))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; bad input -> one line and exit code 2."""
+    ap = argparse.ArgumentParser(description="Build a slide catalogue (one parquet row per slide).")
+    ap.add_argument("slides", nargs="+", help="slide files, folders, manifests, GDC manifests, or 'embedded'")
+    ap.add_argument("--output", required=True, help="catalogue .parquet path")
+    ap.add_argument("--num_proc", type=int, default=1)
+    ap.add_argument("--mask_mpp", type=float, default=8.0)
+    ap.add_argument("--saturation_floor", type=float, default=20.0)
+    ap.add_argument("--mpp_override", type=float, default=None, help="level-0 µm/px for every slide")
+    ap.add_argument("--default_mpp", type=float, default=None, help="level-0 µm/px for slides without one")
+    ap.add_argument("--min_object_um2", type=float, default=10_000.0, help="smallest tissue piece kept, µm²")
+    args = ap.parse_args(argv)
+    if not args.output.endswith(".parquet"):
+        print(f"error: --output {args.output!r} must end with .parquet", file=sys.stderr)
+        return 2
+    try:
+        counts = build_catalogue(
+            args.slides, args.output, args.num_proc, args.mask_mpp, args.saturation_floor,
+            args.mpp_override, args.default_mpp, args.min_object_um2,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""One way to name slides: folders, manifests, GDC manifests, catalogues and paths -> ``SlideRecord``s.
+
+The tile stream, grid tiling and training all call :func:`resolve_sources`, so a source means the same thing
+everywhere:
+
+* ``"embedded"``: the three real slides shipped with pathfm;
+* a :class:`SlideRecord` (or a dict of its fields);
+* a folder: every slide file under it (recursive, sorted);
+* ``*.parquet``: a slide catalogue (``python -m pathfm.datasets_scripts.catalogue``): its ``ok`` rows, with
+  the catalogue's mpp; other rows are skipped with one line naming how many and why;
+* ``*.csv`` / ``*.tsv`` / ``*.txt``: a GDC manifest when its header has ``id`` and ``filename`` (files under
+  ``<manifest folder>/<id>/<filename>``), else a pathfm manifest (``path``, optional ``mpp``, ``slide_id``...);
+* any other path: one slide file. A missing slide file stays in the list and is skipped and counted when the
+  stream opens it; a missing folder/manifest/catalogue raises.
+
+Slide ids are unique: when two different files share an id (same file name in different folders), each gets
+``<id>-<8 hex of its absolute path's sha1>``, so their tiles and counts never merge.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pathfm.datasets_scripts.sources import SlideRecord, find_slides, read_gdc_manifest, read_manifest
+
+__all__ = ["MANIFEST_SUFFIXES", "CATALOGUE_SUFFIX", "read_catalogue", "resolve_sources", "unique_slide_ids"]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt")
+CATALOGUE_SUFFIX = ".parquet"
+CATALOGUE_RECORD_COLUMNS = ["path", "slide_id", "mpp_x", "mpp_y", "group", "status", "reason"]
+
+
+def _is_gdc_manifest(path: Path) -> bool:
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        header = next(csv.reader(fh, delimiter="\t"), [])
+    return {"id", "filename"} <= {h.strip() for h in header}
+
+
+def read_catalogue(path: str | os.PathLike) -> list[SlideRecord]:
+    """The usable slides of a catalogue parquet file (rows with status ``ok``), without opening any slide.
+
+    Args:
+        path: catalogue written by ``pathfm.datasets_scripts.catalogue``.
+
+    Returns:
+        records with the catalogue's slide id, group and level-0 mpp (x; the catalogue refuses slides whose x
+        and y differ), and ``extra["catalogue"]`` = the catalogue path (such records need no preflight).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a catalogue (columns missing).
+    """
+    import pyarrow.parquet as pq
+
+    cpath = Path(path)
+    if not cpath.is_file():
+        raise FileNotFoundError(f"{cpath}: slide catalogue not found")
+    names = set(pq.read_schema(cpath).names)
+    missing = [c for c in CATALOGUE_RECORD_COLUMNS if c not in names]
+    if missing:
+        raise ValueError(
+            f"{cpath}: not a slide catalogue (missing columns {missing}); build one with "
+            f"`python -m pathfm.datasets_scripts.catalogue SLIDES... --output {cpath.name}`"
+        )
+    table = pq.read_table(cpath, columns=CATALOGUE_RECORD_COLUMNS).to_pydict()
+    records: list[SlideRecord] = []
+    skipped: Counter[str] = Counter()
+    for i, status in enumerate(table["status"]):
+        if status != "ok":
+            skipped[status] += 1
+            continue
+        records.append(
+            SlideRecord(
+                path=table["path"][i],
+                slide_id=table["slide_id"][i],
+                mpp=table["mpp_x"][i],
+                group=table["group"][i],
+                extra={"catalogue": str(cpath)},
+            )
+        )
+    if skipped:
+        logger.warning(
+            "%s: skipping %d of %d catalogued slides (%s)",
+            cpath,
+            sum(skipped.values()),
+            len(table["status"]),
+            ", ".join(f"{n} {s}" for s, n in sorted(skipped.items())),
+        )
+    return records
+
+
+def _records_of(item: Any) -> list[SlideRecord]:
+    if isinstance(item, SlideRecord):
+        return [item]
+    if isinstance(item, dict):
+        return [SlideRecord(**item)]
+    if item == "embedded":
+        from pathfm.datasets_scripts.embedded import embedded_slides
+
+        return embedded_slides()
+    p = Path(item)
+    suffix = p.suffix.lower()
+    if p.is_dir():
+        return find_slides(p)
+    if suffix == CATALOGUE_SUFFIX:
+        return read_catalogue(p)
+    if suffix in MANIFEST_SUFFIXES:
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: manifest not found (expected a .csv/.tsv manifest or GDC manifest)")
+        return read_gdc_manifest(p) if _is_gdc_manifest(p) else read_manifest(p)
+    if not p.exists() and not suffix:
+        raise FileNotFoundError(
+            f"slide source {str(item)!r} does not exist (expected a slide file, a folder, a manifest "
+            f".csv/.tsv, a catalogue .parquet, or 'embedded')"
+        )
+    # A slide path; a missing file is skipped and counted when the stream opens it.
+    return [SlideRecord(path=str(p))]
+
+
+def _abspath(path: str) -> str:
+    # os.path.abspath costs ~10 µs; a catalogue's paths are already absolute and normal (30,000 slides).
+    if path.startswith(os.sep) and "/./" not in path and "/../" not in path and "//" not in path:
+        return path
+    return os.path.abspath(path)
+
+
+def unique_slide_ids(records: list[SlideRecord]) -> list[SlideRecord]:
+    """Give records that share an id but not a file ``<id>-<sha1(abs path)[:8]>`` (in place; returned)."""
+    counts = Counter(r.slide_id for r in records)
+    paths_of: dict[str, set[str]] = {}
+    for r in records:
+        if counts[r.slide_id] > 1:
+            paths_of.setdefault(r.slide_id, set()).add(_abspath(r.path))
+    for r in records:
+        if len(paths_of.get(r.slide_id, ())) > 1:
+            digest = hashlib.sha1(_abspath(r.path).encode()).hexdigest()[:8]
+            r.slide_id = f"{r.slide_id}-{digest}"
+    return records
+
+
+def resolve_sources(sources: Any, sort: bool = False) -> list[SlideRecord]:
+    """Turn slide sources into records (see the module docstring for what each kind of source means).
+
+    Args:
+        sources: one source or a list of them.
+        sort: sort by absolute path (else: the sources' order, folders sorted inside).
+
+    Returns:
+        records, each file once (the first mention wins), ids unique.
+
+    Raises:
+        FileNotFoundError: a folder, manifest or catalogue that does not exist (named).
+        ValueError: nothing given, or no slides found (the sources are listed).
+    """
+    if sources is None or (isinstance(sources, (list, tuple)) and not sources):
+        raise ValueError("no slide sources given: give slide files, folders, manifests, a catalogue or 'embedded'")
+    items = [sources] if isinstance(sources, (str, os.PathLike, SlideRecord, dict)) else list(sources)
+    seen: dict[str, SlideRecord] = {}
+    for item in items:
+        for rec in _records_of(item):
+            seen.setdefault(_abspath(rec.path), rec)
+    if not seen:
+        raise ValueError(
+            f"no slides found in {items!r}: give slide files, folders that contain slides, a manifest, "
+            f"a catalogue or 'embedded'"
+        )
+    records = [seen[k] for k in sorted(seen)] if sort else list(seen.values())
+    return unique_slide_ids(records)

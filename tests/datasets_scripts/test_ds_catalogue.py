@@ -1,0 +1,150 @@
+"""Slide catalogue (parallel, resumable, skip-unchanged), the single resolver, and training from a catalogue
+opening no slide before the first batch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from pathfm.datasets_scripts.catalogue import build_catalogue, decode_mask, main
+from pathfm.datasets_scripts.resolve import resolve_sources
+from pathfm.datasets_scripts.slide import open_slide
+from pathfm.datasets_scripts.tissue import compute_tissue_mask
+
+from tests.datasets_scripts.synthetic import blank, write_slide
+
+
+@pytest.fixture
+def mixed_slides(tmp_path, eight_slides) -> Path:
+    root = tmp_path / "slides"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    shutil.copy(eight_slides[0], root / "a" / "same.tiff")
+    shutil.copy(eight_slides[1], root / "b" / "same.tiff")  # same file name, different slide
+    shutil.copy(eight_slides[2], root / "good.tiff")
+    write_slide(root / "nompp.tiff", blank(256, 256), mpp=None)
+    write_slide(root / "empty.tiff", blank(512, 512), level_sizes=[(128, 128)])
+    (root / "garbage.svs").write_bytes(b"not a slide" * 100)
+    return root
+
+
+def _rows(path: Path) -> dict[str, dict]:
+    ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    return {Path(r["path"]).relative_to(path.parent / "slides").as_posix(): r for r in ds}
+
+
+def test_catalogue_rows_statuses_masks_and_unique_ids(mixed_slides, tmp_path):
+    out = tmp_path / "catalogue.parquet"
+    counts = build_catalogue([str(mixed_slides)], out, num_proc=2)
+    assert counts["rows"] == 6 and counts["opened"] == 6 and counts["ok"] == 3
+    rows = _rows(out)
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "a/same.tiff": "ok", "b/same.tiff": "ok", "good.tiff": "ok",
+        "nompp.tiff": "no-mpp", "empty.tiff": "no-tissue", "garbage.svs": "unreadable",
+    }  # fmt: skip
+    assert "mpp_override" in rows["nompp.tiff"]["reason"] and rows["garbage.svs"]["reason"]
+    ids = [r["slide_id"] for r in rows.values()]
+    assert len(set(ids)) == len(ids) and rows["a/same.tiff"]["slide_id"].startswith("same-")
+    good = rows["good.tiff"]
+    assert (good["mpp_x"], good["mpp_y"], good["mpp_source"]) == (0.5, 0.5, "openslide")
+    assert good["level_dimensions"] == [[1024, 768], [512, 384]] and good["bytes"] > 0
+    with open_slide(mixed_slides / "good.tiff") as reader:
+        mask = compute_tissue_mask(reader, mask_mpp=8.0)
+    np.testing.assert_array_equal(decode_mask(good["mask"], good["mask_shape"]), mask.mask)
+    assert good["tissue_mm2"] == pytest.approx(mask.mask.sum() * (good["mask_mpp"] / 1000) ** 2)
+    assert good["mask_threshold"] == pytest.approx(mask.threshold)
+
+
+def test_catalogue_skips_unchanged_and_resumes(mixed_slides, tmp_path):
+    out = tmp_path / "catalogue.parquet"
+    build_catalogue([str(mixed_slides)], out)
+    assert build_catalogue([str(mixed_slides)], out)["opened"] == 0
+    good = mixed_slides / "good.tiff"
+    os.utime(good, ns=(good.stat().st_atime_ns, good.stat().st_mtime_ns + 10**9))
+    assert build_catalogue([str(mixed_slides)], out)["opened"] == 1
+    # A killed run: rows already appended to the partial log are reused, the rest are opened.
+    out2 = tmp_path / "resumed.parquet"
+    partial = tmp_path / "resumed.parquet.partial.jsonl"
+    build_catalogue([str(good)], out2)
+    import pyarrow.parquet as pq
+
+    from pathfm.datasets_scripts import catalogue as cat
+
+    partial.write_text(cat._to_json(pq.read_table(out2).to_pylist()[0]) + "\n" + '{"cut by a kil')
+    out2.unlink()
+    counts = build_catalogue([str(mixed_slides)], out2)
+    assert counts["opened"] == 5 and counts["reused"] == 1 and not partial.exists()
+    assert _rows(out2)["good.tiff"]["status"] == "ok"
+
+
+def test_catalogue_cli_mpp_flags_and_bad_output(mixed_slides, tmp_path, capsys):
+    out = tmp_path / "c.parquet"
+    assert main([str(mixed_slides / "nompp.tiff"), "--output", str(out), "--default_mpp", "0.5"]) == 0
+    row = next(iter(_rows(out).values()))
+    assert (row["mpp_x"], row["mpp_source"]) == (0.5, "default_mpp")
+    assert main([str(mixed_slides / "good.tiff"), "--output", str(out), "--mpp_override", "30"]) == 0
+    row = _rows(out)["good.tiff"]
+    assert row["status"] == "no-mpp" and "30" in row["reason"] and "mpp_override" in row["reason"]
+    assert main([str(mixed_slides), "--output", str(tmp_path / "c.csv")]) == 2
+    assert "must end with .parquet" in capsys.readouterr().err
+
+
+def test_resolver_one_rule_for_every_source(mixed_slides, tmp_path):
+    out = tmp_path / "catalogue.parquet"
+    build_catalogue([str(mixed_slides)], out)
+    from_catalogue = resolve_sources(str(out))
+    assert sorted(Path(r.path).name for r in from_catalogue) == ["good.tiff", "same.tiff", "same.tiff"]
+    assert all(r.extra["catalogue"] == str(out) and r.mpp == 0.5 for r in from_catalogue)
+    from_folder = resolve_sources([str(mixed_slides), str(mixed_slides / "good.tiff")])  # duplicates dropped
+    assert len(from_folder) == 6 and len({r.slide_id for r in from_folder}) == 6
+    same_ids = sorted(r.slide_id for r in from_folder if Path(r.path).name == "same.tiff")
+    assert same_ids == sorted(r.slide_id for r in from_catalogue if Path(r.path).name == "same.tiff")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        resolve_sources(str(tmp_path / "missing.parquet"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_sources(str(tmp_path / "no_such_folder"))
+
+
+def test_training_from_catalogue_opens_no_slide_before_first_batch(tmp_path, eight_slides, monkeypatch):
+    from pathfm.datasets_scripts import slide as slide_mod
+    from pathfm.training.tile_batches import TileBatchStream, partition_slides, preflight_slides, resolve_slides
+
+    out = tmp_path / "catalogue.parquet"
+    build_catalogue([str(p) for p in eight_slides[:4]], out)
+    opened = []
+    original = slide_mod.OpenSlideReader.__init__
+
+    def counting(self, path, *args, **kwargs):
+        opened.append(str(path))
+        original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(slide_mod.OpenSlideReader, "__init__", counting)
+    records = resolve_slides([str(out)])
+    readable, failed = preflight_slides(records)
+    mine = partition_slides(readable, rank=0, world_size=2)
+    stream = TileBatchStream(mine, batch_size=4, seed=0, mpps=[1.0], tile_size=32, min_tissue=0.4,
+                             tiles_per_slide=4)  # fmt: skip
+    assert opened == [] and len(readable) == 4 and failed == {}
+    batch = next(stream)
+    assert batch["pixel_values"].shape == (4, 3, 32, 32)
+    assert sorted(set(opened)) == sorted(r.path for r in mine)  # only this rank's slides, lazily
+    stream.close()
+
+
+def test_catalogue_slide_broken_after_cataloguing_is_skipped_by_the_stream(tmp_path, eight_slides):
+    from pathfm.datasets_scripts.builder import SlideTilesConfig, stream_stats, tile_stream
+
+    slides = [shutil.copy(p, tmp_path / f"s{i}.tiff") for i, p in enumerate(eight_slides[:2])]
+    out = tmp_path / "catalogue.parquet"
+    build_catalogue([str(p) for p in slides], out)
+    Path(slides[0]).write_bytes(b"broken since" * 50)
+    cfg = SlideTilesConfig(slides=str(out), sampler="grid", grid_mpp=1.0, tile_size=64)
+    ds = tile_stream(cfg)
+    with pytest.warns(RuntimeWarning, match="s0"):
+        ids = {e["slide_id"] for e in ds}
+    assert ids == {"s1"} and stream_stats(ds)["corrupt_slides"] == 1
+
