@@ -32,6 +32,7 @@ __all__ = [
     "lookup_peak",
     "measure_matmul_peak",
     "mfu",
+    "throughput_logs",
 ]
 
 #: Dense bf16 tensor-core peak, FLOP/s, from NVIDIA's datasheets (SXM parts, without sparsity). Keys are
@@ -204,3 +205,37 @@ def mfu(flops_per_image: float, images_per_s: float, peak_flops_per_s: float, nu
     if peak_flops_per_s <= 0 or num_devices < 1:
         raise ValueError(f"mfu: peak {peak_flops_per_s} FLOP/s and {num_devices} device(s) must be positive")
     return flops_per_image * images_per_s / (peak_flops_per_s * num_devices)
+
+
+def throughput_logs(
+    images: int,
+    elapsed_s: float,
+    data_wait_s: float,
+    compute_s: float,
+    flops_per_image: float | None = None,
+    peak_flops_per_s: float | None = None,
+    num_devices: int = 1,
+) -> dict[str, float]:
+    """Throughput metrics of one logging window, as the training loop logs them (also to TensorBoard).
+
+    Args:
+        images: Images processed by all ranks in the window.
+        elapsed_s: Wall time of the window (s).
+        data_wait_s: Time this rank waited for the next batch (s).
+        compute_s: Time this rank spent in the step (s; with a sync-free step on a GPU this is host time,
+            which the GPU's queue throttles to the GPU's pace).
+        flops_per_image: Model FLOPs of one image (:func:`dino_flops_per_image`), or None: no MFU.
+        peak_flops_per_s: One device's peak (:func:`measure_matmul_peak` / :func:`lookup_peak`), or None.
+        num_devices: Devices in the run.
+
+    Returns:
+        ``images_per_s``, ``data_wait_share`` (in [0, 1]) and, with FLOPs and a peak, ``model_tflops``
+        (achieved model TFLOP/s, all devices) and ``mfu``.
+    """
+    rate = images / max(elapsed_s, 1e-9)
+    logs = {"images_per_s": rate, "data_wait_share": data_wait_s / max(data_wait_s + compute_s, 1e-9)}
+    if flops_per_image is not None:
+        logs["model_tflops"] = flops_per_image * rate / 1e12
+        if peak_flops_per_s:
+            logs["mfu"] = mfu(flops_per_image, rate, peak_flops_per_s, num_devices)
+    return logs

@@ -6,7 +6,14 @@ import pytest
 import torch
 from pathfm.modeling import PathFMViTConfig, PathFMViTModel
 from pathfm.training.heads import DINOHead, MultiCropWrapper
-from pathfm.training.mfu import count_flops, dino_flops_per_image, lookup_peak, measure_matmul_peak, mfu
+from pathfm.training.mfu import (
+    count_flops,
+    dino_flops_per_image,
+    lookup_peak,
+    measure_matmul_peak,
+    mfu,
+    throughput_logs,
+)
 from pathfm.training.teacher import make_teacher
 
 HEAD = {"hidden_dim": 48, "bottleneck_dim": 16, "nlayers": 3}
@@ -109,3 +116,11 @@ def test_mfu_arithmetic_and_peaks() -> None:
     assert 1e8 < peak < 1e14  # between 0.1 GFLOP/s and 100 TFLOP/s on any CPU
     with pytest.raises(ValueError, match="positive"):
         dino_flops_per_image(*_student_teacher(), 0, 16, 2)
+
+
+def test_throughput_logs() -> None:
+    logs = throughput_logs(640, 2.0, 0.5, 1.5, flops_per_image=1e9, peak_flops_per_s=1e12, num_devices=2)
+    assert logs == pytest.approx(
+        {"images_per_s": 320.0, "data_wait_share": 0.25, "model_tflops": 0.32, "mfu": 0.16}
+    )
+    assert set(throughput_logs(10, 1.0, 0.0, 1.0)) == {"images_per_s", "data_wait_share"}
