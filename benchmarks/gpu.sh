@@ -8,18 +8,24 @@
 #
 # The machine's own python3 (torch, torchvision, transformers, accelerate, timm, tifffile, scikit-image,
 # pyarrow, tensorboard) is used as it is; only what it lacks comes from benchmarks/wheels, installed with
-# `pip install --no-index --no-deps --target`. Without that folder (a machine with pathfm installed, e.g.
-# .venv here) nothing is installed. Outputs also go to $OUT when it is set (gpu_table.md, gpu_rows.json,
-# gpu_log.txt). Extra arguments go to benchmarks/gpu.py (--budget_s, --out).
+# `pip install --no-index --no-deps --target`, only when pathfm does not import already (here, .venv has it:
+# nothing is installed). PYTHON picks the interpreter (default: .venv/bin/python if present, else python3).
+# Outputs also go to $OUT when it is set (gpu_table.md, gpu_rows.json, gpu_log.txt). Extra arguments go to
+# benchmarks/gpu.py (--budget_s, --out).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PY=${PYTHON:-python3}
-if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && [ ! -d benchmarks/wheels ]; then
+if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then
   PY=.venv/bin/python
 fi
 SITE=${PATHFM_SITE:-/tmp/pathfm_site}
-if [ -d benchmarks/wheels ] && compgen -G "benchmarks/wheels/*.whl" >/dev/null; then
+if ! "$PY" -c "import pathfm.training.dino" 2>/dev/null; then
+  if ! compgen -G "benchmarks/wheels/*.whl" >/dev/null; then
+    echo "gpu.sh: pathfm does not import with $PY and benchmarks/wheels is empty: run" \
+      "benchmarks/gpu_wheels.sh on a machine with network and bring that folder" >&2
+    exit 1
+  fi
   rm -rf "$SITE"
   "$PY" -m pip install --quiet --disable-pip-version-check --no-index --no-deps --no-compile \
     --target "$SITE" benchmarks/wheels/*.whl
@@ -27,11 +33,11 @@ if [ -d benchmarks/wheels ] && compgen -G "benchmarks/wheels/*.whl" >/dev/null; 
   PYTHONPATH="$SITE" "$PY" -m pip install --quiet --disable-pip-version-check --no-index --no-deps \
     --no-build-isolation --no-compile --target "$SITE/pathfm_pkg" .
   export PYTHONPATH="$SITE/pathfm_pkg:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-fi
-if ! "$PY" -c "import pathfm.training.dino" 2>/tmp/pathfm_import_error.txt; then
-  echo "gpu.sh: pathfm does not import with $PY: $(tail -1 /tmp/pathfm_import_error.txt)" \
-    "(run benchmarks/gpu_wheels.sh on a machine with network and carry benchmarks/wheels)" >&2
-  exit 1
+  if ! "$PY" -c "import pathfm.training.dino" 2>/tmp/pathfm_import_error.txt; then
+    echo "gpu.sh: pathfm still does not import after installing benchmarks/wheels:" \
+      "$(tail -1 /tmp/pathfm_import_error.txt)" >&2
+    exit 1
+  fi
 fi
 export PYTHONUNBUFFERED=1
 exec "$PY" benchmarks/gpu.py "$@"

@@ -136,7 +136,8 @@ def print_table(
         add_mfu(r, r["flops"], peak)
         crops = "2x128+4x64" if r["model"] == "tiny" else "2x224+8x96"
         print(
-            f"{r['model']:8s} {r['batch']:5d} {crops:>12s} {r['images_per_s']:9.2f} {r['data_wait_share']:9.1%}"
+            f"{r['model']:8s} {r['batch']:5d} {crops:>12s} {r['images_per_s']:9.2f}"
+            f" {r['data_wait_share']:9.1%}"
             f" {r['gflops_per_image']:10.2f} {r['achieved_gflops']:9.1f} {r['mfu']:6.1%}"
         )
 

@@ -1,13 +1,16 @@
 """GPU fast paths of the DINO step, each switchable and on by default on CUDA only.
 
-| switch | what it does | default |
-|---|---|---|
-| ``mixed_precision`` | bf16 autocast (Accelerate); fp32 master weights; loss, centering and monitors in fp32 | bf16 on CUDA |
-| ``attn_implementation`` | ``sdpa`` (flash / memory-efficient kernels) or ``eager`` (model config) | sdpa |
-| ``torch_compile`` | ``nn.Module.compile`` of the student's and teacher's backbone and head (static shapes) | on CUDA |
-| ``optim`` | ``adamw_torch_fused`` (one fused kernel for all parameters) or ``adamw_torch`` | fused on CUDA |
-| ``sync_free_step`` | no host-device sync inside the step: loss, grad norm and monitors stay on the device and are read only at logging steps | on CUDA |
-| ``gradient_checkpointing`` | activation checkpointing of the student's blocks (model argument) | off |
+- ``mixed_precision`` (default bf16 on CUDA): bf16 autocast through Accelerate; fp32 master weights; the
+  loss, the centering and the monitors in fp32.
+- ``attn_implementation`` (default sdpa): ``sdpa`` (flash / memory-efficient kernels) or ``eager``.
+- ``torch_compile`` (default on CUDA): ``nn.Module.compile`` of the student's and teacher's backbone and
+  head, static shapes (``torch_compile_backend``: inductor).
+- ``optim`` (default fused on CUDA): ``adamw_torch_fused`` (one kernel per parameter group) or
+  ``adamw_torch``.
+- ``sync_free_step`` (default on CUDA): no host-device sync inside the step; loss, grad norm and monitors
+  stay on the device and are read only at logging steps.
+- ``gradient_checkpointing`` (model argument, default off): activation checkpointing of the student's
+  blocks.
 
 Compilation: ``MultiCropWrapper`` runs the backbone once per crop resolution, so a compiled backbone sees two
 input shapes (globals, locals) and the teacher one; shapes are compiled statically (``dynamic=False``) and the
@@ -71,7 +74,8 @@ def resolve_fast_paths(
         optim: ``auto``, ``adamw_torch`` or ``adamw_torch_fused`` (transformers ``TrainingArguments.optim``
             names).
         sync_free_step: Keep step metrics on the device; None = auto.
-        compile_backend: ``torch.compile`` backend (``inductor``; ``aot_eager`` traces without code generation).
+        compile_backend: ``torch.compile`` backend (``inductor``; ``aot_eager`` traces without code
+            generation).
 
     Raises:
         ValueError: If ``optim`` is not one of the choices.

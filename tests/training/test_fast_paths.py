@@ -27,7 +27,8 @@ N_LOCAL = 3
 def _models() -> tuple[MultiCropWrapper, MultiCropWrapper]:
     torch.manual_seed(0)
     config = PathFMViTConfig.from_preset("tiny")
-    student = MultiCropWrapper(PathFMViTModel(config), DINOHead(64, OUT_DIM, hidden_dim=48, bottleneck_dim=16))
+    head = DINOHead(64, OUT_DIM, hidden_dim=48, bottleneck_dim=16)
+    student = MultiCropWrapper(PathFMViTModel(config), head)
     return student, make_teacher(student)
 
 

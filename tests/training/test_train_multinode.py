@@ -33,7 +33,8 @@ def _env() -> dict[str, str]:
 
 
 def _train_cmd(out: Path, *extra: str) -> list[str]:
-    return ["training/dino.py", "cpu_tiny", *SMALL, "--output_dir", str(out), "--expected_world_size", "2", *extra]
+    cmd = ["training/dino.py", "cpu_tiny", *SMALL, "--output_dir", str(out)]
+    return cmd + ["--expected_world_size", "2", *extra]
 
 
 def _two_nodes(repo_root: Path, out: Path, *extra: str) -> list[subprocess.CompletedProcess]:

@@ -1,0 +1,50 @@
+"""``bash benchmarks/gpu.sh --dry-run``: the prepared GPU check runs its whole code path on CPU (tiny model,
+2 steps per row, a generated JPEG pyramid, the real loop in a fresh process per row) and writes its table to
+``$OUT``; the FLOPs per image it reports equal FlopCounterMode's count for the dry run's recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pathfm.training import dino
+from pathfm.training.config import parse_config
+from pathfm.training.mfu import dino_flops_per_image
+
+
+def test_gpu_sh_dry_run_writes_the_table(repo_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        ["bash", "benchmarks/gpu.sh", "--dry-run"],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["gpu_log.txt", "gpu_rows.json", "gpu_table.md"]  # <= 8 small files
+    report = json.loads((out / "gpu_rows.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    on, off = rows["ViT-S/16 DINO, all fast paths on"], rows["ViT-S/16 DINO, all fast paths off"]
+    # the dry run's recipe: cpu_tiny with 64 px globals, 32 px locals x 2
+    m, d, _, _ = parse_config(["cpu_tiny", "--global_crop_size", "64", "--local_crop_size", "32",
+                               "--local_crops_number", "2"])
+    student, teacher = dino.build_student_teacher(m)
+    expected = dino_flops_per_image(student, teacher, 64, 32, 2)["total"]
+    for row in (on, off):
+        assert "error" not in row, row
+        assert row["images_per_s"] > 0 and 0 <= row["data_wait_share"] <= 1
+        assert row["flops_per_image"] == expected
+        assert row["mfu"] == pytest.approx(expected * row["images_per_s"] / report["peak_flops"])
+    assert "pending" in rows["ViT-S/16 3-min run on the embedded slides vs random init"]["error"]
+    table = (out / "gpu_table.md").read_text()
+    assert table.count("\n") == 2 + len(report["rows"])
+    assert (out / "gpu_log.txt").read_text().splitlines()[-1].startswith("total ")
+    assert table.splitlines()[2] in res.stdout  # what it prints is what it writes
