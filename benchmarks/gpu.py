@@ -66,7 +66,8 @@ def make_pyramid(folder: Path, side: int, links: int) -> Path:
     """Write a TCGA-like pyramid of real H&E tissue and ``links`` symlinks to it (one shard each).
 
     Level 0 is ``side`` x ``side`` px tiled from CMU-1-Small-Region's level 0; levels 1 and 2 are its
-    ceil(side / 4) and ceil(side / 16) px box-filter reductions (non-integer downsamples, as in Aperio files);
+    floor(side / 4) and floor(side / 16) px box-filter reductions (with an odd side, non-integer downsamples
+    such as 4.0002 / 16.004, as in Aperio files);
     256 px JPEG tiles (quality 85); resolution tags for 0.25 µm/px. The mpp is a tag: the pixels are the
     embedded slide's 0.5 µm/px tissue, so this measures reading and decoding, not histology at 40x.
 
@@ -84,7 +85,7 @@ def make_pyramid(folder: Path, side: int, links: int) -> Path:
     level0 = np.tile(tissue, reps)[:side, :side]
     levels = [level0]
     for factor in (4, 16):
-        small = -(-side // factor)
+        small = side // factor
         levels.append(np.asarray(Image.fromarray(level0).resize((small, small), Image.Resampling.BOX)))
     path = folder / "tcga_like_pyramid.tiff"
     with tifffile.TiffWriter(path, bigtiff=side > 16_000) as tw:
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pathfm_gpu_") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
-        shards = make_pyramid(work, 1024 if args.dry_run else 20_480, 2 if args.dry_run else 16)
+        shards = make_pyramid(work, 1029 if args.dry_run else 20_005, 2 if args.dry_run else 16)
         log(f"TCGA-like pyramid written in {time.perf_counter() - t0:.1f} s")
         workers, steps = (1, 1) if args.dry_run else (16, 20)
         vits = "cpu_tiny" if args.dry_run else "vits16_kaiko"
