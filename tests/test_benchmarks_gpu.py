@@ -32,10 +32,9 @@ def test_gpu_sh_dry_run_writes_the_table(repo_root: Path, tmp_path: Path) -> Non
     assert files == ["gpu_log.txt", "gpu_rows.json", "gpu_table.md"]  # <= 8 small files
     report = json.loads((out / "gpu_rows.json").read_text())
     rows = {r["name"]: r for r in report["rows"]}
-    on, off = rows["ViT-S/16 DINO, all fast paths on"], rows["ViT-S/16 DINO, all fast paths off"]
+    on, off = rows["tiny (dry run) DINO, all fast paths on"], rows["tiny (dry run) DINO, all fast paths off"]
     # the dry run's recipe: cpu_tiny with 64 px globals, 32 px locals x 2
-    m, d, _, _ = parse_config(["cpu_tiny", "--global_crop_size", "64", "--local_crop_size", "32",
-                               "--local_crops_number", "2"])
+    m, _, _, _ = parse_config(["cpu_tiny"])
     student, teacher = dino.build_student_teacher(m)
     expected = dino_flops_per_image(student, teacher, 64, 32, 2)["total"]
     for row in (on, off):

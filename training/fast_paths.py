@@ -153,11 +153,12 @@ class StepMeter:
         self._losses: list[Tensor] = []
         self._grad_norm: Tensor | None = None
 
-    def add(self, loss: Tensor, grad_norm: Tensor | None = None) -> None:
-        """Record one optimizer step's loss (0-d tensor, already averaged over ranks) and grad norm."""
+    def add(self, loss: Tensor, grad_norm: Tensor | float | None = None) -> None:
+        """Record one optimizer step's loss (0-d tensor, already averaged over ranks) and grad norm (0-d
+        tensor or float; None on accumulation micro-steps)."""
         self._losses.append(loss.detach().float().reshape(()))
         if grad_norm is not None:
-            self._grad_norm = grad_norm.detach().float().reshape(())
+            self._grad_norm = torch.as_tensor(grad_norm).detach().float().reshape(())
 
     def read(self) -> dict[str, object]:
         """Losses of the window (host floats, oldest first), the last grad norm, and the first non-finite
