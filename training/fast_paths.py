@@ -22,6 +22,7 @@ turns any later recompile into an error.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -171,5 +172,5 @@ class StepMeter:
         values = torch.stack(self._losses).cpu().tolist() if self._losses else []
         grad_norm = float(self._grad_norm) if self._grad_norm is not None else None
         self._losses, self._grad_norm = [], None
-        bad = [i for i, v in enumerate(values) if not torch.isfinite(torch.tensor(v))]
+        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
         return {"losses": values, "grad_norm": grad_norm, "first_nonfinite": bad[0] if bad else None}
