@@ -24,12 +24,11 @@ import statistics
 import time
 
 import torch
-from pathfm.evaluation.backbone import Backbone
+from pathfm.evaluation.backbone import preset_backbone
 from pathfm.evaluation.embed import TaskImages, embed_samples
 from pathfm.evaluation.linear_head import train_linear_head
 from pathfm.evaluation.protocol import PROTOCOL_NAME, LinearProbeConfig
 from pathfm.evaluation.tasks import build_task
-from pathfm.modeling import PathFMViTConfig, PathFMViTImageProcessor, PathFMViTModel
 
 
 def _runs(values: list[float]) -> str:
@@ -40,17 +39,8 @@ def bench_embedding(
     preset: str, n_images: int, batch_size: int, num_workers: int | None, rounds: int = 3
 ) -> None:
     """Print images/s of the pipeline and of the bare loop, and their ratio."""
-    torch.manual_seed(0)
-    model = PathFMViTModel(PathFMViTConfig.from_preset(preset)).eval().requires_grad_(False)
-    processor = PathFMViTImageProcessor()
-    backbone = Backbone(
-        model=model,
-        processor=processor,
-        model_id=f"random {preset}",
-        revision="bench",
-        local_dir=None,
-        processor_config=processor.to_dict(),
-    )
+    backbone = preset_backbone(preset, revision="bench")
+    model, processor = backbone.model, backbone.processor
     task = build_task("embedded_slides")
     samples = [s for split in task.SPLIT_NAMES for s in task.list_samples(split)][:n_images]
     # bare loop inputs: the same images, preprocessed once up front (not timed)

@@ -159,3 +159,24 @@ def load_backbone(
         processor_config=_processor_config(processor),
         random_init=random_init,
     )
+
+
+def preset_backbone(preset: str, seed: int = 0, revision: str = "random-init") -> Backbone:
+    """A randomly initialised (``seed``) pathfm ViT of ``preset`` with the default image processor.
+
+    For benchmarks and tests that need an architecture without a saved model folder.
+    """
+    from pathfm.modeling import PathFMViTConfig, PathFMViTImageProcessor, PathFMViTModel
+
+    torch.manual_seed(seed)
+    model = PathFMViTModel(PathFMViTConfig.from_preset(preset)).eval().requires_grad_(False)
+    processor = PathFMViTImageProcessor()
+    return Backbone(
+        model=model,
+        processor=processor,
+        model_id=f"random {preset}",
+        revision=f"{revision}-seed{seed}",
+        local_dir=None,
+        processor_config=processor.to_dict(),
+        random_init=True,
+    )

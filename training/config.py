@@ -157,8 +157,22 @@ class DINOTrainingArguments:
     warmup_teacher_temp_epochs: float = field(
         default=0, metadata={"help": "Teacher temperature warm-up (epochs)."}
     )
+    teacher_temp_per_epoch: bool = field(
+        default=False,
+        metadata={
+            "help": "Teacher temperature warm-up in epoch steps, as facebookresearch/dino and dinov2 (one "
+            "value per epoch); default False: a linear ramp per optimizer step."
+        },
+    )
     student_temp: float = field(default=0.1, metadata={"help": "Student temperature (DINO 0.1)."})
     center_momentum: float = field(default=0.9, metadata={"help": "Center EMA momentum (DINO 0.9)."})
+    centering: str = field(
+        default="centering",
+        metadata={
+            "help": "Teacher targets: centering (DINO: EMA center + sharpening) or sinkhorn_knopp (DINOv2: "
+            "3 Sinkhorn-Knopp iterations over the global batch)."
+        },
+    )
     mixed_precision: str = field(
         default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), no, bf16 or fp16."}
     )
@@ -285,6 +299,8 @@ def _validate(m: DINOModelArguments, d: DINODataArguments, t: DINOTrainingArgume
         problems.append(f"max_steps must be >= 1 (or -1: epochs * steps_per_epoch), got {t.max_steps}")
     elif t.total_steps < 1:
         problems.append(f"total steps must be >= 1 (max_steps={t.max_steps}, epochs={t.epochs})")
+    if t.centering not in ("centering", "sinkhorn_knopp"):
+        problems.append(f"centering must be centering or sinkhorn_knopp, got {t.centering!r}")
     if t.steps_per_epoch < 1:
         problems.append(f"steps_per_epoch must be >= 1, got {t.steps_per_epoch}")
     if t.per_device_batch_size < 1 or t.gradient_accumulation_steps < 1:
