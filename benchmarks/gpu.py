@@ -65,8 +65,8 @@ class Log:
 def make_pyramid(folder: Path, side: int, links: int) -> Path:
     """Write a TCGA-like pyramid of real H&E tissue and ``links`` symlinks to it (one shard each).
 
-    Level 0 is ``side`` x ``side`` px tiled from CMU-1-Small-Region's tissue at level 0; levels 1 and 2 are its
-    floor(side / 4) and floor(side / 16) px box-filter reductions (with an odd side, non-integer downsamples
+    Level 0 is ``side`` x ``side`` px tiled from CMU-1-Small-Region's tissue at level 0; levels 1 and 2
+    are its floor(side / 4) and floor(side / 16) px box-filter reductions (with an odd side, non-integer downsamples
     such as 4.0002 / 16.004, as in Aperio files);
     256 px JPEG tiles (quality 85); resolution tags for 0.25 µm/px. The mpp is a tag: the pixels are the
     embedded slide's 0.5 µm/px tissue, so this measures reading and decoding, not histology at 40x.

@@ -35,7 +35,6 @@ __all__ = [
     "assert_no_recompiles",
     "clip_gradients_no_sync",
     "compile_dino_modules",
-    "make_adamw",
     "resolve_fast_paths",
 ]
 
@@ -89,12 +88,6 @@ def resolve_fast_paths(
         sync_free_step=use_cuda if sync_free_step is None else bool(sync_free_step),
         compile_backend=compile_backend,
     )
-
-
-def make_adamw(params_groups: list[dict], fused: bool) -> torch.optim.AdamW:
-    """``torch.optim.AdamW`` over DINO's parameter groups; ``fused=True`` updates all parameters in one
-    kernel per group (CUDA; also CPU since torch 2.4). lr and weight decay are set per step by the loop."""
-    return torch.optim.AdamW(params_groups, fused=True) if fused else torch.optim.AdamW(params_groups)
 
 
 def compile_dino_modules(modules: Iterable[nn.Module], backend: str = "inductor") -> None:

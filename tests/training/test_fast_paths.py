@@ -1,27 +1,39 @@
-"""GPU fast paths, checked on CPU: the compiled DINO step equals the eager one (and never recompiles after
-warm-up), bf16 autocast keeps the loss near fp32, sync-free clipping equals the upstream clipping, fused AdamW
-equals AdamW, and the switches default to on for CUDA only."""
+"""GPU fast paths, checked on CPU through the loop's own ``train_step``: the compiled step equals the eager
+one (and never recompiles after warm-up), bf16 autocast keeps the loss near fp32, the sync-free step equals the
+synced one, fused AdamW equals AdamW, and the switches default to on for CUDA only."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 import torch
+from accelerate import Accelerator
 from pathfm.modeling import PathFMViTConfig, PathFMViTModel
 from pathfm.training.fast_paths import (
     StepMeter,
     assert_no_recompiles,
     clip_gradients_no_sync,
     compile_dino_modules,
-    make_adamw,
     resolve_fast_paths,
 )
 from pathfm.training.heads import DINOHead, MultiCropWrapper
-from pathfm.training.loss import DINOLoss
-from pathfm.training.optim import clip_gradients, get_params_groups
-from pathfm.training.teacher import make_teacher, update_teacher
+from pathfm.training.loop import read_window
+from pathfm.training.losses.dino import DINOLoss
+from pathfm.training.optim import build_optimizer, clip_gradients, set_lr_wd
+from pathfm.training.step import NonFiniteLossError, StepOutput, train_step
+from pathfm.training.teacher import make_teacher
+
+from tests.training.conftest import reset_accelerate_state
+from tests.training.test_train_loop import _args, _run
 
 OUT_DIM = 32
 N_LOCAL = 3
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def _models() -> tuple[MultiCropWrapper, MultiCropWrapper]:
@@ -41,42 +53,55 @@ def _batches(n: int, batch: int = 4) -> list[list[torch.Tensor]]:
     ]
 
 
-def _dino_step(student, teacher, loss_fn, optimizer, crops, autocast: bool = False):
-    """One optimizer step of the loop's recipe: teacher on globals, student on all crops, DINO loss,
-    backward, sync-free clipping, AdamW, EMA, center update."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        with torch.no_grad():
-            teacher_out = teacher(crops[:2])
-        loss = loss_fn(student(crops), teacher_out, 0.04)
-    loss.backward()
-    grad_norm = clip_gradients_no_sync(student, 3.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    update_teacher(student, teacher, 0.99)
-    loss_fn.update_center(teacher_out.detach().float().sum(0, keepdim=True), teacher_out.shape[0])
-    return loss.detach(), grad_norm
-
-
-def _run(backend: str | None, steps: int = 3):
+def _run_steps(
+    backend: str | None = None,
+    sync_free: bool = False,
+    fused: bool = False,
+    mixed_precision: str = "no",
+    steps: int = 3,
+) -> tuple[list[StepOutput], MultiCropWrapper, DINOLoss]:
+    """``steps`` optimizer steps of ``train_step`` on a tiny student; after the first (warm-up: every shape
+    compiled), a recompile would raise."""
+    accelerator = Accelerator(cpu=True, mixed_precision=mixed_precision)
     student, teacher = _models()
     loss_fn = DINOLoss(OUT_DIM, 2 + N_LOCAL)
-    optimizer = torch.optim.AdamW(get_params_groups(student), lr=1e-3)
+    optimizer = build_optimizer(student, fused=fused)
+    set_lr_wd(optimizer, 1e-3, 0.04)
     if backend:
         compile_dino_modules([student, teacher], backend=backend)
-    batches = _batches(steps)
-    results = [_dino_step(student, teacher, loss_fn, optimizer, batches[0])]  # warm-up: both shapes compile
-    with assert_no_recompiles():
-        results += [_dino_step(student, teacher, loss_fn, optimizer, b) for b in batches[1:]]
-    return results, teacher, loss_fn
+    student, optimizer = accelerator.prepare(student, optimizer)
+    outs = []
+    for i, crops in enumerate(_batches(steps)):
+        guard = assert_no_recompiles() if backend and i > 0 else contextlib.nullcontext()
+        with guard:
+            outs.append(
+                train_step(
+                    accelerator,
+                    student,
+                    teacher,
+                    loss_fn,
+                    optimizer,
+                    lambda crops=crops: crops,
+                    teacher_temp=0.04,
+                    momentum=0.99,
+                    freeze_last_layer=False,
+                    clip_grad=3.0,
+                    step_index=i,
+                    sync_free=sync_free,
+                )
+            )
+    reset_accelerate_state()
+    return outs, teacher, loss_fn
 
 
 def _assert_steps_equal(backend: str, atol: float) -> None:
-    eager, eager_teacher, eager_loss = _run(None)
-    compiled, compiled_teacher, compiled_loss = _run(backend)
-    for (l_e, g_e), (l_c, g_c) in zip(eager, compiled, strict=True):
-        torch.testing.assert_close(l_c, l_e, atol=atol, rtol=atol)
-        torch.testing.assert_close(g_c, g_e, atol=atol, rtol=atol)
-    assert len({round(float(l_e), 4) for l_e, _ in eager}) == len(eager)  # the steps really train
+    eager, eager_teacher, eager_loss = _run_steps()
+    compiled, compiled_teacher, compiled_loss = _run_steps(backend)
+    for e, c in zip(eager, compiled, strict=True):
+        assert c.loss == pytest.approx(e.loss, abs=atol)
+        assert c.grad_norm == pytest.approx(e.grad_norm, abs=atol)
+        assert c.teacher_entropy == pytest.approx(e.teacher_entropy, abs=atol)
+    assert len({round(e.loss, 4) for e in eager}) == len(eager)  # the steps really train
     # state_dict keys are unchanged by in-place compilation: checkpoints and the EMA stay compatible
     assert list(compiled_teacher.state_dict()) == list(eager_teacher.state_dict())
     for name, value in eager_teacher.state_dict().items():
@@ -106,22 +131,58 @@ def test_recompile_after_warmup_is_an_error() -> None:
 
 
 def test_bf16_autocast_loss_close_to_fp32() -> None:
-    """bf16 autocast (matmuls in bf16, fp32 master weights): the DINO loss over 3 steps stays within 2 % of
-    fp32; the loss, the gradients and the center are fp32."""
-    runs = {}
-    for autocast in (False, True):
-        student, teacher = _models()
-        loss_fn = DINOLoss(OUT_DIM, 2 + N_LOCAL)
-        optimizer = torch.optim.AdamW(get_params_groups(student), lr=1e-3)
-        losses = []
-        for crops in _batches(3):
-            loss, _ = _dino_step(student, teacher, loss_fn, optimizer, crops, autocast=autocast)
-            losses.append(loss)
-        assert all(p.dtype == torch.float32 for p in student.parameters())
-        assert loss.dtype == torch.float32 and loss_fn.center.dtype == torch.float32
-        runs[autocast] = torch.stack(losses)
-    torch.testing.assert_close(runs[True], runs[False], rtol=2e-2, atol=0)
-    assert not torch.equal(runs[True], runs[False])  # bf16 did run
+    """bf16 autocast through Accelerate (``mixed_precision="bf16"``; fp32 master weights): the DINO loss over
+    3 steps stays within 2 % of fp32; the loss, the center and the weights are fp32."""
+    fp32, _, _ = _run_steps()
+    bf16, bf16_teacher, bf16_loss = _run_steps(mixed_precision="bf16")
+    fp32_losses = torch.tensor([o.loss for o in fp32])
+    bf16_losses = torch.tensor([o.loss for o in bf16])
+    torch.testing.assert_close(bf16_losses, fp32_losses, rtol=2e-2, atol=0)
+    assert not torch.equal(bf16_losses, fp32_losses)  # bf16 did run
+    assert bf16[-1].teacher_output.dtype == torch.bfloat16  # the teacher ran under autocast
+    assert bf16_loss.center.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in bf16_teacher.parameters())
+
+
+def test_sync_free_step_equals_synced_step() -> None:
+    """The sync-free step keeps loss and grad norm on the device (tensors), with the same values."""
+    synced, synced_teacher, _ = _run_steps()
+    free, free_teacher, _ = _run_steps(sync_free=True, fused=True)
+    for s_out, f_out in zip(synced, free, strict=True):
+        assert isinstance(f_out.loss, torch.Tensor) and isinstance(f_out.grad_norm, torch.Tensor)
+        assert f_out.loss.item() == pytest.approx(s_out.loss, rel=1e-5)
+        assert f_out.grad_norm.item() == pytest.approx(s_out.grad_norm, rel=1e-5)
+    for name, value in synced_teacher.state_dict().items():
+        torch.testing.assert_close(free_teacher.state_dict()[name], value, atol=1e-5, rtol=1e-5)
+
+
+def test_sync_free_loop_reads_nan_with_its_step() -> None:
+    """The loop reads a sync-free window at a logging / checkpoint step and names the step that diverged."""
+    meter = StepMeter()
+    for value in (1.0, float("nan"), 2.0):
+        meter.add(torch.tensor(value), torch.tensor(0.5))
+    loop = SimpleNamespace(losses=[], last_good=Path("checkpoint-6"))
+    out = StepOutput(torch.tensor(2.0), torch.tensor(0.5), None, torch.zeros(2, 4))
+    with pytest.raises(NonFiniteLossError, match=r"at step 8 .*checkpoint-6"):
+        read_window(loop, meter, out, it=9)
+    meter.add(torch.tensor(3.0), torch.tensor(0.25))
+    read = read_window(loop, meter, out, it=10)
+    assert read.loss == 3.0 and read.grad_norm == 0.25 and loop.losses == [3.0]
+
+
+def test_sync_free_run_logs_mfu_and_all_losses(cmu_svs, tmp_path) -> None:
+    """A real run with every CPU-able fast path on (sync-free step, fused AdamW, aot_eager compile, bf16):
+    one loss per step in the summary, MFU and model TFLOP/s in metrics.jsonl, the switches in config.yaml."""
+    fast = ["--sync_free_step", "true", "--optim", "adamw_torch_fused", "--torch_compile", "true"]
+    fast += ["--torch_compile_backend", "aot_eager", "--mixed_precision", "bf16", "--logging_steps", "2"]
+    summary = _run(_args(cmu_svs, tmp_path, "--max_steps", "3", "--save_steps", "0", *fast))
+    assert len(summary["losses"]) == 3 and all(isinstance(v, float) for v in summary["losses"])
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(0 < r["mfu"] < 1 and r["model_tflops"] > 0 for r in rows)
+    assert rows[-1]["loss"] == summary["losses"][-1]
+    config = (tmp_path / "config.yaml").read_text()
+    assert "sync_free_step: true" in config and "fused_adamw: true" in config
 
 
 def test_clip_gradients_no_sync_equals_upstream_clipping() -> None:
@@ -144,12 +205,11 @@ def test_clip_gradients_no_sync_equals_upstream_clipping() -> None:
 def test_fused_adamw_equals_adamw() -> None:
     student, _ = _models()
     reference, _ = _models()
-    opts = [make_adamw(get_params_groups(m), fused=f) for m, f in ((student, True), (reference, False))]
+    opts = [build_optimizer(m, fused=f) for m, f in ((student, True), (reference, False))]
     assert opts[0].defaults["fused"] and not opts[1].defaults["fused"]
     crops = _batches(1)[0]
     for model, opt in zip((student, reference), opts, strict=True):
-        for group in opt.param_groups:
-            group["lr"] = 1e-3
+        set_lr_wd(opt, 1e-3, 0.04)
         model(crops).square().mean().backward()
         opt.step()
     for p, q in zip(student.parameters(), reference.parameters(), strict=True):
