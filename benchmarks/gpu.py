@@ -6,17 +6,19 @@ batched multi-crop on the GPU -> student / teacher -> loss, EMA, center):
 1. ViT-S/16 DINO (2 x 224 + 10 x 96 crops) with every fast path on; ViT-L/14-reg4 likewise (DINOv2 once its
    preset exists, else DINO); images/s, model TFLOP/s, MFU, peak memory, data-wait share;
 2. ViT-S/16 with each fast path off in turn (bf16, SDPA, torch.compile, fused AdamW, sync-free step), all off;
-3. a 3-minute ViT-S/16 run on the real embedded slides scored on a non-saturated embedded task (pending until
-   that task exists: the row says so).
+3. a 3-minute ViT-S/16 run on the real embedded slides (run right after the first row), its exported teacher
+   and the same architecture at random init scored on ``embedded_retrieval`` (top-1 retrieval of a perturbed
+   tile among its slide-mates, ``evaluation/tasks/retrieval.py``: random init scores well below 1.0).
 
 Data: a TCGA-like pyramid (JPEG tiles 256 px, levels at downsample 1 / ~4 / ~16, 0.25 µm/px tags) written
 from the embedded CMU-1-Small-Region H&E tissue, linked 16 times so that every data worker has a shard.
 FLOPs per image are counted with ``training/mfu.py`` (FlopCounterMode, meta device); the peak is a measured
 bf16 8192^3 matmul, with the datasheet value printed beside it.
 
-``--dry-run``: the same code path on CPU with the tiny model, crops 64 / 32 px, 2 steps per row, a 1024 px
-pyramid, and only the all-on and all-off rows (the test suite runs it). Everything printed also goes to
-``$OUT`` (or ``--out``) when set: ``gpu_table.md``, ``gpu_rows.json``, ``gpu_log.txt``.
+``--dry-run``: the same code path on CPU with the tiny model, crops 64 / 32 px, 2 steps per row, a 1029 px
+pyramid, the all-on and all-off rows and 2 steps on the embedded slides with the retrieval score (the test
+suite runs it; the default suite with ``--real_seconds 0``, which skips the embedded-slide row). Everything
+printed also goes to ``$OUT`` (or ``--out``) when set: ``gpu_table.md``, ``gpu_rows.json``, ``gpu_log.txt``.
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ def make_pyramid(folder: Path, side: int, links: int) -> Path:
     """Write a TCGA-like pyramid of real H&E tissue and ``links`` symlinks to it (one shard each).
 
     Level 0 is ``side`` x ``side`` px tiled from CMU-1-Small-Region's tissue at level 0; levels 1 and 2
-    are its floor(side / 4) and floor(side / 16) px box-filter reductions (with an odd side, non-integer downsamples
-    such as 4.0002 / 16.004, as in Aperio files);
+    are its floor(side / 4) and floor(side / 16) px box-filter reductions (with an odd side, non-integer
+    downsamples such as 4.0002 / 16.004, as in Aperio files);
     256 px JPEG tiles (quality 85); resolution tags for 0.25 µm/px. The mpp is a tag: the pixels are the
     embedded slide's 0.5 µm/px tissue, so this measures reading and decoding, not histology at 40x.
 
@@ -168,6 +170,7 @@ def _child(result_file: str, argv: list[str]) -> None:
                 "flops_per_image": flops,
                 "peak_mem_gib": peak_mem,
                 "batch": t.per_device_batch_size,
+                "output_dir": t.output_dir,
                 "augment_ms": augment_ms,
                 "step_ms": 1e3 * t.per_device_batch_size / last["images_per_s"],
             }
@@ -226,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         "--budget_s", type=float, default=420.0, help="skip rows that would end after this many seconds"
     )
     parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for the table files ($OUT)")
+    parser.add_argument(
+        "--real_seconds", type=float, default=180.0, help="training s on the real slides (0: skip that row)"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -242,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         log("gpu.py: error: no CUDA device; run with --dry-run on a CPU machine")
         return 2
     device = torch.device("cuda" if cuda else "cpu")
-    peak = measure_matmul_peak(device)
+    peak = args.peak = measure_matmul_peak(device)
     sheet = lookup_peak(env["device"]) if cuda else None
     log(f"peak: measured {peak / 1e12:.1f} TFLOP/s ({'bf16 8192^3' if cuda else 'fp32 1024^3'} matmul)"
         + (f", datasheet {sheet / 1e12:.0f}" if sheet else ""))
@@ -284,12 +290,9 @@ def main(argv: list[str] | None = None) -> int:
                 result["mfu"] = mfu(result["flops_per_image"], result["images_per_s"], peak)
             rows.append(result)
             log(f"  {name}: {json.dumps({k: v for k, v in result.items() if k != 'name'})}")
-    rows.append(
-        {
-            "name": "ViT-S/16 3-min run on the embedded slides vs random init",
-            "error": "pending: needs the non-saturated embedded evaluation task (issue 14), not merged yet",
-        }
-    )
+            if len(rows) == 1:  # right after the first row: the real-slide run must not be cut by the budget
+                rows.append(real_slide_row(work, rows[0], small, args, start))
+                log(f"  {rows[-1]['name']}: {json.dumps({k: v for k, v in rows[-1].items() if k != 'name'})}")
     table = format_table(rows)
     log()
     for line in table:
@@ -306,6 +309,66 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def embedded_manifest(folder: Path) -> Path:
+    """A manifest of the three embedded real slides with their mpp overrides, by path (the ``embedded``
+    keyword resolves against the installed package, which on the GPU machine is not this checkout)."""
+    from pathfm.datasets_scripts.embedded import embedded_slides
+
+    path = folder / "embedded.csv"
+    lines = ["path,mpp,slide_id"]
+    for record in embedded_slides(REPO / "data" / "slides"):
+        lines.append(f"{record.path},{record.mpp if record.mpp is not None else ''},{record.slide_id}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def real_slide_row(work: Path, first: dict, small: str, args: argparse.Namespace, start: float) -> dict:
+    """Train on the real embedded slides for ``--real_seconds`` (steps from the first row's images/s; 2 in
+    the dry run), export the teacher, and score it and the same architecture at random init on
+    ``embedded_retrieval`` (top-1 retrieval of a perturbed tile among its slide-mates; random init scores
+    well below 1.0)."""
+    length = "2 steps" if args.dry_run else f"{args.real_seconds:.0f} s"
+    name = f"{small} DINO, {length} on the embedded slides"
+    if "error" in first:
+        return {"name": name, "error": f"skipped: the first row failed ({first['error'][:80]})"}
+    if args.real_seconds <= 0:
+        return {"name": name, "error": "skipped: --real_seconds 0"}
+    if not args.dry_run and time.perf_counter() - start + args.real_seconds > args.budget_s:
+        return {"name": name, "error": "skipped: time budget spent"}
+    batch = first["batch"]
+    steps = 2 if args.dry_run else max(2, int(args.real_seconds * first["images_per_s"] / batch))
+    argv = row_argv(
+        "cpu_tiny" if args.dry_run else "vits16_kaiko",
+        str(embedded_manifest(work)),
+        batch,
+        max(1, steps // 2),
+        1 if args.dry_run else 16,
+        args.dry_run,
+    )
+    argv = [*argv, *ALL_ON, "--export", "true", "--tiles_per_slide", "1000"]
+    t0 = time.perf_counter()
+    result = {"name": name, **run_row(argv, work)}
+    if "error" in result:
+        return result
+    result["train_s"] = time.perf_counter() - t0
+    from pathfm.evaluation.backbone import load_backbone
+    from pathfm.evaluation.probe_runner import RunOptions
+    from pathfm.evaluation.tasks.retrieval import evaluate_retrieval
+
+    model_dir = str(result.pop("output_dir")) + "/model"
+    device = "cuda" if not args.dry_run else "cpu"
+    options = RunOptions(work / "embeddings", batch_size=64, num_workers=1 if args.dry_run else 8)
+    slides = REPO / "data" / "slides"
+    trained = evaluate_retrieval(load_backbone(model_dir, device=device), slides, options)
+    random = evaluate_retrieval(load_backbone(model_dir, random_init=True, device=device), slides, options)
+    result["retrieval_top1"] = trained["top1"]
+    result["retrieval_top1_random_init"] = random["top1"]
+    result["retrieval_chance"] = trained["chance"]
+    result["model_tflops"] = result["flops_per_image"] * result["images_per_s"] / 1e12
+    result["mfu"] = result["model_tflops"] * 1e12 / args.peak
+    return result
+
+
 def format_table(rows: list[dict]) -> list[str]:
     """Markdown table: one line per row; failed or skipped rows carry their reason."""
     lines = [
@@ -313,17 +376,24 @@ def format_table(rows: list[dict]) -> list[str]:
         "| augment ms (of step) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    notes = []
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['name']} | {r['error']} | | | | | | | |")
             continue
+        if "retrieval_top1" in r:
+            notes.append(
+                f"{r['name']}: embedded_retrieval top-1 {r['retrieval_top1']:.3f} vs "
+                f"{r['retrieval_top1_random_init']:.3f} at random init (chance {r['retrieval_chance']:.3f}; "
+                f"{r['train_s']:.0f} s of training)"
+            )
         lines.append(
             f"| {r['name']} | {r['batch']} | {r['images_per_s']:.1f} | {r['model_tflops']:.2f} | "
             f"{r['mfu']:.1%} | {r['peak_mem_gib']:.2f} | {r['data_wait_share']:.1%} | "
             f"{r['flops_per_image'] / 1e9:.2f} | {r['augment_ms']:.1f} "
             f"({r['augment_ms'] / r['step_ms']:.0%}) |"
         )
-    return lines
+    return lines + ([""] + notes if notes else [])
 
 
 if __name__ == "__main__":
