@@ -1,15 +1,15 @@
 """iBOT block masks for the student's global crops, as DINOv2 draws them.
 
 ``BlockMaskGenerator`` is the BEiT-style block masking of facebookresearch/dinov2 ``dinov2/data/masking.py``
-(``MaskingGenerator``; Bao et al. 2022, BEiT Sec. 2.5 / Algorithm 1) and ``sample_masks`` the per-batch part of
-``collate_data_and_cast`` (``dinov2/data/collate.py``): a fraction ``mask_probability`` (0.5) of the
+(``MaskingGenerator``; Bao et al. 2022, BEiT Sec. 2.5 / Algorithm 1) and ``sample_masks`` the per-batch part
+of ``collate_data_and_cast`` (``dinov2/data/collate.py``): a fraction ``mask_probability`` (0.5) of the
 global-crop images gets a mask, the i-th of them a ratio drawn uniformly in the i-th of equal slices of
 ``mask_ratio_min_max`` (0.1, 0.5), the others none, then the list is shuffled.
 
 Seeding: upstream draws from Python's global ``random`` module. Here every draw goes to a ``random.Random``
 passed in, in the same order and with the same calls (``uniform``, ``randint``, ``shuffle``), so
-``random.Random(seed)`` here yields exactly the masks upstream yields after ``random.seed(seed)`` (the two share
-one Mersenne-Twister stream definition). The training loop owns one generator per rank seeded from
+``random.Random(seed)`` here yields exactly the masks upstream yields after ``random.seed(seed)`` (the two
+share one Mersenne-Twister stream definition). The training loop owns one generator per rank seeded from
 (seed, rank) and saves its ``getstate()`` with the checkpoint so a resumed run draws the same masks. The slice
 bounds are float32 (upstream uses ``torch.linspace``), so the mask sizes also match bit for bit.
 """
@@ -66,7 +66,8 @@ class BlockMaskGenerator:
         return 0
 
     def __call__(self, num_masking_patches: int, rng: random.Random) -> Tensor:
-        """Bool (rows, cols) mask with at most ``num_masking_patches`` True entries (fewer when 10 tries fail).
+        """Bool (rows, cols) mask with at most ``num_masking_patches`` True entries (fewer when 10 tries
+        fail).
 
         Args:
             num_masking_patches: Target number of masked patches (0 gives an empty mask, no draws).
@@ -122,7 +123,8 @@ def sample_masks(
     low, high = mask_ratio_min_max
     if not (0 <= mask_probability <= 1 and 0 <= low <= high <= 1):
         raise ValueError(
-            f"sample_masks: need 0 <= mask_probability <= 1 and 0 <= min <= max <= 1, got {mask_probability}, "
+            "sample_masks: need 0 <= mask_probability <= 1 and 0 <= min <= max <= 1, "
+            f"got {mask_probability}, "
             f"{mask_ratio_min_max}"
         )
     num_patches = generator.rows * generator.cols

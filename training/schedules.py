@@ -19,6 +19,7 @@ __all__ = [
     "build_schedules",
     "cosine_scheduler",
     "epoch_of_step",
+    "scaled_lr",
     "teacher_temp_schedule",
 ]
 
@@ -164,3 +165,30 @@ def run_teacher_temp(t_args: Any, total: int, steps_per_epoch: int) -> np.ndarra
         t_args.warmup_teacher_temp, t_args.teacher_temp, round(t_args.warmup_teacher_temp_epochs), epochs
     )
     return np.repeat(per_epoch, steps_per_epoch)[:total]
+
+
+def scaled_lr(base_lr: float, global_batch_size: int, rule: str = "linear_wrt_256") -> float:
+    """Peak learning rate for a global batch, by DINO's or DINOv2's scaling rule.
+
+    ``"linear_wrt_256"``: ``base_lr * batch / 256`` (DINO ``main_dino.py``). ``"sqrt_wrt_1024"``:
+    ``base_lr * sqrt(batch / 1024)`` (DINOv2 ``dinov2/utils/config.py`` ``apply_scaling_rules_to_cfg``, base
+    0.004).
+
+    Args:
+        base_lr: Learning rate at the rule's reference batch size.
+        global_batch_size: Images per optimizer step over all processes and accumulation steps.
+        rule: ``"linear_wrt_256"`` or ``"sqrt_wrt_1024"``.
+
+    Returns:
+        The scaled learning rate.
+
+    Raises:
+        ValueError: On an unknown rule or a non-positive batch size.
+    """
+    if global_batch_size < 1:
+        raise ValueError(f"scaled_lr needs global_batch_size >= 1, got {global_batch_size}")
+    if rule == "linear_wrt_256":
+        return base_lr * global_batch_size / 256.0
+    if rule == "sqrt_wrt_1024":
+        return base_lr * math.sqrt(global_batch_size / 1024.0)
+    raise ValueError(f"scaled_lr: rule must be linear_wrt_256 or sqrt_wrt_1024, got {rule!r}")

@@ -1,18 +1,23 @@
 """DINOv2 losses (Sinkhorn-Knopp, DINO CLS, iBOT, KoLeo) against facebookresearch/dinov2 on fixed inputs.
 
-Expected values were produced by running facebookresearch/dinov2 at commit b8931f7bf91576930313be2c6d6af376033b35f0
-(files dinov2/loss/dino_clstoken_loss.py, dinov2/loss/ibot_patch_loss.py, dinov2/loss/koleo_loss.py, with the
-term weighting and teacher-chunk swap of dinov2/train/ssl_meta_arch.py) outside pathfm, with torch 2.14.1 on CPU,
-on the inputs of tests/training/dinov2_inputs.py: B=3 images, K=7 prototypes, 2 local crops, teacher
-temperature 0.05. The iBOT Sinkhorn-Knopp reference ran in a 1-process gloo group (upstream's unguarded
-all-reduce needs one); pathfm's runs without.
+Expected values were produced by running facebookresearch/dinov2 at commit
+b8931f7bf91576930313be2c6d6af376033b35f0 (files dinov2/loss/dino_clstoken_loss.py,
+dinov2/loss/ibot_patch_loss.py, dinov2/loss/koleo_loss.py, with the term weighting and teacher-chunk swap of
+dinov2/train/ssl_meta_arch.py) outside pathfm, with torch 2.14.1 on CPU, on the inputs of
+tests/training/dinov2_inputs.py: B=3 images, K=7 prototypes, 2 local crops, teacher temperature 0.05. The iBOT
+Sinkhorn-Knopp reference ran in a 1-process gloo group (upstream's unguarded all-reduce needs one); pathfm's
+runs without. The KDE values come from ``KDELoss`` of MedARC-AI/OpenMidnight at commit
+f7d5a6457d7f34c0a7be194ed8d0b1199e5360ca (dinov2/loss/kde_loss.py), run the same way.
 """
+
+import math
 
 import pytest
 import torch
 
 from pathfm.training.losses.dino_v2 import DINOv2CLSLoss
 from pathfm.training.losses.ibot import IBOTPatchLoss, masked_patch_weights
+from pathfm.training.losses.kde import kde_loss, kde_per_crop
 from pathfm.training.losses.koleo import koleo_loss, koleo_per_crop
 from pathfm.training.losses.sinkhorn import sinkhorn_knopp
 from tests.training.dinov2_inputs import wave
@@ -71,10 +76,14 @@ IBOT_DEFAULT_WEIGHT = 1.31321394
 IBOT_SK_LOSS = 1.41022289
 KOLEO_8X5 = 0.295320451
 KOLEO_PER_CROP = -0.1393058
+KDE_8X5 = -5.29973936
+KDE_PER_CROP = -10.266201
+KDE_DUPLICATES = -4.88256979
 
 
 def _close(actual, expected) -> None:
-    torch.testing.assert_close(actual.double(), torch.tensor(expected, dtype=torch.float64), rtol=0, atol=ATOL)
+    expected = torch.tensor(expected, dtype=torch.float64)
+    torch.testing.assert_close(actual.double(), expected, rtol=0, atol=ATOL)
 
 
 def _unswap(rows) -> torch.Tensor:
@@ -100,7 +109,8 @@ def test_sinkhorn_knopp_equals_dinov2_cls_path():
 
 
 def test_sinkhorn_knopp_is_finite_where_upstream_exp_overflows():
-    logits = 5.0 + wave(4, K, 0.0, 0.5)  # / 0.05 -> exponents 90..110: float32 exp overflows without the shift
+    # / 0.05 -> exponents 90..110: float32 exp overflows without the shift
+    logits = 5.0 + wave(4, K, 0.0, 0.5)
     assert not torch.isfinite(torch.exp(logits / TEACHER_TEMP)).all()
     targets = sinkhorn_knopp(logits, TEACHER_TEMP)
     torch.testing.assert_close(targets, sinkhorn_knopp(logits - 5.0, TEACHER_TEMP), rtol=0, atol=1e-6)
@@ -181,6 +191,23 @@ def test_koleo_equals_dinov2():
     _close(koleo_per_crop(wave(8, 5, 0.9, 1.0)), KOLEO_PER_CROP)
 
 
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        ([[0.0, 1.0], [0.0, -1.0]], -math.log(2)),
+        ([[0.0, 1.0], [1.0, 0.0]], -math.log(2**0.5)),
+        ([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [-1.0, 0.0], [0.0, -1.0], [-1.0, -1.0]], 0.2674),
+    ],
+)
+def test_koleo_equals_lightly_published_values(rows, expected):
+    """Values of lightly-ai/lightly tests/loss/test_koleo_loss.py (commit
+    e8d317fc5a87f4387a85a35e689869039ec249ee), produced there with dinov2's code, 4 decimals. Its 5th case, a
+    single row (17.7275 = -log(2e-8), the row's distance to itself), does not apply: a row with no other row
+    has no neighbour here and adds nothing."""
+    assert float(koleo_loss(torch.tensor(rows))) == pytest.approx(expected, abs=1e-4)
+    assert float(koleo_loss(torch.tensor([[1.0]]))) == 0.0
+
+
 def test_koleo_ignores_duplicate_and_blank_rows():
     x = wave(6, 5, 0.2, 1.5)
     with_repeats = torch.cat([x, x, torch.zeros(2, 5)]).requires_grad_(True)
@@ -193,3 +220,14 @@ def test_koleo_ignores_duplicate_and_blank_rows():
     zero = koleo_loss(all_same)
     zero.backward()
     assert float(zero.detach()) == 0.0 and torch.count_nonzero(all_same.grad) == 0
+
+
+def test_kde_equals_openmidnight_including_duplicate_and_blank_rows():
+    _close(kde_loss(wave(8, 5, 0.2, 1.5)), KDE_8X5)
+    _close(kde_per_crop(wave(8, 5, 0.9, 1.0)), KDE_PER_CROP)
+    x = wave(3, 5, 0.2, 1.5)
+    repeated = torch.cat([x, x, torch.zeros(2, 5)]).requires_grad_(True)
+    value = kde_loss(repeated)
+    _close(value, KDE_DUPLICATES)
+    value.backward()
+    assert torch.isfinite(repeated.grad).all()

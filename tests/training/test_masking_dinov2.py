@@ -1,8 +1,8 @@
 """Block masks against facebookresearch/dinov2 under a fixed seed.
 
 Expected masks were produced by running facebookresearch/dinov2 at commit
-b8931f7bf91576930313be2c6d6af376033b35f0 outside pathfm: ``MaskingGenerator`` (dinov2/data/masking.py) built as
-dinov2/train/train.py builds it (``max_num_patches = 0.5 * img // patch * img // patch``, patch 14) and
+b8931f7bf91576930313be2c6d6af376033b35f0 outside pathfm: ``MaskingGenerator`` (dinov2/data/masking.py) built
+as dinov2/train/train.py builds it (``max_num_patches = 0.5 * img // patch * img // patch``, patch 14) and
 ``collate_data_and_cast`` (dinov2/data/collate.py) with ``mask_ratio_tuple=(0.1, 0.5)``,
 ``mask_probability=0.5``, after ``random.seed(seed)``. pathfm draws from ``random.Random(seed)``: same stream.
 The hashes are sha256 of the (n_crops, patches) bool mask's bytes (numpy bool, 1 byte per entry).

@@ -1,4 +1,4 @@
-"""Self-supervised losses, one module per objective term (DINO CLS, iBOT patch, KoLeo, KDE, Sinkhorn-Knopp)."""
+"""Self-supervised losses, one module per term (DINO CLS, iBOT patch, KoLeo, KDE, Sinkhorn-Knopp)."""
 
 from pathfm.training.losses.dino import DINOLoss
 

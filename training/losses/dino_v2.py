@@ -8,9 +8,9 @@ Port of ``DINOLoss`` of facebookresearch/dinov2 ``dinov2/loss/dino_clstoken_loss
     global = sum_{g}    CE(teacher_{1-g}, student_global_g) / (n_global_terms + n_local_terms)
 
 with CE the batch-mean cross-entropy ``-sum_k t_k log_softmax(s / student_temp)_k``, ``n_global_terms = 2``,
-``n_local_terms = max(2 * n_local_crops, 1)`` (upstream's ``max`` keeps the denominator 3, not 2, when there are
-no local crops; kept for equality). Student global crop g is matched to teacher crop 1 - g: upstream swaps the
-teacher chunks before its head, pathfm swaps inside the loss so callers keep crop order everywhere.
+``n_local_terms = max(2 * n_local_crops, 1)`` (upstream's ``max`` keeps the denominator 3, not 2, when there
+are no local crops; kept for equality). Student global crop g is matched to teacher crop 1 - g: upstream swaps
+the teacher chunks before its head, pathfm swaps inside the loss so callers keep crop order everywhere.
 
 Teacher targets come from ``teacher_targets``: softmax of the centred, sharpened teacher (``centering``, EMA
 center as in DINO) or Sinkhorn-Knopp (``sinkhorn_knopp``). As in ``training/loss.py`` the center update is a
@@ -96,7 +96,7 @@ class DINOv2CLSLoss(nn.Module):
             return F.softmax((teacher_output.float() - self.center) / teacher_temp, dim=-1)
         if centering == "sinkhorn_knopp":
             return sinkhorn_knopp(teacher_output, teacher_temp, n_iterations=3)
-        raise ValueError(f"DINOv2CLSLoss: centering must be 'centering' or 'sinkhorn_knopp', got {centering!r}")
+        raise ValueError(f"DINOv2CLSLoss: centering must be centering or sinkhorn_knopp, not {centering!r}")
 
     def forward(
         self, student_global: Tensor, student_local: Tensor | None, teacher_probs: Tensor
@@ -127,7 +127,8 @@ class DINOv2CLSLoss(nn.Module):
             self._check_dim(student_local, "student_local")
             if student_local.shape[0] % batch:
                 raise ValueError(
-                    f"DINOv2CLSLoss: student_local has {student_local.shape[0]} rows, not a multiple of B={batch}"
+                    f"DINOv2CLSLoss: student_local has {student_local.shape[0]} rows, "
+                    f"not a multiple of B={batch}"
                 )
             n_local = student_local.shape[0] // batch
         denominator = 2 + max(2 * n_local, 1)
@@ -135,7 +136,8 @@ class DINOv2CLSLoss(nn.Module):
         local_loss = student_global.new_zeros((), dtype=torch.float32)
         for student_chunk in student_local.chunk(n_local) if n_local else ():
             for teacher_chunk in teacher_chunks:
-                local_loss = local_loss + soft_cross_entropy(student_chunk, teacher_chunk, self.student_temp).mean()
+                pair = soft_cross_entropy(student_chunk, teacher_chunk, self.student_temp)
+                local_loss = local_loss + pair.mean()
         swapped = torch.cat((teacher_chunks[1], teacher_chunks[0]))
         # upstream takes one mean over both global crops and multiplies it by 2 (loss_scales)
         global_loss = soft_cross_entropy(student_global, swapped, self.student_temp).mean() * 2

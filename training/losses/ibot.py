@@ -3,7 +3,8 @@
 Port of ``iBOTPatchLoss.forward_masked`` (and its teacher centering) of facebookresearch/dinov2
 ``dinov2/loss/ibot_patch_loss.py`` (Zhou et al. 2022, iBOT Sec. 3.2; Oquab et al. 2023, Sec. 4):
 
-    loss = -(1 / n_crops) * sum_{masked patches p of crop i} (1 / max(m_i, 1)) * sum_k t_pk log_softmax(s_p / T)_k
+    loss = -(1 / n_crops) * sum_{masked patches p of crop i} (1 / max(m_i, 1)) * sum_k t_pk log_softmax(s_p /
+    T)_k
 
 where ``m_i`` is the number of masked patches of global-crop image i and ``n_crops`` counts every global-crop
 image, masked or not (crops with no mask add nothing to the sum but count in the mean, as upstream).
@@ -82,10 +83,14 @@ class IBOTPatchLoss(nn.Module):
             return F.softmax((teacher_patches.float() - self.center) / teacher_temp, dim=-1)
         if centering == "sinkhorn_knopp":
             return sinkhorn_knopp(teacher_patches, teacher_temp, n_samples=teacher_patches.shape[0])
-        raise ValueError(f"IBOTPatchLoss: centering must be 'centering' or 'sinkhorn_knopp', got {centering!r}")
+        raise ValueError(f"IBOTPatchLoss: centering must be centering or sinkhorn_knopp, not {centering!r}")
 
     def forward_masked(
-        self, student_patches: Tensor, teacher_probs: Tensor, masks: Tensor, masks_weight: Tensor | None = None
+        self,
+        student_patches: Tensor,
+        teacher_probs: Tensor,
+        masks: Tensor,
+        masks_weight: Tensor | None = None,
     ) -> Tensor:
         """iBOT loss over the masked patches.
 
@@ -109,7 +114,8 @@ class IBOTPatchLoss(nn.Module):
         n_masked = int(masks.sum())
         if student_patches.shape[0] != n_masked or teacher_probs.shape[0] != n_masked:
             raise ValueError(
-                f"IBOTPatchLoss: {n_masked} masked patches in masks but student has {student_patches.shape[0]} "
+                f"IBOTPatchLoss: {n_masked} masked patches in masks but student has "
+                f"{student_patches.shape[0]} "
                 f"rows and teacher {teacher_probs.shape[0]}"
             )
         weights = masked_patch_weights(masks) if masks_weight is None else masks_weight.float()
@@ -136,5 +142,6 @@ class IBOTPatchLoss(nn.Module):
     def _check(self, tensor: Tensor, name: str) -> None:
         if tensor.ndim != 2 or tensor.shape[-1] != self.patch_out_dim:
             raise ValueError(
-                f"IBOTPatchLoss: {name} must be (masked patches, {self.patch_out_dim}), got {tuple(tensor.shape)}"
+                f"IBOTPatchLoss: {name} must be (masked patches, {self.patch_out_dim}), "
+                f"got {tuple(tensor.shape)}"
             )

@@ -6,7 +6,8 @@ facebookresearch/dinov2 ``dinov2/loss/dino_clstoken_loss.py`` and ``ibot_patch_l
 Sec. 4; Caron et al. 2020, SwAV Sec. 3.1): 3 iterations, float32, sums all-reduced over ranks.
 
 Differences from upstream, on purpose:
-- every all-reduce is guarded by ``torch.distributed.is_initialized()`` (upstream's iBOT variant all-reduces the
+- every all-reduce is guarded by ``torch.distributed.is_initialized()`` (upstream's iBOT variant all-reduces
+the
   sample count unconditionally and fails in a single process; fixed upstream in PR #590);
 - the logits are shifted by their global maximum before ``exp``: the result is mathematically unchanged (the
   first normalisation divides the shift out) but stays finite for teacher logits / temperature above ~88,
@@ -52,7 +53,7 @@ def sinkhorn_knopp(
         ValueError: If ``teacher_output`` is not 2-D or ``teacher_temp`` is not positive.
     """
     if teacher_output.ndim != 2:
-        raise ValueError(f"sinkhorn_knopp expects (B, K) teacher logits, got shape {tuple(teacher_output.shape)}")
+        raise ValueError(f"sinkhorn_knopp expects (B, K) teacher logits, got {tuple(teacher_output.shape)}")
     if teacher_temp <= 0:
         raise ValueError(f"sinkhorn_knopp: teacher_temp must be > 0, got {teacher_temp}")
     logits = teacher_output.float() / teacher_temp
