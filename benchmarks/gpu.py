@@ -146,12 +146,13 @@ def _child(result_file: str, argv: list[str]) -> None:
     from pathfm.training import dino
     from pathfm.training.config import parse_config
     from pathfm.training.mfu import dino_flops_per_image
+    from pathfm.training.networks import build_student_teacher
 
     m, d, t, preset = parse_config(argv)
     dino.train(m, d, t, preset)
     rows = [json.loads(x) for x in (Path(t.output_dir) / "metrics.jsonl").read_text().splitlines()]
     with torch.device("meta"):
-        student, teacher = dino.build_student_teacher(m)
+        student, teacher = build_student_teacher(m)
     flops = dino_flops_per_image(
         student, teacher, d.global_crop_size, d.local_crop_size, d.local_crops_number
     )["total"]

@@ -25,12 +25,13 @@ from accelerate.state import AcceleratorState, GradientState, PartialState
 from pathfm.training import dino
 from pathfm.training.config import parse_config
 from pathfm.training.mfu import dino_flops_per_image, lookup_peak, measure_matmul_peak, mfu
+from pathfm.training.networks import build_student_teacher
 
 def flops_per_image(m, d) -> float:
     """FLOPs of one training image of this recipe, counted by ``training/mfu.py`` (FlopCounterMode on meta):
     student forward + backward on all crops, teacher forward on the 2 globals."""
     with torch.device("meta"):
-        student, teacher = dino.build_student_teacher(m)
+        student, teacher = build_student_teacher(m)
     counted = dino_flops_per_image(
         student, teacher, d.global_crop_size, d.local_crop_size, d.local_crops_number
     )
