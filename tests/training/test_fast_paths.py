@@ -98,9 +98,9 @@ def _assert_steps_equal(backend: str, atol: float) -> None:
     eager, eager_teacher, eager_loss = _run_steps()
     compiled, compiled_teacher, compiled_loss = _run_steps(backend)
     for e, c in zip(eager, compiled, strict=True):
-        assert c.loss == pytest.approx(e.loss, abs=atol)
-        assert c.grad_norm == pytest.approx(e.grad_norm, abs=atol)
-        assert c.teacher_entropy == pytest.approx(e.teacher_entropy, abs=atol)
+        assert c.loss == pytest.approx(e.loss, rel=atol, abs=atol)
+        assert c.grad_norm == pytest.approx(e.grad_norm, rel=atol, abs=atol)  # ~1e3: relative
+        assert c.teacher_entropy == pytest.approx(e.teacher_entropy, rel=atol, abs=atol)
     assert len({round(e.loss, 4) for e in eager}) == len(eager)  # the steps really train
     # state_dict keys are unchanged by in-place compilation: checkpoints and the EMA stay compatible
     assert list(compiled_teacher.state_dict()) == list(eager_teacher.state_dict())
