@@ -24,15 +24,13 @@ import argparse
 import dataclasses
 import json
 import time
+from typing import TYPE_CHECKING
 
-from pathfm.evaluation.backbone import Backbone, load_backbone
-from pathfm.evaluation.card_results import update_model_card
-from pathfm.evaluation.embed import POOLINGS
-from pathfm.evaluation.head_export import save_probe_head
-from pathfm.evaluation.probe_runner import RunOptions, run_task
-from pathfm.evaluation.protocol import PROTOCOL_NAME, KnnConfig, LinearProbeConfig
-from pathfm.evaluation.report import write_task_outputs
-from pathfm.evaluation.tasks import TASKS, build_task, present_tasks
+from pathfm.evaluation.protocol import POOLINGS, PROTOCOL_NAME, KnnConfig, LinearProbeConfig
+from pathfm.evaluation.tasks import TASKS, absent_tasks, build_task, present_tasks
+
+if TYPE_CHECKING:  # torch-heavy modules are imported where used, so that --help returns at once
+    from pathfm.evaluation.backbone import Backbone
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def resolve_tasks(spec: str, data_dir: str | None) -> list[str]:
     """Task names from ``--task`` (``all`` = every task whose data is present)."""
     if spec == "all":
+        for name, reason in absent_tasks(data_dir).items():
+            print(f"skipped {name}: {reason}", flush=True)
         return present_tasks(data_dir)
     names = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [n for n in names if n not in TASKS]
@@ -111,6 +111,11 @@ def _probe_config(args: argparse.Namespace) -> LinearProbeConfig:
 def _evaluate(
     backbone: Backbone, names: list[str], args: argparse.Namespace, out_root: Path
 ) -> dict[str, dict]:
+    from pathfm.evaluation.card_results import update_model_card
+    from pathfm.evaluation.head_export import save_probe_head
+    from pathfm.evaluation.probe_runner import RunOptions, run_task
+    from pathfm.evaluation.report import write_task_outputs
+
     options = RunOptions(
         embeddings_dir=Path(args.embeddings_dir or Path(args.output_dir) / "embeddings"),
         pooling=args.pooling,
@@ -185,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = parse_args(argv)
     import torch
+    from pathfm.evaluation.backbone import load_backbone
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     names = resolve_tasks(args.task, args.data_dir)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from pathfm.training.config import (
 )
 from pathfm.training.data import build_data, build_probe
 from pathfm.training.fast_paths import compile_dino_modules, resolve_fast_paths
+from pathfm.training.interrupt import TrainingInterrupted
 from pathfm.training.launch import WorldSizeMismatchError, make_accelerator, trackers, use_cuda
 from pathfm.training.loop import Loop, run_loop
 from pathfm.training.losses.dino import DINOLoss
@@ -213,7 +215,12 @@ def train(
         flops_per_image=flops_per_image,
         peak_flops=peak_flops,
     )
-    run_loop(loop)
+    try:
+        run_loop(loop)
+    except TrainingInterrupted:
+        data.stream.close()
+        accelerator.end_training()
+        raise
     data.stream.close()
 
     # ============ end: consistency, export, push ============
@@ -260,9 +267,31 @@ def finish(loop: Loop, stream: Any, summary: dict[str, Any]) -> dict[str, Any]:
                     push_to_hub(summary["export"], t_args.hub_model_id, token=t_args.hub_token)
                 )
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        print(next_steps(output_dir, summary), flush=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
+
+
+def next_steps(output_dir: Path, summary: dict[str, Any]) -> str:
+    """What the run wrote and what to run next (printed once by the main process at the end)."""
+    lines = [f"done: {output_dir}"]
+    if "export" in summary:
+        model = Path(summary["export"])
+        lines += [f"  model: {model} (model card: {model / 'README.md'})"]
+    lines += [f"  logs:  {output_dir / 'logs'} (tensorboard --logdir {output_dir / 'logs'})"]
+    lines += [f"  summary: {output_dir / 'train_summary.json'}"]
+    if "hub_url" in summary:
+        lines += [f"  Hub: {summary['hub_url']}"]
+    if "export" in summary:
+        model = summary["export"]
+        lines += [
+            "next:",
+            f"  python evaluation/linear_probe.py --model {model} --task embedded_slides,embedded_tissue "
+            f"--output_dir {output_dir / 'eval'}",
+            f"  PATHFM_SPACE_MODEL={model} python spaces/app.py",
+        ]
+    return "\n".join(lines)
 
 
 def _gather_objects(accelerator: Accelerator, obj: Any) -> list[Any]:
@@ -291,8 +320,14 @@ def cli(argv: list[str]) -> int:
     """Run :func:`main`; configuration and input errors print one line (no traceback) and return 2."""
     try:
         main(argv)
+    except TrainingInterrupted as stopped:
+        if os.environ.get("RANK", "0") == "0":
+            print(stopped.message, file=sys.stderr)
+        return 128 + stopped.signum
     except USER_ERRORS as err:
-        print(f"training/dino.py: error: {err}", file=sys.stderr)
+        # every rank reaches the same error; under a launcher (RANK set) only rank 0 prints it
+        if os.environ.get("RANK", "0") == "0":
+            print(f"training/dino.py: error: {err}", file=sys.stderr)
         return 2
     return 0
 

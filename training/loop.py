@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from pathfm.training.checkpointing import TrainState, checkpoint_dirs, save_checkpoint
 from pathfm.training.config import DINOModelArguments, DINOTrainingArguments
 from pathfm.training.fast_paths import StepMeter
+from pathfm.training.interrupt import StopFlag, TrainingInterrupted, should_save
 from pathfm.training.losses.dino import DINOLoss
 from pathfm.training.mfu import throughput_logs
 from pathfm.training.monitoring import check_collapse, rankme
@@ -76,8 +78,9 @@ def run_loop(loop: Loop) -> None:
 
     Raises:
         NonFiniteLossError: The loss or the teacher's probe embeddings became NaN/Inf.
+        TrainingInterrupted: SIGINT / SIGTERM received; every rank stopped after the same step.
     """
-    acc, t_args, state, sched = loop.accelerator, loop.t_args, loop.state, loop.schedules
+    acc, t_args, state = loop.accelerator, loop.t_args, loop.state
     total = t_args.total_steps
     metrics_path = loop.output_dir / "metrics.jsonl"
     if acc.is_main_process and metrics_path.exists():
@@ -93,8 +96,28 @@ def run_loop(loop: Loop) -> None:
         timer.data += time.perf_counter() - t0
         return loop.augment(tiles)  # augmentation runs on the device: counted as compute
 
-    meter = StepMeter()
     loop.student.train()
+    stop = StopFlag().install()
+    try:
+        _steps(loop, total, next_crops, timer, metrics_path, progress, stop)
+    finally:
+        stop.restore()
+        progress.close()
+
+
+def _stop_requested(acc: Accelerator, stop: StopFlag) -> int:
+    """The signal any rank received (0: none); every rank gets the same answer, so all stop together."""
+    if acc.num_processes == 1:
+        return stop.signum
+    flags = acc.gather(torch.tensor([stop.signum], device=acc.device))
+    return int(flags.max().item())
+
+
+def _steps(
+    loop: Loop, total: int, next_crops: Any, timer: _Timer, metrics_path: Path, progress: Any, stop: StopFlag
+) -> None:
+    acc, t_args, state, sched = loop.accelerator, loop.t_args, loop.state, loop.schedules
+    meter = StepMeter()
     while state.step < total:
         it = state.step
         log_now = (it + 1) % t_args.logging_steps == 0 or it + 1 == total or it == 0
@@ -143,7 +166,39 @@ def run_loop(loop: Loop) -> None:
                 loop.teacher.backbone.config.to_dict(),
                 loop.card.info(state, out.loss, dict(loop.last_metrics)),
             )
-    progress.close()
+        signum = _stop_requested(acc, stop)
+        if signum:
+            if loop.sync_free_step and not (log_now or save_now):  # never save an unchecked NaN
+                out = read_window(loop, meter, out, it)
+            _stop(loop, signum, out.loss)
+
+
+def _stop(loop: Loop, signum: int, loss: float) -> None:
+    """Save (per ``--save_on_interrupt``) and raise :class:`TrainingInterrupted` on every rank."""
+    state, t_args = loop.state, loop.t_args
+    name = signal.Signals(signum).name
+    saved_now = loop.last_good is not None and loop.last_good.name.endswith(f"-{state.step}")
+    if should_save(signum, t_args.save_on_interrupt) and not saved_now:
+        loop.last_good = save_checkpoint(
+            loop.accelerator,
+            loop.output_dir,
+            state,
+            loop.stream,
+            t_args.save_total_limit,
+            loop.teacher.backbone.config.to_dict(),
+            loop.card.info(state, loss, dict(loop.last_metrics)),
+        )
+    if loop.last_good is None:
+        where = "none (nothing to resume; --save_on_interrupt saves one at the stop)"
+        resume = "start again"
+    else:
+        where = str(loop.last_good)
+        resume = (
+            f"resume with: accelerate launch training/dino.py ... --output_dir {loop.output_dir} "
+            "--resume_from_checkpoint latest"
+        )
+    message = f"stopped by {name} at step {state.step}; last checkpoint {where}; {resume}"
+    raise TrainingInterrupted(signum, message)
 
 
 def read_window(loop: Loop, meter: StepMeter, out: StepOutput, it: int) -> StepOutput:

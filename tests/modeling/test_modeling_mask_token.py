@@ -15,9 +15,8 @@ import pytest
 import torch
 
 from pathfm.modeling.configuration_pathfm_vit import PathFMViTConfig
-from pathfm.modeling.convert_timm_to_pathfm import timm_to_pathfm_state_dict
 from pathfm.modeling.modeling_pathfm_vit import PathFMViTModel
-from tests.training.dinov2_inputs import param_value, wave
+from tests.training.dinov2_inputs import fill_like_dinov2, wave
 
 MASKED = [
     [
@@ -63,28 +62,8 @@ def _config(**overrides) -> PathFMViTConfig:
 
 def _dinov2_weights() -> PathFMViTModel:
     """pathfm model holding the reference script's weights (named as dinov2 names them)."""
-    upstream_shapes = {"cls_token": (1, 1, 16), "pos_embed": (1, 5, 16), "register_tokens": (1, 4, 16),
-                       "mask_token": (1, 16), "patch_embed.proj.weight": (16, 3, 14, 14),
-                       "patch_embed.proj.bias": (16,), "norm.weight": (16,), "norm.bias": (16,)}
-    for i in range(2):
-        for part, shape in (
-            ("norm1.weight", (16,)), ("norm1.bias", (16,)), ("attn.qkv.weight", (48, 16)),
-            ("attn.qkv.bias", (48,)), ("attn.proj.weight", (16, 16)), ("attn.proj.bias", (16,)),
-            ("ls1.gamma", (16,)), ("norm2.weight", (16,)), ("norm2.bias", (16,)),
-            ("mlp.fc1.weight", (64, 16)), ("mlp.fc1.bias", (64,)), ("mlp.fc2.weight", (16, 64)),
-            ("mlp.fc2.bias", (16,)), ("ls2.gamma", (16,)),
-        ):
-            upstream_shapes[f"blocks.{i}.{part}"] = shape
-    upstream = {name: param_value(name, shape) for name, shape in upstream_shapes.items()}
-    mask_token = upstream.pop("mask_token")
-    pos = upstream.pop("pos_embed")
-    upstream["cls_token"] = upstream["cls_token"] + pos[:, :1]
-    upstream["pos_embed"] = pos[:, 1:]
-    upstream["reg_token"] = upstream.pop("register_tokens")
-    state = timm_to_pathfm_state_dict(upstream, _config())
-    state["embeddings.mask_token"] = mask_token
     model = PathFMViTModel(_config(use_mask_token=True)).eval()
-    model.load_state_dict(state, strict=True)
+    fill_like_dinov2(model)
     return model
 
 

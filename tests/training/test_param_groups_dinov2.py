@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from pathfm.modeling.configuration_pathfm_vit import PathFMViTConfig
-from pathfm.modeling.convert_timm_to_pathfm import pathfm_to_timm_state_dict
 from pathfm.modeling.modeling_pathfm_vit import PathFMViTModel
 from pathfm.training.heads import DINOHead, MultiCropWrapper
 from pathfm.training.param_groups import (
@@ -20,6 +19,7 @@ from pathfm.training.param_groups import (
     fuse_params_groups,
     params_groups_with_decay,
 )
+from tests.training.dinov2_inputs import dinov2_names
 
 # (name, lr_multiplier, wd_multiplier, is_last_layer) per parameter, dinov2 names; exact float values
 DINOV2_BACKBONE = [
@@ -116,15 +116,6 @@ def _backbone() -> PathFMViTModel:
     return PathFMViTModel(PathFMViTConfig(**_FIELDS, use_mask_token=True))
 
 
-def _dinov2_names(model: PathFMViTModel) -> dict[str, str]:
-    """pathfm parameter name -> dinov2 name, through the converter's timm table (dinov2 = timm + 2 names)."""
-    ours = {name: p for name, p in model.named_parameters() if name != "embeddings.mask_token"}
-    timm = pathfm_to_timm_state_dict(ours, PathFMViTConfig(**_FIELDS))
-    by_tensor = {id(p): name for name, p in ours.items()}
-    names = {by_tensor[id(p)]: key.replace("reg_token", "register_tokens") for key, p in timm.items()}
-    return {**names, "embeddings.mask_token": "mask_token"}
-
-
 def _as_rows(groups: list[dict], names: dict[str, str]) -> dict[str, tuple]:
     return {names[g["name"]]: (g["lr_multiplier"], g["wd_multiplier"], g["is_last_layer"]) for g in groups}
 
@@ -138,7 +129,7 @@ def test_backbone_groups_equal_dinov2():
     model = _backbone()
     groups = params_groups_with_decay(model, num_layers=3, layerwise_decay=0.9, patch_embed_lr_mult=0.2)
     expected = {name: (lr, wd, last) for name, lr, wd, last in DINOV2_BACKBONE}
-    assert _as_rows(groups, _dinov2_names(model)) == expected
+    assert _as_rows(groups, dinov2_names(model)) == expected
     assert _fused_rows(fuse_params_groups(groups)) == sorted(DINOV2_BACKBONE_FUSED)
 
 
