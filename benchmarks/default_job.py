@@ -5,8 +5,9 @@
 
 Prints, side by side in one run: the run's loss / teacher entropy (fraction of log K) / RankMe per logged
 step from ``metrics.jsonl``, the number of collapse warnings in the log, and top-1 of the
-``embedded_retrieval`` proxy task (``evaluation/tasks/retrieval.py``: a perturbed tile among its slide-mates, chance ~0.017) for the
-exported teacher and for the same architecture randomly initialised, with their ratio.
+``embedded_retrieval`` proxy task (``evaluation/tasks/retrieval.py``: a perturbed tile among its
+slide-mates, chance ~0.017) for the exported teacher and for the same architecture randomly initialised,
+with their ratio.
 """
 
 from __future__ import annotations

@@ -152,7 +152,9 @@ def test_step_stops_on_non_finite_loss_naming_step_and_checkpoint(cmu_svs, tmp_p
 def test_full_run_accumulates(cmu_svs, tmp_path):
     k = 3
     summary = _run(
-        _args(cmu_svs, tmp_path, "--max_steps", "2", "--gradient_accumulation_steps", str(k), "--save_steps", "0")
+        _args(
+            cmu_svs, tmp_path, "--max_steps", "2", "--gradient_accumulation_steps", str(k), "--save_steps", "0"
+        )
     )
     assert summary["steps"] == 2 and len(summary["losses"]) == 2
     assert summary["tiles_seen"] == 2 * k * 2

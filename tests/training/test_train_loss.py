@@ -125,7 +125,8 @@ def test_sinkhorn_knopp_centering_targets_and_loss():
     np.testing.assert_allclose(got.numpy(), targets, rtol=1e-5, atol=1e-7)
     # the loss is DINO's cross-entropy with these targets: the reference with log(targets) as logits at T = 1
     want = _reference_loss(student, np.log(targets), np.zeros(k), ncrops, 1.0, 0.1)
-    loss = loss_fn(torch.tensor(student, dtype=torch.float32), torch.tensor(teacher, dtype=torch.float32), 0.05)
+    student_t, teacher_t = torch.tensor(student, dtype=torch.float32), torch.tensor(teacher, dtype=torch.float32)
+    loss = loss_fn(student_t, teacher_t, 0.05)
     assert float(loss) == pytest.approx(want, rel=1e-5)
     with pytest.raises(ValueError, match="centering must be one of"):
         DINOLoss(k, ncrops, centering="mean")
