@@ -3,9 +3,10 @@
 Runs ``training/dino.py``'s ``train`` (the real loop: tile stream from the embedded slides, batched multi-
 crop, student/teacher forward-backward, EMA, center) for a few optimizer steps per model and prints, per
 model, the images/s and the fraction of the loop's time spent waiting for data, measured after one warm-up
-step. On a GPU it also prints an estimate of model-FLOPs utilisation (analytic ViT FLOPs x 3 for the student's
-forward+backward, x 1 for the teacher's forward; head FLOPs included; peak bf16 dense TFLOPs from a small
-table).
+step. It also prints FLOPs per image (counted with ``FlopCounterMode`` by ``training/mfu.py``: student forward
++ backward on all crops, teacher forward on the globals), the achieved FLOP/s and the model-FLOPs utilisation
+against the device's peak measured in the same run with a matmul (fp32 1024^3 on CPU, bf16 8192^3 on a GPU;
+before and after the runs, the mean is used).
 
     python benchmarks/train.py                      # tiny and ViT-S/16 (batch 8) on this machine
     python benchmarks/train.py --models vits16 --batch_size 64 --steps 20   # e.g. on a GPU
@@ -21,31 +22,37 @@ from pathlib import Path
 import torch
 from accelerate.state import AcceleratorState, GradientState, PartialState
 
-from pathfm.modeling import PathFMViTConfig
 from pathfm.training import dino
 from pathfm.training.config import parse_config
+from pathfm.training.mfu import dino_flops_per_image, lookup_peak, measure_matmul_peak, mfu
+from pathfm.training.networks import build_student_teacher
 
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
+def flops_per_image(m, d) -> float:
+    """FLOPs of one training image of this recipe, counted by ``training/mfu.py`` (FlopCounterMode on meta):
+    student forward + backward on all crops, teacher forward on the 2 globals."""
+    with torch.device("meta"):
+        student, teacher = build_student_teacher(m)
+    counted = dino_flops_per_image(
+        student, teacher, d.global_crop_size, d.local_crop_size, d.local_crops_number
+    )
+    return counted["total"]
 
 
-def vit_flops(config: PathFMViTConfig, side: int) -> float:
-    """Forward FLOPs of one image (2 x multiply-adds): patch embedding, attention, MLP."""
-    n = (side // config.patch_size) ** 2 + 1 + config.num_register_tokens
-    d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    patch = 2 * (side // config.patch_size) ** 2 * 3 * config.patch_size**2 * d
-    per_layer = 2 * n * (4 * d * d + 2 * d * f) + 2 * 2 * n * n * d
-    return patch + layers * per_layer
+def device_peak() -> tuple[str, float, float | None]:
+    """(device name, measured matmul peak FLOP/s, datasheet peak or None): bf16 8192^3 on a GPU, fp32
+    1024^3 on the CPU with the threads torch uses."""
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        return name, measure_matmul_peak("cuda"), lookup_peak(name)
+    return f"CPU ({torch.get_num_threads()} threads)", measure_matmul_peak("cpu"), None
 
 
-def step_flops(
-    backbone: str, batch: int, g: int, l_side: int, n_local: int, head: tuple[int, int, int, int]
-) -> float:
-    cfg = PathFMViTConfig.from_preset(backbone)
-    d_in, hidden, bottleneck, out_dim = head
-    head_f = 2 * (d_in * hidden + hidden * hidden + hidden * bottleneck + bottleneck * out_dim)
-    student = batch * (2 * (vit_flops(cfg, g) + head_f) + n_local * (vit_flops(cfg, l_side) + head_f))
-    teacher = batch * 2 * (vit_flops(cfg, g) + head_f)
-    return 3 * student + teacher
+def add_mfu(result: dict, flops: float, peak: float) -> dict:
+    """Add FLOPs per image, achieved FLOP/s and MFU against ``peak`` to a run's result."""
+    result["gflops_per_image"] = flops / 1e9
+    result["achieved_gflops"] = flops * result["images_per_s"] / 1e9
+    result["mfu"] = mfu(flops, result["images_per_s"], peak)
+    return result
 
 
 def run(name: str, argv: list[str], steps: int) -> dict:
@@ -81,24 +88,7 @@ def run(name: str, argv: list[str], steps: int) -> dict:
         "images_per_s": last["images_per_s"],
         "data_wait_share": last["data_wait_share"],
     }
-    if torch.cuda.is_available():
-        flops = step_flops(
-            m.backbone_preset,
-            t.per_device_batch_size,
-            d.global_crop_size,
-            d.local_crop_size,
-            d.local_crops_number,
-            (
-                PathFMViTConfig.from_preset(m.backbone_preset).hidden_size,
-                m.head_hidden_dim,
-                m.head_bottleneck_dim,
-                m.out_dim,
-            ),
-        )
-        gpu = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
-        achieved = flops * last["images_per_s"] / t.per_device_batch_size / 1e12
-        result.update({"gpu": gpu, "model_tflops": achieved, "mfu": achieved / peak if peak else None})
+    result["flops"] = flops_per_image(m, d)
     return result
 
 
@@ -109,6 +99,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps after one warm-up step")
     parser.add_argument("--num_workers", type=int, default=1)
     args = parser.parse_args()
+    name_peak, peak_before, sheet = device_peak()
     results = []
     for name in args.models:
         if name == "tiny":
@@ -125,23 +116,31 @@ def main() -> None:
             ]
         argv += ["--num_workers", str(args.num_workers)]
         results.append(run(name, argv, args.steps))
-    device = (
-        torch.cuda.get_device_name()
-        if torch.cuda.is_available()
-        else f"CPU ({torch.get_num_threads()} threads)"
-    )
+    peak_after = device_peak()[1]
+    print_table(results, name_peak, (peak_before + peak_after) / 2, (peak_before, peak_after), sheet)
+
+
+def print_table(
+    results: list[dict], device: str, peak: float, peaks: tuple[float, float], sheet: float | None
+) -> None:
+    """One line per model: images/s, data wait, FLOPs per image, achieved GFLOP/s and MFU vs ``peak``."""
     print(f"\nDINO training throughput on {device}, real slide streaming (embedded slides)")
     print(
-        f"{'model':8s} {'batch':>5s} {'crops':>18s} {'images/s':>9s} {'data wait':>9s}"
-        + (f" {'TFLOP/s':>8s} {'MFU':>6s}" if torch.cuda.is_available() else "")
+        f"matmul peak measured in this run: {peaks[0] / 1e9:.1f} GFLOP/s before, {peaks[1] / 1e9:.1f} after"
+        + (f" (datasheet {sheet / 1e12:.0f} TFLOP/s)" if sheet else "")
+    )
+    print(
+        f"{'model':8s} {'batch':>5s} {'crops':>12s} {'images/s':>9s} {'data wait':>9s} {'GFLOP/img':>10s}"
+        f" {'GFLOP/s':>9s} {'MFU':>6s}"
     )
     for r in results:
+        add_mfu(r, r["flops"], peak)
         crops = "2x128+4x64" if r["model"] == "tiny" else "2x224+8x96"
-        line = f"{r['model']:8s} {r['batch']:5d} {crops:>18s} {r['images_per_s']:9.2f} "
-        line += f"{r['data_wait_share']:9.1%}"
-        if "mfu" in r:
-            line += f" {r['model_tflops']:8.1f} {r['mfu'] or float('nan'):6.1%}"
-        print(line)
+        print(
+            f"{r['model']:8s} {r['batch']:5d} {crops:>12s} {r['images_per_s']:9.2f}"
+            f" {r['data_wait_share']:9.1%}"
+            f" {r['gflops_per_image']:10.2f} {r['achieved_gflops']:9.1f} {r['mfu']:6.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -75,6 +75,13 @@ class DINOModelArguments:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Activation checkpointing in the student."}
     )
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={
+            "help": "Attention kernel (transformers attn_implementation): sdpa (flash / memory-efficient "
+            "scaled_dot_product_attention) or eager."
+        },
+    )
 
 
 @dataclass
@@ -178,6 +185,28 @@ class DINOTrainingArguments:
     )
     mixed_precision: str = field(
         default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), no, bf16 or fp16."}
+    )
+    torch_compile: bool | None = field(
+        default=None,
+        metadata={
+            "help": "torch.compile the student's and teacher's backbone and head (static shapes: global and "
+            "local crops). Default: on with CUDA, off on CPU."
+        },
+    )
+    torch_compile_backend: str = field(
+        default="inductor", metadata={"help": "torch.compile backend (inductor; aot_eager for debugging)."}
+    )
+    optim: str = field(
+        default="auto",
+        metadata={"help": "adamw_torch_fused, adamw_torch, or auto (fused with CUDA, plain on CPU)."},
+    )
+    sync_free_step: bool | None = field(
+        default=None,
+        metadata={
+            "help": "No host-device sync inside the step: loss, grad norm and monitors stay on the device "
+            "and are read at logging steps (a NaN stops the run at the next logging step). Default: on "
+            "with CUDA, off on CPU (every step checked)."
+        },
     )
     save_steps: int = field(
         default=1000,
@@ -374,6 +403,10 @@ def _validate(m: DINOModelArguments, d: DINODataArguments, t: DINOTrainingArgume
         problems.append("per_device_batch_size and gradient_accumulation_steps must be >= 1")
     if t.mixed_precision not in {"auto", "no", "bf16", "fp16"}:
         problems.append(f"mixed_precision must be auto/no/bf16/fp16, got {t.mixed_precision!r}")
+    if t.optim not in {"auto", "adamw_torch", "adamw_torch_fused"}:
+        problems.append(f"optim must be auto/adamw_torch/adamw_torch_fused, got {t.optim!r}")
+    if m.attn_implementation not in {"sdpa", "eager"}:
+        problems.append(f"attn_implementation must be sdpa or eager, got {m.attn_implementation!r}")
     if len(d.global_crops_scale) != 2 or len(d.local_crops_scale) != 2:
         problems.append("global_crops_scale and local_crops_scale take two numbers (min max)")
     if not d.mpps:

@@ -54,10 +54,12 @@ from pathfm.training.config import (
     save_config,
 )
 from pathfm.training.data import build_data, build_probe
+from pathfm.training.fast_paths import compile_dino_modules, resolve_fast_paths
 from pathfm.training.interrupt import TrainingInterrupted
-from pathfm.training.launch import WorldSizeMismatchError, make_accelerator, trackers
+from pathfm.training.launch import WorldSizeMismatchError, make_accelerator, trackers, use_cuda
 from pathfm.training.loop import Loop, run_loop
 from pathfm.training.losses.dino import DINOLoss
+from pathfm.training.mfu import dino_flops_per_image, measure_matmul_peak
 from pathfm.training.networks import build_student_teacher, param_digest
 from pathfm.training.optim import build_optimizer
 from pathfm.training.run_card import RunCard
@@ -129,7 +131,24 @@ def train(
         m_args.out_dim, augment.ncrops, t_args.student_temp, t_args.center_momentum, t_args.centering
     )
     dino_loss.to(device)
-    optimizer = build_optimizer(student)
+    fast = resolve_fast_paths(
+        use_cuda(), t_args.torch_compile, t_args.optim, t_args.sync_free_step, t_args.torch_compile_backend
+    )
+    # MFU: model FLOPs of one image counted once (meta device), the device's matmul peak measured once
+    flops_per_image = dino_flops_per_image(
+        student, teacher, d_args.global_crop_size, d_args.local_crop_size, d_args.local_crops_number
+    )["total"]
+    peak_flops = measure_matmul_peak(device)
+    logger.info(
+        "fast paths %s, mixed precision %s; %.3g GFLOP per image, peak %.3g TFLOP/s",
+        fast.as_dict(),
+        accelerator.mixed_precision,
+        flops_per_image / 1e9,
+        peak_flops / 1e12,
+    )
+    optimizer = build_optimizer(student, fused=fast.fused_adamw)
+    if fast.torch_compile:
+        compile_dino_modules([student, teacher], backend=fast.compile_backend)
     # prepare: wraps the student in DDP when several processes run (gradients all-reduced in backward) and
     # the optimizer so that its step is skipped on accumulation micro-batches. The teacher is not prepared: it
     # gets no gradients and stays identical on every rank because the EMA is deterministic.
@@ -160,6 +179,9 @@ def train(
                 "preset": str(preset_path) if preset_path else None,
                 "world_size": world_size,
                 "mixed_precision": accelerator.mixed_precision,
+                "fast_paths": fast.as_dict(),
+                "flops_per_image": flops_per_image,
+                "peak_flops_per_s": peak_flops,
                 "device": str(device),
                 "global_batch": schedules.global_batch,
                 "total_steps": t_args.total_steps,
@@ -189,6 +211,9 @@ def train(
         unreadable_slides=len(data.failed),
         # fixed RankMe probe batch, main process only
         probe=build_probe(data.readable, d_args, t_args, device) if accelerator.is_main_process else None,
+        sync_free_step=fast.sync_free_step,
+        flops_per_image=flops_per_image,
+        peak_flops=peak_flops,
     )
     try:
         run_loop(loop)

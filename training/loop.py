@@ -6,6 +6,7 @@ Mirrors ``train_one_epoch`` of facebookresearch/dino ``main_dino.py`` over a str
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -21,8 +22,10 @@ from tqdm.auto import tqdm
 
 from pathfm.training.checkpointing import TrainState, checkpoint_dirs, save_checkpoint
 from pathfm.training.config import DINOModelArguments, DINOTrainingArguments
+from pathfm.training.fast_paths import StepMeter
 from pathfm.training.interrupt import StopFlag, TrainingInterrupted, should_save
 from pathfm.training.losses.dino import DINOLoss
+from pathfm.training.mfu import throughput_logs
 from pathfm.training.monitoring import check_collapse, rankme
 from pathfm.training.optim import set_lr_wd
 from pathfm.training.run_card import RunCard
@@ -51,6 +54,9 @@ class Loop:
     output_dir: Path
     unreadable_slides: int
     probe: Tensor | None = None
+    sync_free_step: bool = False  # fast_paths: loss and monitors read at logging / checkpoint steps only
+    flops_per_image: float | None = None  # mfu.dino_flops_per_image, for MFU
+    peak_flops: float | None = None  # one device's peak FLOP/s, for MFU
     losses: list[float] = field(default_factory=list)
     last_metrics: dict[str, float] = field(default_factory=dict)
     last_good: Path | None = None
@@ -111,8 +117,13 @@ def _steps(
     loop: Loop, total: int, next_crops: Any, timer: _Timer, metrics_path: Path, progress: Any, stop: StopFlag
 ) -> None:
     acc, t_args, state, sched = loop.accelerator, loop.t_args, loop.state, loop.schedules
+    meter = StepMeter()
     while state.step < total:
         it = state.step
+        log_now = (it + 1) % t_args.logging_steps == 0 or it + 1 == total or it == 0
+        save_now = (t_args.save_steps > 0 and (it + 1) % t_args.save_steps == 0) or (
+            it + 1 == total and t_args.save_steps >= 0
+        )
         set_lr_wd(loop.optimizer, float(sched.lr[it]), float(sched.weight_decay[it]))
         t_step, data_before = time.perf_counter(), timer.data
         out = train_step(
@@ -128,19 +139,24 @@ def _steps(
             clip_grad=t_args.clip_grad,
             step_index=it,
             last_good=loop.last_good,
+            sync_free=loop.sync_free_step,
+            read_monitors=log_now or not loop.sync_free_step,
         )
         timer.compute += time.perf_counter() - t_step - (timer.data - data_before)
         state.step += 1
         state.tiles_seen += sched.global_batch
         timer.images += sched.global_batch
-        loop.losses.append(out.loss)
+        if loop.sync_free_step:
+            meter.add(out.loss, out.grad_norm)
+            if log_now or save_now:  # a NaN never reaches a log line or a checkpoint
+                out = read_window(loop, meter, out, it)
+        else:
+            loop.losses.append(out.loss)
         progress.update(1)
-        if state.step % t_args.logging_steps == 0 or state.step == total or state.step == 1:
+        if log_now:
             log_step(loop, it, out, timer, metrics_path, progress)
             timer.reset()
-        if (t_args.save_steps > 0 and state.step % t_args.save_steps == 0) or (
-            state.step == total and t_args.save_steps >= 0
-        ):
+        if save_now:
             loop.last_good = save_checkpoint(
                 acc,
                 loop.output_dir,
@@ -152,6 +168,8 @@ def _steps(
             )
         signum = _stop_requested(acc, stop)
         if signum:
+            if loop.sync_free_step and not (log_now or save_now):  # never save an unchecked NaN
+                out = read_window(loop, meter, out, it)
             _stop(loop, signum, out.loss)
 
 
@@ -183,6 +201,26 @@ def _stop(loop: Loop, signum: int, loss: float) -> None:
     raise TrainingInterrupted(signum, message)
 
 
+def read_window(loop: Loop, meter: StepMeter, out: StepOutput, it: int) -> StepOutput:
+    """Sync-free step: read the losses since the last read from the device, stop on a non-finite one.
+
+    Returns:
+        ``out`` with host floats for the loss and grad norm of step ``it``.
+
+    Raises:
+        NonFiniteLossError: Naming the first step whose loss was NaN/Inf and the last good checkpoint.
+    """
+    window = meter.read()
+    if window["first_nonfinite"] is not None:
+        bad_step = it - (len(window["losses"]) - 1 - window["first_nonfinite"])
+        raise NonFiniteLossError(
+            f"loss is {window['losses'][window['first_nonfinite']]} at step {bad_step} (0-based optimizer "
+            f"step); training stopped, last good checkpoint: {loop.last_good or 'none saved yet'}"
+        )
+    loop.losses.extend(window["losses"])
+    return dataclasses.replace(out, loss=window["losses"][-1], grad_norm=window["grad_norm"])
+
+
 def cut_metrics(metrics_path: Path, step: int) -> None:
     """Keep the rows of ``metrics.jsonl`` up to ``step`` (the resumed checkpoint; 0: a fresh run).
 
@@ -209,8 +247,15 @@ def log_step(loop: Loop, it: int, out: StepOutput, timer: _Timer, metrics_path: 
         "teacher_temp": float(sched.teacher_temp[it]),
         "grad_norm": out.grad_norm,
         "teacher_entropy": out.teacher_entropy,
-        "images_per_s": timer.images / max(elapsed, 1e-9),
-        "data_wait_share": timer.data / max(timer.data + timer.compute, 1e-9),
+        **throughput_logs(
+            timer.images,
+            elapsed,
+            timer.data,
+            timer.compute,
+            loop.flops_per_image,
+            loop.peak_flops,
+            acc.num_processes,
+        ),
         "tiles_seen": state.tiles_seen,
         "epoch": it / loop.t_args.steps_per_epoch,
     }
@@ -244,4 +289,5 @@ def log_step(loop: Loop, it: int, out: StepOutput, timer: _Timer, metrics_path: 
             lr=f"{logs['lr']:.2e}",
             img_s=f"{logs['images_per_s']:.1f}",
             wait=f"{logs['data_wait_share']:.0%}",
+            **({"mfu": f"{logs['mfu']:.1%}"} if "mfu" in logs else {}),
         )

@@ -38,9 +38,16 @@ def build_backbone(model_args: DINOModelArguments, drop_path_rate: float) -> Pat
                 f"--pretrained_weights {model_args.pretrained_weights}: no such file or folder"
             )
         return load_pretrained_backbone(
-            model_args.pretrained_weights, model_args.backbone_preset, drop_path_rate=drop_path_rate
+            model_args.pretrained_weights,
+            model_args.backbone_preset,
+            drop_path_rate=drop_path_rate,
+            attn_implementation=model_args.attn_implementation,
         )
-    config = PathFMViTConfig.from_preset(model_args.backbone_preset, drop_path_rate=drop_path_rate)
+    config = PathFMViTConfig.from_preset(
+        model_args.backbone_preset,
+        drop_path_rate=drop_path_rate,
+        attn_implementation=model_args.attn_implementation,
+    )
     return PathFMViTModel(config)
 
 
@@ -65,7 +72,9 @@ def build_student_teacher(model_args: DINOModelArguments) -> tuple[MultiCropWrap
     )
     student = MultiCropWrapper(student_backbone, build_head(model_args, embed_dim))
     # upstream builds the teacher without drop path, then loads the student's weights into it
-    teacher_config = PathFMViTConfig.from_dict(student_backbone.config.to_dict())
+    teacher_config = PathFMViTConfig.from_dict(
+        student_backbone.config.to_dict(), attn_implementation=model_args.attn_implementation
+    )
     teacher_config.drop_path_rate = 0.0
     teacher = make_teacher(
         student, MultiCropWrapper(PathFMViTModel(teacher_config), build_head(model_args, embed_dim))

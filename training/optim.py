@@ -83,8 +83,14 @@ def cancel_gradients_last_layer(model: nn.Module, frozen: bool, prefix: str = "l
             p.grad = None
 
 
-def build_optimizer(student: nn.Module) -> torch.optim.AdamW:
-    """AdamW over :func:`get_params_groups`; lr and weight decay are set per step by :func:`set_lr_wd`."""
+def build_optimizer(student: nn.Module, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW over :func:`get_params_groups`; lr and weight decay are set per step by :func:`set_lr_wd`.
+
+    ``fused=True`` updates each parameter group in one kernel (``--optim adamw_torch_fused``, the default
+    on CUDA; also supported on CPU).
+    """
+    if fused:
+        return torch.optim.AdamW(get_params_groups(student), fused=True)
     return torch.optim.AdamW(get_params_groups(student))
 
 

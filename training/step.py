@@ -17,6 +17,7 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
 
+from pathfm.training.fast_paths import clip_gradients_no_sync
 from pathfm.training.losses.dino import DINOLoss
 from pathfm.training.monitoring import entropy as row_entropy
 from pathfm.training.optim import cancel_gradients_last_layer, clip_gradients
@@ -32,15 +33,17 @@ class StepOutput:
     """What one optimizer step reports.
 
     Attributes:
-        loss: Mean over micro-batches of the all-rank mean loss.
-        grad_norm: Global gradient norm before clipping (None if no optimizer step ran).
-        teacher_entropy: Entropy of the teacher's centred, sharpened output (last micro-batch, nats).
+        loss: Mean over micro-batches of the all-rank mean loss (a 0-d device tensor with ``sync_free``).
+        grad_norm: Global gradient norm before clipping (None if no optimizer step ran; a 0-d device tensor
+            with ``sync_free``).
+        teacher_entropy: Entropy of the teacher's centred, sharpened output (last micro-batch, nats); None
+            when monitors were not read.
         teacher_output: Teacher logits of the last micro-batch, (2 * B, out_dim).
     """
 
-    loss: float
-    grad_norm: float | None
-    teacher_entropy: float
+    loss: float | Tensor
+    grad_norm: float | Tensor | None
+    teacher_entropy: float | None
     teacher_output: Tensor
 
 
@@ -58,6 +61,8 @@ def train_step(
     clip_grad: float,
     step_index: int,
     last_good: Path | None = None,
+    sync_free: bool = False,
+    read_monitors: bool = True,
 ) -> StepOutput:
     """Run one optimizer step over ``accelerator.gradient_accumulation_steps`` micro-batches.
 
@@ -74,6 +79,10 @@ def train_step(
         clip_grad: Per-parameter gradient-norm clip (0 = off).
         step_index: 0-based optimizer step (named in errors).
         last_good: Last complete checkpoint (named in errors).
+        sync_free: No host-device sync: the loss and grad norm stay on the device and are not checked here
+            (the caller checks them when it reads them, ``fast_paths.StepMeter``).
+        read_monitors: Compute the teacher entropy (a host read; the loop asks only at logging steps when
+            ``sync_free``).
 
     Returns:
         A :class:`StepOutput`.
@@ -83,7 +92,8 @@ def train_step(
     """
     k = accelerator.gradient_accumulation_steps
     center_sum = torch.zeros(1, dino_loss.center.shape[-1], device=accelerator.device)
-    rows, step_loss, grad_norm = 0, 0.0, None
+    rows, grad_norm = 0, None
+    step_loss: float | Tensor = torch.zeros((), device=accelerator.device) if sync_free else 0.0
     for _ in range(k):
         crops = next_crops()
         # accumulate: no DDP all-reduce and no optimizer step until the last micro-batch of the step
@@ -94,7 +104,7 @@ def train_step(
             loss = dino_loss(student_output, teacher_output, teacher_temp)
             # every rank must agree to stop, so the finiteness test uses the all-rank mean
             loss_all = accelerator.reduce(loss.detach().clone(), reduction="mean")
-            if not math.isfinite(loss_all.item()):
+            if not sync_free and not math.isfinite(loss_all.item()):
                 raise NonFiniteLossError(
                     f"loss is {loss_all.item()} at step {step_index} (0-based optimizer step); training "
                     f"stopped, last good checkpoint: {last_good or 'none saved yet'}"
@@ -102,18 +112,21 @@ def train_step(
             accelerator.backward(loss)  # divides by gradient_accumulation_steps
             center_sum += teacher_output.detach().float().sum(dim=0, keepdim=True)
             rows += teacher_output.shape[0]
-            step_loss += loss_all.item() / k
+            step_loss += (loss_all.float() if sync_free else loss_all.item()) / k
             if accelerator.sync_gradients:
                 if accelerator.mixed_precision == "fp16":
                     accelerator.unscale_gradients()
-                grad_norm = clip_gradients(student, clip_grad)
+                clip = clip_gradients_no_sync if sync_free else clip_gradients
+                grad_norm = clip(student, clip_grad)
                 cancel_gradients_last_layer(student, frozen=freeze_last_layer)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
     # once per optimizer step: center from all micro-batches of all ranks, then the teacher EMA
     center_sum = accelerator.reduce(center_sum, reduction="sum")
     # entropy of the last micro-batch's actual targets (centred softmax or Sinkhorn-Knopp), before the update
-    entropy = float(row_entropy(dino_loss.teacher_probs(teacher_output, teacher_temp)).mean())
+    entropy = None
+    if read_monitors:
+        entropy = float(row_entropy(dino_loss.teacher_probs(teacher_output, teacher_temp)).mean())
     dino_loss.update_center(center_sum, rows * accelerator.num_processes)
     with torch.no_grad():
         update_teacher(accelerator.unwrap_model(student), teacher, momentum)

@@ -168,6 +168,8 @@ class TileBatchStream:
             # own generator: creating an iterator must not advance the global (augmentation) RNG
             generator=torch.Generator().manual_seed(self.seed * 1_000_003 + pass_index),
             persistent_workers=False,
+            # page-locked batches: the host-to-GPU copy (non_blocking) overlaps with compute
+            pin_memory=torch.cuda.is_available(),
         )
         iterator = iter(loader)
         for _ in range(skip_batches):
