@@ -109,7 +109,9 @@ def _fold_of_groups(
     return fold, group_ids
 
 
-def _plan(fold: np.ndarray, group_ids: np.ndarray, split_of_fold: dict[int, str], index: int | None) -> SplitPlan:
+def _plan(
+    fold: np.ndarray, group_ids: np.ndarray, split_of_fold: dict[int, str], index: int | None
+) -> SplitPlan:
     splits = tuple(split_of_fold[int(f)] for f in fold)
     leaks = leaking_groups(group_ids, splits)
     if leaks:  # cannot happen with group-disjoint folds; checked so that a bug never passes silently
@@ -165,7 +167,9 @@ def stratified_group_split(
     m, per_split = _n_folds(fractions)
     if groups is None:
         return _exact_stratified(np.asarray(labels), fractions, seed)
-    fold, group_ids = _fold_of_groups(np.asarray(labels), None if groups is None else np.asarray(groups), m, seed)
+    fold, group_ids = _fold_of_groups(
+        np.asarray(labels), None if groups is None else np.asarray(groups), m, seed
+    )
     split_of_fold, next_fold = {}, 0
     for split in ("test", "validation", "train"):
         for _ in range(per_split[split]):
@@ -184,7 +188,9 @@ def grouped_kfold(labels: Sequence, groups: Sequence | None, k: int, seed: int =
     """
     if k < 3:
         raise SplitError(f"--folds {k}: cross-validation needs at least 3 folds (train, validation, test)")
-    fold, group_ids = _fold_of_groups(np.asarray(labels), None if groups is None else np.asarray(groups), k, seed)
+    fold, group_ids = _fold_of_groups(
+        np.asarray(labels), None if groups is None else np.asarray(groups), k, seed
+    )
     plans = []
     for i in range(k):
         split_of_fold = {f: "train" for f in range(k)}
@@ -223,8 +229,8 @@ def split_report(plan: SplitPlan, labels: Sequence, groups: Sequence | None) -> 
         idx = plan.indices(split)
         classes, counts = np.unique(labels[idx], return_counts=True)
         out[split] = {
-            "samples": int(len(idx)),
-            "groups": int(len(np.unique(group_ids[idx]))) if group_ids is not None else None,
+            "samples": len(idx),
+            "groups": len(np.unique(group_ids[idx])) if group_ids is not None else None,
             "class_counts": dict(zip(classes.tolist(), counts.tolist())),
         }
     return out

@@ -108,8 +108,10 @@ def test_same_seed_same_split_in_two_processes() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     import json
 
-    here = [list(stratified_group_split(labels, groups, seed=3).splits),
-            [list(p.splits) for p in grouped_kfold(labels, None, 4, seed=3)]]
+    here = [
+        list(stratified_group_split(labels, groups, seed=3).splits),
+        [list(p.splits) for p in grouped_kfold(labels, None, 4, seed=3)],
+    ]
     assert json.loads(out) == here
     assert stratified_group_split(labels, groups, seed=4).splits != tuple(here[0])
 
