@@ -9,6 +9,9 @@ their official layout is under ``--data_dir`` or ``--data_dir/<task>``). One fol
 ``--output_dir``: ``results.json``, ``report.md``, ``runs.png``, ``confusion_<split>.png``. Embeddings are
 cached under ``--embeddings_dir`` (default ``<output_dir>/embeddings``) and reused. For a local model folder
 the results are also added to its model card (``README.md`` model-index), unless ``--no_model_card``.
+
+With ``--dataset`` (a user's folder, tile table or embeddings file) the arguments go to
+``evaluation/cohort_probe.py`` instead: grouped splits / ``--folds K``, several ``--model``, bootstrap CIs.
 """
 
 from __future__ import annotations
@@ -183,6 +186,12 @@ def comparison_markdown(trained: dict[str, dict], random: dict[str, dict]) -> st
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
+    cohort_argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--dataset" or a.startswith("--dataset=") for a in cohort_argv):
+        # a user's own data: see cohort_probe.py
+        from pathfm.evaluation.cohort_probe import main as cohort_main
+
+        return cohort_main(cohort_argv)
     args = parse_args(argv)
     import torch
 
