@@ -5,7 +5,8 @@
         [--protocol pathfm-linear-v1|eva-linear] [--n_runs N] [--classes a,b,...] [--no_model_card]
 
 Input (see ``cohort_data.py``): a folder of class subfolders, a ``path,label[,group][,split]`` CSV/parquet,
-or precomputed embeddings (.npz / .parquet / .safetensors; then ``--model`` is not used).
+precomputed embeddings (.npz / .parquet / .safetensors; then ``--model`` is not used), or a slide manifest
+``slide,label[,group][,split][,mpp]`` (``cohort_slides.py``: mean-pooled tissue-tile embeddings per slide).
 
 Splits (``splits.py``): a ``split`` column is kept as given (a group found in two splits is printed as a
 leakage warning and recorded); otherwise a seeded, stratified, group-aware 60/20/20 split per
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 from pathfm.evaluation.bootstrap import paired_bootstrap
 from pathfm.evaluation.cohort_data import Cohort, CohortImages, load_cohort
+from pathfm.evaluation.cohort_slides import SlideManifest, SlideTiles, is_slide_manifest
 from pathfm.evaluation.embed import POOLINGS
 from pathfm.evaluation.probe_runner import METRICS, RunOptions, get_embeddings, probe_embeddings, summarize
 from pathfm.evaluation.protocol import PROTOCOLS, KnnConfig
@@ -63,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n_runs", type=int, default=None, help="head seeds per split (default: the protocol's)")
     p.add_argument("--max_steps", type=int, default=None, help="head steps (default: the protocol's)")
     p.add_argument("--classes", default=None, help="comma-separated class names in label order")
+    p.add_argument("--slide_mpp", type=float, default=1.0, help="tile µm/px for a slide manifest")
+    p.add_argument("--tiles_per_slide", type=int, default=64, help="tiles mean-pooled per slide (at most)")
     p.add_argument("--pooling", choices=POOLINGS, default="pooler_output")
     p.add_argument("--embeddings_dir", default=None, help="embedding cache (default <output_dir>/embeddings)")
     p.add_argument("--batch_size", type=int, default=64)
@@ -268,7 +272,9 @@ def comparison_report(entries: list[dict], pairs: list[dict], folder: Path) -> t
     return md, png
 
 
-def _model_entries(args: argparse.Namespace, cohort: Cohort, options: RunOptions, device: str) -> list[dict]:
+def _model_entries(
+    args: argparse.Namespace, cohort: Cohort, options: RunOptions, device: str, manifest: SlideManifest | None
+) -> list[dict]:
     """(label, model dict, embeddings (N, D), local_dir) for every model to evaluate, embedding as needed."""
     if cohort.embeddings is not None:
         if args.model:
@@ -286,12 +292,14 @@ def _model_entries(args: argparse.Namespace, cohort: Cohort, options: RunOptions
         raise ValueError(f"--dataset {cohort.source} holds tiles: give --model (one or more) to embed them")
     from pathfm.evaluation.backbone import load_backbone
 
-    task = CohortImages(cohort)
+    task = SlideTiles(manifest) if manifest is not None else CohortImages(cohort)
     entries = []
     for model_id in args.model:
         for random_init in (False, True) if args.compare_random_init else (False,):
             backbone = load_backbone(model_id, random_init=random_init, device=device)
             x = get_embeddings(backbone, task, options)[0]["all"]
+            if manifest is not None:  # (tiles, D) -> (slides, D): mean over each slide's tiles
+                x = manifest.cohort(x).embeddings
             label = model_id + (" (random init)" if random_init else "")
             print(f"[{label}] embedded {len(x)} tiles", flush=True)
             model = {
@@ -319,7 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
-    cohort = load_cohort(args.dataset, classes)
+    manifest = None
+    if is_slide_manifest(args.dataset):
+        manifest = SlideManifest(args.dataset, args.slide_mpp, args.tiles_per_slide, classes)
+        cohort = manifest.cohort(torch.zeros(len(manifest.tiles), 1))
+        cohort.embeddings = None  # computed per model from the tiles
+        print(f"{args.dataset}: {len(manifest.paths)} slides, {len(manifest.tiles)} tissue tiles", flush=True)
+    else:
+        cohort = load_cohort(args.dataset, classes)
     seeds = [int(s) for s in args.split_seeds.split(",") if s.strip()]
     try:
         plans, leaks, kind = make_plans(cohort, args.folds, seeds)
@@ -343,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(set(cohort.groups)) if cohort.groups else 'no'} groups, {kind} splits, seeds {sorted(plans)}",
         flush=True,
     )
-    entries = _model_entries(args, cohort, options, device)
+    entries = _model_entries(args, cohort, options, device, manifest)
     for e in entries:
         probes = probe_cohort(e["x"], cohort, plans, options)
         e["results"] = results_for(e["model"], cohort, probes, plans, leaks, kind, options, protocol)

@@ -189,3 +189,55 @@ def test_cli_given_split_with_leak_warns_and_errors_are_one_line(tmp_path: Path,
         capsys, monkeypatch, "--dataset", str(tmp_path / "no.csv"), "--output_dir", str(tmp_path)
     )
     assert code == 2 and err.strip().count("\n") == 0 and "no.csv: no such file" in err
+
+
+def _slide_manifest(tmp_path: Path, splits: list[str]) -> Path:
+    from pathfm.datasets_scripts.embedded import embedded_slides
+
+    rows = ["slide,label,group,split,mpp"]
+    for record, label, split in zip(embedded_slides(None), ("skin", "other", "skin"), splits, strict=True):
+        rows.append(f"{record.path},{label},{record.slide_id},{split},{record.mpp or ''}")
+    manifest = tmp_path / "slides.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+def test_slide_manifest_mean_pools_tissue_tiles(tmp_path: Path) -> None:
+    from pathfm.evaluation.cohort_slides import SlideManifest
+
+    manifest = SlideManifest(_slide_manifest(tmp_path, ["train"] * 3), max_tiles=4)
+    rows = [t[0] for t in manifest.tiles]
+    assert rows == [0] * 4 + [1] * 4 + [2] * 4
+    x = torch.arange(12 * 2, dtype=torch.float32).reshape(12, 2)
+    pooled = manifest.cohort(x).embeddings
+    torch.testing.assert_close(pooled, torch.stack([x[0:4].mean(0), x[4:8].mean(0), x[8:12].mean(0)]))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("slide,label\nnope.svs,a\n")
+    with pytest.raises(ValueError, match=r"bad.csv: row 1: slide .*nope.svs not found"):
+        SlideManifest(bad)
+
+
+def test_cli_slide_manifest_with_a_model(tmp_path: Path, tiny_model_dir: Path, capsys, monkeypatch) -> None:
+    manifest = _slide_manifest(tmp_path, ["train", "train", "validation"])
+    code, out, err = _run_cli(
+        capsys,
+        monkeypatch,
+        "--dataset",
+        str(manifest),
+        "--model",
+        str(tiny_model_dir),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--tiles_per_slide",
+        "2",
+        "--n_runs",
+        "1",
+        "--no_model_card",
+        "--num_workers",
+        "0",
+    )
+    assert code == 0, err
+    assert "3 slides, 6 tissue tiles" in out
+    res = json.loads(next((tmp_path / "o").glob("*/results.json")).read_text())
+    assert res["task"]["samples"] == 3 and res["model"]["embedding_dim"] > 0
+    assert set(res["linear_probe"]) == {"validation"}
