@@ -26,10 +26,12 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 import argparse
 import dataclasses
 import json
+import re
 import time
 
 from pathfm.evaluation.backbone import Backbone, load_backbone
 from pathfm.evaluation.card_results import update_model_card
+from pathfm.evaluation.compare import pairwise_bootstrap, task_comparison
 from pathfm.evaluation.embed import POOLINGS
 from pathfm.evaluation.head_export import save_probe_head
 from pathfm.evaluation.probe_runner import RunOptions, run_task
@@ -41,7 +43,12 @@ from pathfm.evaluation.tasks import TASKS, build_task, present_tasks
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments (see module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model folder (save_pretrained output) or Hub id")
+    p.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="model folder (save_pretrained output) or Hub id; repeat to compare models on the same splits",
+    )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag, commit)")
     p.add_argument(
         "--image_processor",
@@ -112,7 +119,11 @@ def _probe_config(args: argparse.Namespace) -> LinearProbeConfig:
 
 
 def _evaluate(
-    backbone: Backbone, names: list[str], args: argparse.Namespace, out_root: Path
+    backbone: Backbone,
+    names: list[str],
+    args: argparse.Namespace,
+    out_root: Path,
+    outcomes: dict | None = None,
 ) -> dict[str, dict]:
     options = RunOptions(
         embeddings_dir=Path(args.embeddings_dir or Path(args.output_dir) / "embeddings"),
@@ -159,6 +170,8 @@ def _evaluate(
                 head_paths = save_probe_head(target, outcome.best_fit.head, results)
                 print(f"  probe head: {head_paths[0]} + {head_paths[1].name}", flush=True)
         all_results[name] = results
+        if outcomes is not None:
+            outcomes[name] = outcome
     return all_results
 
 
@@ -204,11 +217,33 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    outcomes: dict[str, dict] = {}  # model label -> {task: TaskOutcome}, for the pairwise comparison
+    summaries = []
+    for model_id in args.model:
+        folder = out if len(args.model) == 1 else out / _slug(model_id)
+        summaries.append(_run_model(model_id, args, names, folder, device, outcomes))
+    summary = summaries[0] if len(summaries) == 1 else {"models": summaries}
+    if len(outcomes) > 1:
+        summary["comparison"] = str(_write_comparison(outcomes, names, out))
+    summary["wall_time_s"] = time.perf_counter() - start
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-60:] or "model"
+
+
+def _run_model(
+    model_id: str, args: argparse.Namespace, names: list[str], out: Path, device: str, outcomes: dict
+):
+    """Evaluate one model (and its random init with --compare_random_init) into ``out``; returns its summary."""
     backbone = load_backbone(
-        args.model, args.revision, args.image_processor, random_init=args.random_init, device=device
+        model_id, args.revision, args.image_processor, random_init=args.random_init, device=device
     )
     print(f"{PROTOCOL_NAME}: model {backbone.model_id} @ {backbone.revision}, tasks {names}", flush=True)
-    trained = _evaluate(backbone, names, args, out)
+    outcomes[model_id + (" (random init)" if args.random_init else "")] = mine = {}
+    trained = _evaluate(backbone, names, args, out, mine)
     protocols = sorted({r["protocol"]["name"] for r in trained.values()})
     summary = {
         "protocol": protocols[0] if len(protocols) == 1 else protocols,
@@ -218,15 +253,37 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.compare_random_init and not args.random_init:
         random_backbone = load_backbone(
-            args.model, args.revision, args.image_processor, random_init=True, device=device
+            model_id, args.revision, args.image_processor, random_init=True, device=device
         )
-        random = _evaluate(random_backbone, names, args, out / "random_init")
+        outcomes[f"{model_id} (random init)"] = theirs = {}
+        random = _evaluate(random_backbone, names, args, out / "random_init", theirs)
         (out / "comparison.md").write_text(comparison_markdown(trained, random))
         summary["random_init_tasks"] = {n: str(out / "random_init" / n / "results.json") for n in names}
         print((out / "comparison.md").read_text(), flush=True)
-    summary["wall_time_s"] = time.perf_counter() - start
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return 0
+    return summary
+
+
+def _write_comparison(outcomes: dict[str, dict], names: list[str], out: Path) -> Path:
+    """``comparison_ci.md`` + one PNG per task: every model, paired bootstrap CI of every difference."""
+    sections = [f"# Model comparison ({PROTOCOL_NAME}, paired bootstrap over test samples)", ""]
+    pairs_json = {}
+    for name in names:
+        per_model = {label: o[name] for label, o in outcomes.items()}
+        first = next(iter(per_model.values()))
+        split = "test" if "test" in first.predictions else "validation"
+        pairs = pairwise_bootstrap(
+            first.targets[split],
+            {label: o.predictions[split] for label, o in per_model.items()},
+            len(first.results["task"]["classes"]),
+        )
+        pairs_json[name] = pairs
+        results = {label: o.results for label, o in per_model.items()}
+        sections.append(task_comparison(name, split, results, pairs, out))
+    (out / "comparison_ci.json").write_text(json.dumps(pairs_json, indent=2))
+    path = out / "comparison_ci.md"
+    path.write_text("\n".join(sections))
+    print(path.read_text(), flush=True)
+    return path
 
 
 def cli() -> int:

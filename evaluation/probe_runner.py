@@ -56,11 +56,18 @@ class RunOptions:
 
 @dataclass
 class TaskOutcome:
-    """Result dict plus the objects reports and head export need."""
+    """Result dict plus the objects reports, head export and model comparison need.
+
+    Attributes:
+        predictions: ``{split: (M,) int64}`` arg-max of the class scores averaged over the seeds' heads.
+        targets: ``{split: (M,) int64}`` reference classes, same order.
+    """
 
     results: dict
     best_fit: HeadFit
     embedding_dim: int
+    predictions: dict = field(default_factory=dict)
+    targets: dict = field(default_factory=dict)
 
 
 def summarize(values: list[float]) -> dict:
@@ -302,5 +309,11 @@ def run_task(backbone: Backbone, task: EvalTask, options: RunOptions) -> TaskOut
         "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     return TaskOutcome(
-        results=results, best_fit=fits[best_index], embedding_dim=int(embeddings["train"].shape[1])
+        results=results,
+        best_fit=fits[best_index],
+        embedding_dim=int(embeddings["train"].shape[1]),
+        predictions={
+            s: torch.stack(p).mean(dim=0).argmax(dim=1).numpy() for s, p in probes.probabilities.items()
+        },
+        targets={s: targets[s].numpy() for s in eval_splits},
     )

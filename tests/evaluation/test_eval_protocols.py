@@ -70,3 +70,37 @@ def test_knn_k_is_clipped_with_a_warning() -> None:
     with pytest.warns(UserWarning, match=r"k=20 but the training split holds 3 embeddings; using k=3"):
         pred, scores = knn_predict(train, torch.tensor([0, 1, 0]), torch.tensor([[1.0, 0.1]]), 2)
     assert pred.tolist() == [0] and scores.shape == (1, 2)
+
+
+def test_linear_probe_comparison_report_with_cis(tmp_path) -> None:
+    import json
+
+    import numpy as np
+    from pathfm.evaluation.linear_probe import _write_comparison
+    from pathfm.evaluation.probe_runner import TaskOutcome, summarize
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    good = np.where(rng.random(200) < 0.9, y, 1 - y)  # 90 % right
+    noise = rng.integers(0, 2, 200)
+
+    def outcome(pred):
+        bacc = summarize([0.9, 0.88])
+        res = {
+            "task": {"classes": ["a", "b"]},
+            "linear_probe": {"test": {"balanced_accuracy": bacc}},
+            "knn_probe": {"test": {"balanced_accuracy": 0.8}},
+        }
+        return TaskOutcome(res, None, 4, predictions={"test": pred}, targets={"test": y})
+
+    outcomes = {
+        "good": {"t": outcome(good)},
+        "noise": {"t": outcome(noise)},
+        "good copy": {"t": outcome(good)},
+    }
+    path = _write_comparison(outcomes, ["t"], tmp_path)
+    pairs = json.loads((tmp_path / "comparison_ci.json").read_text())["t"]
+    by = {(p["model_a"], p["model_b"]): p for p in pairs}
+    assert by[("good", "noise")]["excludes_zero"] and by[("good", "noise")]["ci_low"] > 0.2
+    assert by[("good", "good copy")]["ci_low"] <= 0 <= by[("good", "good copy")]["ci_high"]
+    assert (tmp_path / "comparison_t.png").is_file() and "| good | noise |" in path.read_text()
