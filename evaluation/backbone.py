@@ -108,6 +108,7 @@ def load_backbone(
     Raises:
         BackboneError: missing preprocessor_config.json (and no ``image_processor``), unloadable model.
     """
+    from pathfm.modeling.loading import ModelFolderError, load_checked
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
     local = Path(model_id).is_dir()
@@ -117,6 +118,13 @@ def load_backbone(
         raise BackboneError(
             f"--model {model_id}: not a model folder (no config.json; expected save_pretrained output)"
         )
+    if local:
+        try:
+            json.loads((Path(model_id) / "config.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BackboneError(
+                f"{Path(model_id) / 'config.json'} is not valid JSON ({err}): re-export the model (save_pretrained)"
+            ) from None
     local_dir = Path(model_id).resolve() if local else None
     processor_source = image_processor or model_id
     if Path(processor_source).is_dir() and not (Path(processor_source) / PROCESSOR_FILE).is_file():
@@ -143,12 +151,12 @@ def load_backbone(
             config_hash = hashlib.sha256(config.to_json_string().encode()).hexdigest()[:12]
             revision_id = f"random-init-seed{seed}-config-{config_hash}"
         else:
-            model = AutoModel.from_pretrained(model_id, revision=revision)
+            model = load_checked(AutoModel, model_id, local, revision=revision)
             revision_id = (
                 folder_revision(local_dir) if local_dir is not None else _hub_commit(model_id, revision)
             )
-    except OSError as err:
-        raise BackboneError(f"cannot load model {model_id!r}: {err}") from err
+    except (OSError, ModelFolderError) as err:
+        raise BackboneError(f"cannot load model {model_id!r}: {err}") from None
     model.eval().requires_grad_(False).to(device)
     return Backbone(
         model=model,

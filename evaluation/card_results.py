@@ -21,6 +21,8 @@ def eval_results_for(results: dict) -> list[EvalResult]:
     out = []
     for split, metrics in results["linear_probe"].items():
         for metric, label in CARD_METRICS.items():
+            if metrics[metric]["mean"] is None:  # undefined (AUROC of a single-class split): no card entry
+                continue
             out.append(
                 EvalResult(
                     task_type="image-classification",

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from pathfm.evaluation.backbone import Backbone
-from pathfm.evaluation.tasks.base import EvalTask, Sample
+from pathfm.evaluation.protocol import POOLINGS
+from pathfm.evaluation.tasks.base import EvalTask, Sample, TaskDataError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-
-POOLINGS = ("pooler_output", "cls_mean")
 
 
 class TaskImages(Dataset):
@@ -36,7 +35,13 @@ class TaskImages(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> Tensor:
-        image = self.task.load_image(self.samples[index].source)
+        source = self.samples[index].source
+        try:
+            image = self.task.load_image(source)
+        except TaskDataError:
+            raise
+        except Exception as err:  # noqa: BLE001  (PIL, h5py, tifffile, openslide raise many types)
+            raise TaskDataError(f"cannot read {source}: {type(err).__name__}: {err}") from None
         if not image.flags.writeable:  # torch.from_numpy in the processor warns on read-only arrays
             image = image.copy()
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
@@ -108,7 +113,7 @@ def embed_samples(
     start = time.perf_counter()
     every = max(1, len(loader) // 10)
     with torch.inference_mode():
-        for i, pixel_values in enumerate(loader):
+        for i, pixel_values in enumerate(_one_line_errors(loader)):
             outputs = backbone.model(pixel_values=pixel_values.to(device))
             chunks.append(pool(outputs, pooling, registers).float().cpu())
             if progress and (i + 1) % every == 0:
@@ -118,6 +123,18 @@ def embed_samples(
     seconds = time.perf_counter() - start
     embeddings = torch.cat(chunks) if chunks else torch.zeros(0, 0)
     return embeddings, {"seconds": seconds, "images_per_second": len(samples) / max(seconds, 1e-9)}
+
+
+def _one_line_errors(loader: DataLoader) -> Iterator[Tensor]:
+    """Iterate ``loader``; a :class:`TaskDataError` raised in a worker process comes back as the worker's
+    one-line message (torch re-raises it with the worker's traceback folded into the text)."""
+    try:
+        yield from loader
+    except TaskDataError as err:
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        if len(lines) > 1 and "Traceback" in str(err):
+            raise TaskDataError(lines[-1].split("TaskDataError: ", 1)[-1]) from None
+        raise
 
 
 def targets_of(samples: Sequence[Sample]) -> Tensor:

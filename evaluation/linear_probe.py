@@ -28,16 +28,13 @@ import dataclasses
 import json
 import re
 import time
+from typing import TYPE_CHECKING
 
-from pathfm.evaluation.backbone import Backbone, load_backbone
-from pathfm.evaluation.card_results import update_model_card
-from pathfm.evaluation.compare import pairwise_bootstrap, task_comparison
-from pathfm.evaluation.embed import POOLINGS
-from pathfm.evaluation.head_export import save_probe_head
-from pathfm.evaluation.probe_runner import RunOptions, run_task
-from pathfm.evaluation.protocol import PROTOCOL_NAME, KnnConfig, LinearProbeConfig
-from pathfm.evaluation.report import write_task_outputs
-from pathfm.evaluation.tasks import TASKS, build_task, present_tasks
+from pathfm.evaluation.protocol import POOLINGS, PROTOCOL_NAME, KnnConfig, LinearProbeConfig
+from pathfm.evaluation.tasks import TASKS, absent_tasks, build_task, present_tasks
+
+if TYPE_CHECKING:  # torch-heavy modules are imported where used, so that --help returns at once
+    from pathfm.evaluation.backbone import Backbone
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def resolve_tasks(spec: str, data_dir: str | None) -> list[str]:
     """Task names from ``--task`` (``all`` = every task whose data is present)."""
     if spec == "all":
+        for name, reason in absent_tasks(data_dir).items():
+            print(f"skipped {name}: {reason}", flush=True)
         return present_tasks(data_dir)
     names = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [n for n in names if n not in TASKS]
@@ -125,6 +124,11 @@ def _evaluate(
     out_root: Path,
     outcomes: dict | None = None,
 ) -> dict[str, dict]:
+    from pathfm.evaluation.card_results import update_model_card
+    from pathfm.evaluation.head_export import save_probe_head
+    from pathfm.evaluation.probe_runner import RunOptions, run_task
+    from pathfm.evaluation.report import write_task_outputs
+
     options = RunOptions(
         embeddings_dir=Path(args.embeddings_dir or Path(args.output_dir) / "embeddings"),
         pooling=args.pooling,
@@ -238,6 +242,8 @@ def _run_model(
     model_id: str, args: argparse.Namespace, names: list[str], out: Path, device: str, outcomes: dict
 ):
     """Evaluate one model (and its random init with --compare_random_init) into ``out``; returns its summary."""
+    from pathfm.evaluation.backbone import load_backbone
+
     backbone = load_backbone(
         model_id, args.revision, args.image_processor, random_init=args.random_init, device=device
     )
@@ -265,6 +271,8 @@ def _run_model(
 
 def _write_comparison(outcomes: dict[str, dict], names: list[str], out: Path) -> Path:
     """``comparison_ci.md`` + one PNG per task: every model, paired bootstrap CI of every difference."""
+    from pathfm.evaluation.compare import pairwise_bootstrap, task_comparison
+
     sections = [f"# Model comparison ({PROTOCOL_NAME}, paired bootstrap over test samples)", ""]
     pairs_json = {}
     for name in names:

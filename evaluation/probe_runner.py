@@ -6,6 +6,7 @@ The result dict is what ``results.json`` holds (see ``report.py`` for the files 
 from __future__ import annotations
 
 import datetime
+import math
 import platform
 import statistics
 import time
@@ -71,11 +72,25 @@ class TaskOutcome:
 
 
 def summarize(values: list[float]) -> dict:
-    """``{"mean", "std" (sample, ddof=1; None for one value), "values"}``."""
+    """``{"mean", "std" (sample, ddof=1; None for one value), "values"}``.
+
+    An undefined value (NaN: AUROC of a split with a single class) is stored as None, and then the mean and
+    std are None too: results.json stays valid JSON and the report says "undefined".
+    """
+    if not all(math.isfinite(v) for v in values):
+        return {"mean": None, "std": None, "values": [float(v) if math.isfinite(v) else None for v in values]}
     return {
         "mean": float(statistics.fmean(values)),
         "std": float(statistics.stdev(values)) if len(values) > 1 else None,
         "values": [float(v) for v in values],
+    }
+
+
+def _finite_or_none(scores: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
+    """k-NN scores per split with NaN (undefined AUROC) replaced by None."""
+    return {
+        split: {m: float(v) if math.isfinite(v) else None for m, v in metrics.items()}
+        for split, metrics in scores.items()
     }
 
 
@@ -288,7 +303,7 @@ def run_task(backbone: Backbone, task: EvalTask, options: RunOptions) -> TaskOut
             },
         },
         "linear_probe": {s: {m: summarize(per_split[s][m]) for m in METRICS} for s in eval_splits},
-        "knn_probe": knn,
+        "knn_probe": _finite_or_none(knn),
         "runs": runs,
         "best_run": {
             "seed": fits[best_index].seed,

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 PROTOCOL_FAMILY = "pathfm-linear"
 PROTOCOL_VERSION = 1
 PROTOCOL_NAME = f"{PROTOCOL_FAMILY}-v{PROTOCOL_VERSION}"
+POOLINGS = ("pooler_output", "cls_mean")
+"""Backbone features a probe is trained on: ``pooler_output`` or CLS + patch-token mean (pathfm.evaluation.embed)."""
 
 
 @dataclass(frozen=True)

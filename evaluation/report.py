@@ -14,9 +14,19 @@ import numpy as np
 METRIC_LABELS = {"balanced_accuracy": "balanced accuracy", "f1_macro": "macro F1", "auroc": "AUROC"}
 
 
+UNDEFINED = "undefined"
+"""Shown for a metric with no value (AUROC of a split with a single class)."""
+
+
 def _fmt(summary: dict) -> str:
     std = summary["std"]
+    if summary["mean"] is None:
+        return UNDEFINED
     return f"{summary['mean']:.3f} ± {std:.3f}" if std is not None else f"{summary['mean']:.3f}"
+
+
+def _fmt_value(value: float | None) -> str:
+    return UNDEFINED if value is None else f"{value:.3f}"
 
 
 def plot_runs(results: dict, path: Path) -> Path:
@@ -25,9 +35,11 @@ def plot_runs(results: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(METRIC_LABELS), figsize=(4 * len(METRIC_LABELS), 3.2), squeeze=False)
     for ax, (metric, label) in zip(axes[0], METRIC_LABELS.items()):
         for i, split in enumerate(splits):
-            values = results["linear_probe"][split][metric]["values"]
+            values = [v for v in results["linear_probe"][split][metric]["values"] if v is not None]
             ax.scatter(np.full(len(values), i), values, label=f"linear ({split})", alpha=0.8)
-            ax.scatter([i + 0.2], [results["knn_probe"][split][metric]], marker="x", color="k")
+            knn = results["knn_probe"][split][metric]
+            if knn is not None:
+                ax.scatter([i + 0.2], [knn], marker="x", color="k")
         ax.set_xticks(range(len(splits)), splits)
         ax.set_title(label)
         ax.set_ylim(-0.02, 1.02)
@@ -86,7 +98,12 @@ def markdown_report(results: dict, plots: list[str]) -> str:
             f"| linear (mean ± sd) | {split} | " + " | ".join(_fmt(metrics[m]) for m in METRIC_LABELS) + " |"
         )
     for split, metrics in results["knn_probe"].items():
-        lines.append(f"| k-NN | {split} | " + " | ".join(f"{metrics[m]:.3f}" for m in METRIC_LABELS) + " |")
+        lines.append(
+            f"| k-NN | {split} | " + " | ".join(_fmt_value(metrics[m]) for m in METRIC_LABELS) + " |"
+        )
+    one_class = [s for s, counts in task.get("class_counts", {}).items() if sum(c > 0 for c in counts) < 2]
+    if one_class:
+        lines += ["", f"AUROC undefined on {', '.join(one_class)}: the split holds a single class."]
     wall = results["wall_time_s"]
     lines += [
         "",

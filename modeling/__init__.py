@@ -8,9 +8,36 @@ next to the weights (loadable elsewhere with ``trust_remote_code=True``).
 
 from __future__ import annotations
 
-from .configuration_pathfm_vit import PRESETS, TIMM_ARCHITECTURES, PathFMViTConfig
-from .image_processing_pathfm_vit import KAIKO_MEAN, KAIKO_STD, PathFMViTImageProcessor
-from .modeling_pathfm_vit import PathFMViTForImageClassification, PathFMViTModel, PathFMViTPreTrainedModel
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .configuration_pathfm_vit import PRESETS, TIMM_ARCHITECTURES, PathFMViTConfig
+    from .image_processing_pathfm_vit import KAIKO_MEAN, KAIKO_STD, PathFMViTImageProcessor
+    from .modeling_pathfm_vit import PathFMViTForImageClassification, PathFMViTModel, PathFMViTPreTrainedModel
+
+_SUBMODULE_OF = {
+    "PRESETS": "configuration_pathfm_vit",
+    "TIMM_ARCHITECTURES": "configuration_pathfm_vit",
+    "PathFMViTConfig": "configuration_pathfm_vit",
+    "KAIKO_MEAN": "image_processing_pathfm_vit",
+    "KAIKO_STD": "image_processing_pathfm_vit",
+    "PathFMViTImageProcessor": "image_processing_pathfm_vit",
+    "PathFMViTForImageClassification": "modeling_pathfm_vit",
+    "PathFMViTModel": "modeling_pathfm_vit",
+    "PathFMViTPreTrainedModel": "modeling_pathfm_vit",
+}
+"""Public name -> submodule; imported on first access (PEP 562), so that a command's ``--help`` that needs
+only the presets does not import torch and torchvision."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULE_OF:
+        value = getattr(importlib.import_module(f".{_SUBMODULE_OF[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _REGISTERED = False
 
@@ -31,6 +58,10 @@ def register_auto_classes() -> None:
         AutoModel,
         AutoModelForImageClassification,
     )
+
+    from .configuration_pathfm_vit import PathFMViTConfig
+    from .image_processing_pathfm_vit import PathFMViTImageProcessor
+    from .modeling_pathfm_vit import PathFMViTForImageClassification, PathFMViTModel
 
     AutoConfig.register(PathFMViTConfig.model_type, PathFMViTConfig, exist_ok=True)
     AutoModel.register(PathFMViTConfig, PathFMViTModel, exist_ok=True)

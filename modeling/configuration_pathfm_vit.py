@@ -118,7 +118,13 @@ class PathFMViTConfig(PretrainedConfig):
             (timm default, ``no_embed_class=False``). ``False`` = only patch positions (timm
             ``no_embed_class=True``, DINOv2 checkpoints); prefix tokens then get no position embedding.
         drop_path_rate: Stochastic depth rate, linearly increasing from 0 at the first block to this value at
-            the last (timm ``drop_path_rate``).
+            the last (timm ``drop_path_rate``), or the same in every block with ``drop_path_uniform``.
+        drop_path_uniform: Use ``drop_path_rate`` in every block (DINOv2's ``drop_path_uniform: true`` for
+            ViT-L/g) instead of the linear ramp.
+        use_mask_token: Add a learned ``embeddings.mask_token`` (1, D) that replaces the patch embeddings
+            where ``bool_masked_pos`` is True (iBOT / DINOv2 student crops; transformers ViT
+            ``use_mask_token``).
+            Off by default so that checkpoints without it load unchanged.
         attention_probs_dropout_prob: Dropout on attention probabilities.
         hidden_dropout_prob: Dropout on embeddings, attention output and MLP activations/outputs.
         initializer_range: Std of the truncated-normal init of linear layers and position embeddings.
@@ -149,6 +155,8 @@ class PathFMViTConfig(PretrainedConfig):
     layerscale_value: float | None = None
     pos_embed_has_prefix_tokens: bool = True
     drop_path_rate: float = 0.0
+    drop_path_uniform: bool = False
+    use_mask_token: bool = False
     attention_probs_dropout_prob: float = 0.0
     hidden_dropout_prob: float = 0.0
     initializer_range: float = 0.02

@@ -39,20 +39,28 @@ import math
 import re
 import sys
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 try:
     from .configuration_pathfm_vit import PRESETS, TIMM_ARCHITECTURES, PathFMViTConfig
-    from .image_processing_pathfm_vit import PathFMViTImageProcessor
-    from .modeling_pathfm_vit import PathFMViTModel
 except ImportError:  # run as a script: `python modeling/convert_timm_to_pathfm.py`
     from pathfm.modeling.configuration_pathfm_vit import PRESETS, TIMM_ARCHITECTURES, PathFMViTConfig
-    from pathfm.modeling.image_processing_pathfm_vit import PathFMViTImageProcessor
+
+if TYPE_CHECKING:  # torch and the model classes are imported where used, so that --help returns at once
+    import torch
     from pathfm.modeling.modeling_pathfm_vit import PathFMViTModel
 
 logger = logging.getLogger(__name__)
+
+
+def _model_class() -> type[PathFMViTModel]:
+    """:class:`PathFMViTModel`, imported on first use (relative when imported as a package module)."""
+    try:
+        from .modeling_pathfm_vit import PathFMViTModel
+    except ImportError:  # run as a script
+        from pathfm.modeling.modeling_pathfm_vit import PathFMViTModel
+    return PathFMViTModel
+
 
 # (timm regex, pathfm template); applied to whole keys, first match wins
 _TIMM_TO_PATHFM: list[tuple[str, str]] = [
@@ -96,8 +104,10 @@ def _rename(key: str, table: list[tuple[str, str]]) -> str | None:
 
 def _expected_shapes(config: PathFMViTConfig) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of ``PathFMViTModel(config)`` (built on the meta device: no memory, no init)."""
+    import torch
+
     with torch.device("meta"):
-        model = PathFMViTModel(config)
+        model = _model_class()(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -196,6 +206,8 @@ def pathfm_to_timm_state_dict(
 
 
 def _unwrap(obj: object, source: str) -> dict[str, torch.Tensor]:
+    import torch
+
     """Find the tensor dict inside a training checkpoint and strip wrapper prefixes (``module.``,
     ``backbone.``, ...)."""
     while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -244,9 +256,20 @@ def read_timm_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
     if path.suffix == ".safetensors":
-        obj: object = load_file(str(path))
+        from safetensors.torch import load_file
+
+        try:
+            obj: object = load_file(str(path))
+        except Exception as err:  # noqa: BLE001  (safetensors' own error type for a truncated header)
+            raise CheckpointMismatchError(f"{path}: truncated or not a safetensors file ({err}).") from None
     else:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        import torch
+
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, ValueError) as err:
+            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointMismatchError(f"{path}: not a readable torch checkpoint ({text}).") from None
     return _unwrap(obj, str(path))
 
 
@@ -285,8 +308,18 @@ def load_pretrained_backbone(path: str, preset: str, **overrides) -> PathFMViTMo
     src = Path(path)
     if src.is_dir():
         config_file = src / "config.json"
-        if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "pathfm_vit":
-            model = PathFMViTModel.from_pretrained(str(src), **overrides)
+        try:
+            model_type = (
+                json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
+            )
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointMismatchError(f"{config_file}: not valid JSON ({err}).") from None
+        if model_type == "pathfm_vit":
+            try:
+                from .loading import load_checked
+            except ImportError:  # run as a script
+                from pathfm.modeling.loading import load_checked
+            model = load_checked(_model_class(), str(src), is_folder=True, **overrides)
             reference = PathFMViTConfig.from_preset(preset)
             fields = (
                 "hidden_size",
@@ -327,7 +360,7 @@ def load_pretrained_backbone(path: str, preset: str, **overrides) -> PathFMViTMo
         )
         config = PathFMViTConfig.from_preset(preset, **{**overrides, "image_size": side * config.patch_size})
     state = timm_to_pathfm_state_dict(timm_sd, config, source=str(src))
-    model = PathFMViTModel(config)
+    model = _model_class()(config)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -347,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
         help="reverse: read a pathfm folder, write <output_dir>/model.safetensors in timm layout",
     )
     args = parser.parse_args(argv)
+    from safetensors.torch import save_file
+
+    try:
+        from .image_processing_pathfm_vit import PathFMViTImageProcessor
+    except ImportError:  # run as a script
+        from pathfm.modeling.image_processing_pathfm_vit import PathFMViTImageProcessor
     out = Path(args.output_dir)
     overrides = {"pooling": args.pooling} if args.pooling else {}
     model = load_pretrained_backbone(args.checkpoint, args.arch, **overrides)

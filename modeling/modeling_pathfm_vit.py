@@ -92,6 +92,7 @@ class PathFMViTEmbeddings(nn.Module):
             if config.num_register_tokens
             else None
         )
+        self.mask_token = nn.Parameter(torch.zeros(1, config.hidden_size)) if config.use_mask_token else None
         self.patch_embeddings = PathFMViTPatchEmbeddings(config)
         num_positions = self.num_pos_prefix + self.grid_size[0] * self.grid_size[1]
         self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, config.hidden_size))
@@ -130,19 +131,38 @@ class PathFMViTEmbeddings(nn.Module):
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, rows * cols, dim).to(pos.dtype)
         return torch.cat([prefix, patch_pos], dim=1)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Embed images into the token sequence.
 
         Args:
             pixel_values: (B, C, H, W), H and W multiples of ``patch_size``.
+            bool_masked_pos: Optional bool (B, (H / patch) * (W / patch)); True patches are replaced by
+                ``mask_token`` before the position embedding is added (as dinov2's
+                ``prepare_tokens_with_masks`` and transformers' ViT / Dinov2 embeddings).
 
         Returns:
             (B, 1 + registers + (H / patch) * (W / patch), D) tokens in the order CLS, registers, patches
             (row-major).
+
+        Raises:
+            ValueError: If ``bool_masked_pos`` is given without ``config.use_mask_token``, or has the wrong
+                shape.
         """
         patches = self.patch_embeddings(pixel_values)
         batch, rows, cols, dim = patches.shape
         patches = patches.reshape(batch, rows * cols, dim)
+        if bool_masked_pos is not None:
+            if self.mask_token is None:
+                raise ValueError("bool_masked_pos needs a model whose config has use_mask_token=True.")
+            if tuple(bool_masked_pos.shape) != (batch, rows * cols):
+                raise ValueError(
+                    f"bool_masked_pos must be (batch, num_patches) = {(batch, rows * cols)}, "
+                    f"got {tuple(bool_masked_pos.shape)}."
+                )
+            mask = bool_masked_pos.to(torch.bool).unsqueeze(-1)
+            patches = torch.where(mask, self.mask_token.to(patches.dtype).unsqueeze(0), patches)
         pos = self.interpolate_pos_encoding(rows, cols)
         prefix = [self.cls_token.expand(batch, -1, -1)]
         if self.register_tokens is not None:
@@ -289,7 +309,8 @@ class PathFMViTPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         """timm-style init: truncated normal (std ``initializer_range``) for linear layers and position
-        embeddings, CLS / registers normal std 1e-6, LayerNorm (1, 0), LayerScale gamma = ``layerscale_value``."""
+        embeddings, CLS / registers normal std 1e-6, mask token 0, LayerNorm (1, 0), LayerScale gamma =
+        ``layerscale_value``."""
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             init.trunc_normal_(module.weight, mean=0.0, std=std)
@@ -301,6 +322,8 @@ class PathFMViTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, PathFMViTEmbeddings):
             init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
             init.normal_(module.cls_token, mean=0.0, std=1e-6)
+            if module.mask_token is not None:
+                init.zeros_(module.mask_token)
             if module.register_tokens is not None:
                 init.normal_(module.register_tokens, mean=0.0, std=1e-6)
         elif isinstance(module, PathFMViTLayerScale):
@@ -344,7 +367,10 @@ class PathFMViTModel(PathFMViTPreTrainedModel):
     def __init__(self, config: PathFMViTConfig) -> None:
         super().__init__(config)
         self.embeddings = PathFMViTEmbeddings(config)
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
+        if config.drop_path_uniform:
+            rates = [config.drop_path_rate] * config.num_hidden_layers
+        else:
+            rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
         self.layers = nn.ModuleList([PathFMViTLayer(config, drop_path=rate) for rate in rates])
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
@@ -372,6 +398,7 @@ class PathFMViTModel(PathFMViTPreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -382,6 +409,8 @@ class PathFMViTModel(PathFMViTPreTrainedModel):
         Args:
             pixel_values: (B, C, H, W) float tensor, H and W any multiples of ``patch_size`` px (position
                 embeddings are interpolated from the native grid when the size differs).
+            bool_masked_pos: Optional bool (B, num_patches): patches to replace by the learned mask token
+                (needs ``config.use_mask_token``); see :meth:`PathFMViTEmbeddings.forward`.
             output_attentions: Also return per-layer attention probabilities, each (B, heads, N, N)
                 (computed with eager attention).
             output_hidden_states: Also return the embeddings and each block's output (pre final norm), a tuple
@@ -411,7 +440,7 @@ class PathFMViTModel(PathFMViTPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
 
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
-        hidden_states = self.embeddings(pixel_values)
+        hidden_states = self.embeddings(pixel_values, bool_masked_pos)
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:

@@ -1,11 +1,58 @@
 """pathfm: pathology foundation models in the Hugging Face ecosystem.
 
-Importing ``pathfm`` registers the ``pathfm_vit`` model type with the transformers Auto classes.
+Importing ``pathfm`` registers the ``pathfm_vit`` model type with the transformers Auto classes, except in
+a process started only to print one of pathfm's command-line ``--help`` texts (see :func:`help_only`): it
+never builds a model, and registration costs ~3 s of torch / torchvision imports on 2 cores. The ``pathfm``
+console script (:mod:`pathfm.cli`) registers once it knows its command is not ``--help``.
 """
+
+import sys as _sys
+from pathlib import Path as _Path
 
 __version__ = "0.1.0"
 
-from pathfm.modeling import register_auto_classes as _register
+ENTRY_FOLDERS = frozenset({"pathfm", "training", "evaluation", "datasets_scripts", "modeling", "spaces"})
+"""Folders (source tree or installed package) whose scripts are pathfm's command-line entry points."""
 
-_register()
 
+def help_only(argv: list[str]) -> bool:
+    """Whether ``argv`` (``sys.argv``) runs a pathfm entry point just to print its help.
+
+    Args:
+        argv: Program path followed by its arguments.
+
+    Returns:
+        True when ``-h`` / ``--help`` is among the arguments and the program is the ``pathfm`` console
+        script or a ``.py`` file under one of :data:`ENTRY_FOLDERS` of this source tree / installed package.
+    """
+    if len(argv) < 2 or not {"-h", "--help"} & set(argv[1:]):
+        return False
+    program = _Path(argv[0])
+    if program.name == "pathfm":
+        return True
+    package = _Path(__file__).resolve().parent
+    try:
+        program = program.resolve()
+    except OSError:
+        return False
+    for root in (package, package.parent):
+        try:
+            relative = program.relative_to(root)
+        except ValueError:
+            continue
+        if program.suffix == ".py" and len(relative.parts) > 1 and relative.parts[0] in ENTRY_FOLDERS:
+            return True
+        if root == package and program.suffix == ".py":
+            return True
+    return False
+
+
+def _console_script(argv: list[str]) -> bool:
+    """The ``pathfm`` console script registers the classes itself, once it knows the command needs them."""
+    return bool(argv) and _Path(argv[0]).name == "pathfm"
+
+
+if not (help_only(_sys.argv) or _console_script(_sys.argv)):
+    from pathfm.modeling import register_auto_classes as _register
+
+    _register()

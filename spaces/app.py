@@ -3,6 +3,7 @@
 Run from the repository root::
 
     python spaces/app.py            # http://127.0.0.1:7860 (GRADIO_SERVER_PORT to change the port)
+    python spaces/app.py --help     # the settings; starts nothing
 
 Settings are environment variables (see :mod:`pathfm.spaces.space_config`): PATHFM_SPACE_MODEL (folder or Hub
 id; default ``outputs/dino/model`` when present, else the ``tiny`` preset with random weights and a warning),
@@ -15,20 +16,20 @@ file only wires the UI; the work is done in :mod:`pathfm.spaces.space_handlers` 
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Before gradio / huggingface_hub are imported: no usage analytics, no telemetry, no version check.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("GRADIO_ALLOW_FLAGGING", "never")
 
-import gradio as gr
-from pathfm.spaces.image_input import set_pil_pixel_limit
-from pathfm.spaces.slide_views import SLIDE_SUFFIXES
-from pathfm.spaces.space_config import SpaceConfig
-from pathfm.spaces.space_handlers import SpaceHandlers, gallery_paths
-from pathfm.spaces.tile_gallery import example_tiles
+if TYPE_CHECKING:  # gradio and torch are imported by build_demo / main, so that --help returns at once
+    import gradio as gr
+    from pathfm.spaces.space_config import SpaceConfig
 
 API_NAMES = ("load_model", "analyze_tile", "analyze_slide", "classify_tile")
 """Every endpoint of the Space."""
@@ -41,7 +42,29 @@ INTRO = """# pathfm: see what the model sees
 gallery of real H&E tiles (cosine similarity) and the embedding as a file. **Slide**: tissue mask, sampled grid
 tiles at a chosen µm/px, and the slide painted by the PCA colours of its tile embeddings. **Classify** appears
 when the model folder holds a linear probe head written by the evaluation (`probe_head.safetensors` + `.json`).
+Tile images of any size and shape up to **{max_mp:g} MP** are accepted; the model sees their center square
+resized to its input size. Uploads and results are deleted when you close the page (or after {max_age}).
 """
+
+ENVIRONMENT_HELP = """settings (environment variables):
+  GRADIO_SERVER_NAME / GRADIO_SERVER_PORT   interface and port (default 127.0.0.1:7860)
+  PATHFM_SPACE_MODEL       default model: folder or Hub id (default outputs/dino/model, else random tiny)
+  PATHFM_SPACE_MODELS      extra dropdown entries, comma-separated
+  PATHFM_SPACE_MODEL_DIRS  folders searched for model folders at each page load (default outputs)
+  PATHFM_SPACE_MAX_TILE_MP largest tile image in megapixels (default 40)
+  PATHFM_SPACE_MAX_SLIDE_MB / PATHFM_SPACE_MAX_SLIDE_TILES   slide upload size and tiles embedded
+  PATHFM_SPACE_CACHE       folder of gallery tiles and downloads; PATHFM_SPACE_FILE_AGE_S: file lifetime (s)
+"""
+
+
+def _age_text(seconds: int) -> str:
+    return (
+        f"{seconds / 3600:g} h"
+        if seconds >= 3600
+        else f"{seconds / 60:g} min"
+        if seconds >= 60
+        else f"{seconds} s"
+    )
 
 
 def build_demo(config: SpaceConfig) -> gr.Blocks:
@@ -53,6 +76,12 @@ def build_demo(config: SpaceConfig) -> gr.Blocks:
     Returns:
         The (not yet launched) app.
     """
+    import gradio as gr
+    from pathfm.spaces.image_input import set_pil_pixel_limit
+    from pathfm.spaces.slide_views import SLIDE_SUFFIXES
+    from pathfm.spaces.space_handlers import SpaceHandlers, gallery_paths
+    from pathfm.spaces.tile_gallery import example_tiles
+
     set_pil_pixel_limit(config.max_tile_pixels)
     handlers = SpaceHandlers(config)
     first_banner, _ = handlers.load_model(config.default_model)
@@ -63,8 +92,15 @@ def build_demo(config: SpaceConfig) -> gr.Blocks:
     examples = gallery_paths(example_tiles(config.examples_dir))
     embedded_ids = list(handlers.embedded)
 
-    with gr.Blocks(title="pathfm: see what the model sees") as demo:
-        gr.Markdown(INTRO)
+    # delete_cache: gradio deletes uploads and its copies of our outputs older than max_file_age_s
+    sweep_every = max(60, min(config.max_file_age_s, 3600))
+    with gr.Blocks(
+        title="pathfm: see what the model sees", delete_cache=(sweep_every, config.max_file_age_s)
+    ) as demo:
+        gr.Markdown(
+            INTRO.format(max_mp=config.max_tile_pixels / 1e6, max_age=_age_text(config.max_file_age_s)),
+            elem_id="intro",
+        )
         model = gr.Dropdown(
             choices=config.model_choices,
             value=config.default_model,
@@ -161,11 +197,12 @@ def build_demo(config: SpaceConfig) -> gr.Blocks:
                         )
                         slide_run = gr.Button("Analyse slide", variant="primary", elem_id="slide-run")
                         if embedded_ids:
-                            gr.Examples(
+                            gr.Examples(  # labelled buttons, not a 2-column table: fits a 1280 px page
                                 examples=[[embedded_ids[0], 0.5]],
                                 inputs=[slide_pick, slide_mpp],
                                 elem_id="slide-examples",
                                 label="Example slide",
+                                example_labels=[f"{embedded_ids[0]} at 0.5 µm/px"],
                             )
                         if handlers.embedded_note:
                             gr.Markdown(handlers.embedded_note)
@@ -226,12 +263,36 @@ def build_demo(config: SpaceConfig) -> gr.Blocks:
                 )
 
         model.change(handlers.load_model, model, [banner, classify_tab], api_name="load_model")
+        demo.load(handlers.refresh, model, [model, banner, classify_tab], api_name=False)
+        demo.unload(handlers.end_session)
     return demo
 
 
-def main() -> None:
-    """Serve the app on ``GRADIO_SERVER_NAME:GRADIO_SERVER_PORT`` (default 127.0.0.1:7860)."""
-    config = SpaceConfig.from_env(examples_dir=Path(__file__).resolve().parent / "examples")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line: only ``--help`` (settings are environment variables, as on a hosted Space)."""
+    parser = argparse.ArgumentParser(
+        prog="python spaces/app.py",
+        description="Serve the pathfm Space (tile attention / PCA / neighbours, slide painting, probe head).",
+        epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the app on ``GRADIO_SERVER_NAME:GRADIO_SERVER_PORT`` (default 127.0.0.1:7860).
+
+    Args:
+        argv: Command-line arguments (default ``sys.argv[1:]``).
+    """
+    parse_args(argv)
+    import gradio as gr
+    from pathfm.spaces.space_config import SpaceConfig
+
+    try:
+        config = SpaceConfig.from_env(examples_dir=Path(__file__).resolve().parent / "examples")
+    except ValueError as error:
+        sys.exit(f"error: {error}")
     demo = build_demo(config)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=config.host,

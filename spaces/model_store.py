@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 import torch
 from pathfm.modeling import PathFMViTConfig, PathFMViTImageProcessor, PathFMViTModel
-from pathfm.spaces.probe_head import ProbeHead, ProbeHeadError, load_probe_head
+from pathfm.spaces.probe_head import PROBE_CONFIG, PROBE_WEIGHTS, ProbeHead, ProbeHeadError, load_probe_head
 
 import pathfm  # noqa: F401  (registers pathfm_vit with the transformers Auto classes)
 
@@ -62,6 +62,7 @@ class LoadedModel:
         warning: Text shown in the page when the weights or preprocessing are not what a user expects.
         probe: Linear probe head found next to the weights, if any.
         description: One-line summary (architecture, source).
+        smoke_test: Whether the model card (README.md) says the model comes from a smoke-test run.
     """
 
     name: str
@@ -70,6 +71,7 @@ class LoadedModel:
     warning: str | None
     probe: ProbeHead | None
     description: str
+    smoke_test: bool = False
 
     @property
     def image_size(self) -> int:
@@ -95,6 +97,49 @@ def _load_processor(source: str) -> tuple[PathFMViTImageProcessor, str | None]:
             f"No readable preprocessor_config.json with the model ({type(error).__name__}); using kaiko's "
             "preprocessing (resize 224, center crop 224, mean = std = 0.5)."
         )
+
+
+def card_says_smoke_test(card_text: str) -> bool:
+    """Whether a model card marks its model as a smoke test.
+
+    Args:
+        card_text: README.md of the model folder (YAML front matter + Markdown).
+
+    Returns:
+        True when the front matter's tags include ``smoke-test`` / ``smoke_test`` or the text says
+        "smoke test".
+    """
+    lowered = card_text.lower()
+    return any(marker in lowered for marker in ("smoke-test", "smoke_test", "smoke test"))
+
+
+def _is_smoke_test(source: str, is_folder: bool) -> bool:
+    """Read the model card next to a local model (Hub ids: not looked up, nothing is downloaded)."""
+    card = Path(source) / "README.md"
+    if not is_folder or not card.is_file():
+        return False
+    try:
+        return card_says_smoke_test(card.read_text(errors="replace"))
+    except OSError:
+        return False
+
+
+def _load_backbone(name: str, source: str, is_folder: bool) -> PathFMViTModel:
+    """``AutoModel.from_pretrained`` with every failure turned into one :class:`ModelLoadError` line."""
+    from pathfm.modeling.loading import ModelFolderError, load_checked
+    from transformers import AutoModel
+
+    where = "folder" if is_folder else "Hub id (offline: only ids already in the local cache load)"
+    try:
+        model = load_checked(AutoModel, source, is_folder)
+    except ModelFolderError as error:
+        raise ModelLoadError(f"{name}: cannot load a pathfm model from this {where}: {error}") from None
+    if not isinstance(model, PathFMViTModel):
+        raise ModelLoadError(
+            f"{name}: holds a {type(model).__name__} (model_type {model.config.model_type!r}), not a pathfm_vit "
+            "backbone."
+        )
+    return model
 
 
 def load_model(name: str) -> LoadedModel:
@@ -125,24 +170,12 @@ def load_model(name: str) -> LoadedModel:
         )
         return LoadedModel(name, model, PathFMViTImageProcessor(), warning, None, "tiny preset, random init")
 
-    from transformers import AutoModel
-
     path = Path(name).expanduser()
     is_folder = path.is_dir()
     if not is_folder and (path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1):
         raise ModelLoadError(f"{name}: not a model folder (expected a directory with config.json).")
     source = str(path) if is_folder else name
-    try:
-        model = AutoModel.from_pretrained(source)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        where = "folder" if is_folder else "Hub id (offline: only ids already in the local cache load)"
-        raise ModelLoadError(f"{name}: cannot load a pathfm model from this {where}: {error}") from None
-    if not isinstance(model, PathFMViTModel):
-        raise ModelLoadError(
-            f"{name}: holds a {type(model).__name__} (model_type {model.config.model_type!r}), not a pathfm_vit "
-            "backbone."
-        )
-    model = model.float().eval()
+    model = _load_backbone(name, source, is_folder).float().eval()
     processor, warning = _load_processor(source)
     try:
         probe = load_probe_head(source, is_folder=is_folder)
@@ -164,11 +197,40 @@ def load_model(name: str) -> LoadedModel:
         f"pathfm_vit hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, {cfg.num_attention_heads} heads, "
         f"patch {cfg.patch_size}, pooling {cfg.pooling}; from {'folder' if is_folder else 'Hub id'} {name}"
     )
-    return LoadedModel(name, model, processor, warning, probe, description)
+    return LoadedModel(name, model, processor, warning, probe, description, _is_smoke_test(source, is_folder))
+
+
+MODEL_FILES = (
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "README.md",
+    PROBE_WEIGHTS,
+    PROBE_CONFIG,
+)
+"""Files whose change (written, replaced, deleted) makes the cache load a folder again."""
+
+
+def folder_signature(name: str) -> tuple:
+    """(file, size, mtime) of a model folder's :data:`MODEL_FILES`; empty for Hub ids and the random model."""
+    path = Path((name or "").strip()).expanduser()
+    if not path.is_dir():
+        return ()
+    stats = []
+    for file in MODEL_FILES:
+        try:
+            stat = (path / file).stat()
+        except OSError:
+            continue
+        stats.append((file, stat.st_size, stat.st_mtime_ns))
+    return tuple(stats)
 
 
 class ModelCache:
     """Thread-safe least-recently-used cache of :class:`LoadedModel` (gradio runs handlers in threads).
+
+    A folder is loaded again when one of its :data:`MODEL_FILES` changed since it was cached, so a model
+    re-exported or a probe head saved after the Space started is picked up without a restart.
 
     Args:
         capacity: Number of models kept in memory.
@@ -176,28 +238,74 @@ class ModelCache:
 
     def __init__(self, capacity: int = 2) -> None:
         self.capacity = capacity
-        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._models: OrderedDict[str, tuple[tuple, LoadedModel]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, name: str) -> LoadedModel:
         """Return the cached model or load it (raises :class:`ModelLoadError` like :func:`load_model`)."""
         key = (name or "").strip()
+        signature = folder_signature(key)
         with self._lock:
-            if key in self._models:
+            if key in self._models and self._models[key][0] == signature:
                 self._models.move_to_end(key)
-                return self._models[key]
+                return self._models[key][1]
+            self._models.pop(key, None)
             loaded = load_model(key)
-            self._models[key] = loaded
+            self._models[key] = (signature, loaded)
             while len(self._models) > self.capacity:
                 self._models.popitem(last=False)
             return loaded
 
 
+def center_square(rgb: np.ndarray) -> np.ndarray:
+    """The central min(H, W) x min(H, W) square of a tile: the region the processor keeps.
+
+    The processor resizes the shorter side to S and center-crops S x S; cropping the same region first gives
+    the same picture without ever building the (S, S * aspect) intermediate, which for a 1 x 40000 px strip
+    would be gigabytes.
+
+    Args:
+        rgb: (H, W, C) array.
+
+    Returns:
+        (m, m, C) view with m = min(H, W).
+    """
+    height, width = rgb.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return rgb[top : top + side, left : left + side]
+
+
+def resize_note(height: int, width: int, size: int) -> str | None:
+    """A sentence for the page when a tile is far from the model input (strong rescale or extreme aspect).
+
+    Args:
+        height: Tile height in px.
+        width: Tile width in px.
+        size: Model input side S in px.
+
+    Returns:
+        None when the tile is within 4x of S and at most 2:1; else how it was resized and what was kept.
+    """
+    side = min(height, width)
+    kept = side * side / (height * width)
+    scale = size / side
+    if 0.25 <= scale <= 4 and kept >= 0.5:
+        return None
+    how = "upsampled" if scale > 1 else "downsampled"
+    return (
+        f"ℹ️ Tile {width} x {height} px: the center {side} x {side} px square ({kept:.0%} of the tile) "
+        f"was {how} {max(scale, 1 / scale):.1f}x to the model input {size} x {size} px. For a faithful "
+        "picture upload a "
+        f"square tile near {size} px at the model's µm/px."
+    )
+
+
 def center_crop_display(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Resize the shorter side to ``size`` and center-crop ``size`` x ``size``, as the processor does.
+    """Center-crop the square the processor keeps and resize it to ``size`` x ``size`` for display.
 
     Used to draw overlays on exactly the pixels the model sees (the processor resizes with bilinear
-    interpolation and crops the center; this repeats that geometry with PIL for display).
+    interpolation and crops the center; this repeats that geometry with PIL, up to rounding).
 
     Args:
         rgb: uint8 (H, W, 3).
@@ -206,14 +314,10 @@ def center_crop_display(rgb: np.ndarray, size: int) -> np.ndarray:
     Returns:
         uint8 (size, size, 3).
     """
-    height, width = rgb.shape[:2]
-    scale = size / min(height, width)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = PIL.Image.fromarray(rgb)
-    if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), PIL.Image.BILINEAR)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)))
+    image = PIL.Image.fromarray(np.ascontiguousarray(center_square(rgb)))
+    if image.size != (size, size):
+        image = image.resize((size, size), PIL.Image.BILINEAR)
+    return np.asarray(image)
 
 
 @torch.inference_mode()
@@ -224,7 +328,8 @@ def embed_tiles(
 
     Args:
         loaded: The model.
-        tiles: uint8 (H, W, 3) arrays, any size (the processor resizes and crops to the model input).
+        tiles: uint8 (H, W, 3) arrays, any size (the processor resizes and crops to the model input; a very
+            elongated tile is best cut with :func:`center_square` first).
         output_attentions: Also return the last-layer CLS attention per head.
         batch_size: Tiles per forward pass.
 
@@ -243,7 +348,10 @@ def embed_tiles(
     for start in range(0, len(tiles), batch_size):
         # torch.from_numpy warns on read-only arrays (PIL / openslide buffers): hand the processor copies
         batch = [tile if tile.flags.writeable else tile.copy() for tile in tiles[start : start + batch_size]]
-        pixel_values = loaded.processor(images=batch, return_tensors="pt")["pixel_values"].float()
+        # channels_last stated: a 3 x N px strip would otherwise be read as channels-first
+        pixel_values = loaded.processor(images=batch, return_tensors="pt", input_data_format="channels_last")[
+            "pixel_values"
+        ].float()
         out = model(pixel_values=pixel_values, output_attentions=output_attentions, return_dict=True)
         grid = (pixel_values.shape[2] // cfg.patch_size, pixel_values.shape[3] // cfg.patch_size)
         hidden = out.last_hidden_state

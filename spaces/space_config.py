@@ -10,6 +10,11 @@
 | ``PATHFM_SPACE_MAX_SLIDE_MB`` | ``2048`` | largest slide upload, MB |
 | ``PATHFM_SPACE_MAX_SLIDE_TILES`` | ``256`` | tiles embedded per slide at most |
 | ``PATHFM_SPACE_CACHE`` | ``<tmp>/pathfm_space`` | gallery tiles and downloadable files |
+| ``PATHFM_SPACE_MODEL_DIRS`` | ``outputs`` (of the repo) | searched 3 levels deep for model folders |
+| ``PATHFM_SPACE_FILE_AGE_S`` | ``3600`` | uploads and downloads older than this are deleted, seconds |
+
+The dropdown is rebuilt each time the page is opened, so a model saved under ``PATHFM_SPACE_MODEL_DIRS``
+after start-up is listed without a restart.
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ class SpaceConfig:
         neighbours: Nearest tiles shown.
         examples_dir: Example tiles (``examples/`` next to app.py: in this repo ``spaces/examples``, in an
             uploaded Space the ``examples`` folder of the Space repo).
+        model_dirs: Folders searched for model folders (a folder with config.json), up to 3 levels deep.
+        max_file_age_s: Age in seconds after which uploads and generated downloads are deleted (also when the
+            browser session ends).
     """
 
     host: str = "127.0.0.1"
@@ -66,6 +74,18 @@ class SpaceConfig:
     gallery_tiles_per_slide: int = 8
     neighbours: int = 6
     examples_dir: Path = Path(__file__).resolve().parent / "examples"
+    model_dirs: list[Path] = field(default_factory=list)
+    max_file_age_s: int = 3600
+
+    def current_model_choices(self) -> list[str]:
+        """Dropdown entries now: the configured ones, then model folders found under :attr:`model_dirs`."""
+        choices = list(self.model_choices)
+        patterns = ["*/" * depth + "config.json" for depth in range(4)]
+        found = [c for root in self.model_dirs for pattern in patterns for c in sorted(root.glob(pattern))]
+        for config in found:
+            if (config.parent / "model.safetensors").is_file() and str(config.parent) not in choices:
+                choices.insert(len(choices) - (TINY_RANDOM in choices), str(config.parent))
+        return choices
 
     @classmethod
     def from_env(cls, examples_dir: Path | None = None) -> SpaceConfig:
@@ -93,6 +113,9 @@ class SpaceConfig:
             if name and name not in choices:
                 choices.append(name)
         cache = os.environ.get("PATHFM_SPACE_CACHE", "").strip()
+        dirs = os.environ.get("PATHFM_SPACE_MODEL_DIRS")
+        dirs = str(REPO_ROOT / "outputs") if dirs is None else dirs
+        model_dirs = [Path(d.strip()) for d in dirs.split(",") if d.strip()]
         return cls(
             host=os.environ.get("GRADIO_SERVER_NAME", "").strip() or "127.0.0.1",
             port=_env_int("GRADIO_SERVER_PORT", 7860),
@@ -103,4 +126,6 @@ class SpaceConfig:
             max_slide_tiles=_env_int("PATHFM_SPACE_MAX_SLIDE_TILES", 256),
             cache_dir=Path(cache) if cache else Path(tempfile.gettempdir()) / "pathfm_space",
             examples_dir=examples_dir or Path(__file__).resolve().parent / "examples",
+            model_dirs=model_dirs,
+            max_file_age_s=_env_int("PATHFM_SPACE_FILE_AGE_S", 3600),
         )

@@ -9,7 +9,9 @@ message naming the file and the problem, which gradio shows in the page (and gra
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,9 @@ from pathfm.spaces.model_store import (
     ModelCache,
     ModelLoadError,
     center_crop_display,
+    center_square,
     embed_tiles,
+    resize_note,
 )
 from pathfm.spaces.slide_views import SLIDE_SUFFIXES, SlideSettings, analyze_slide
 from pathfm.spaces.space_config import SpaceConfig
@@ -96,8 +100,55 @@ class SpaceHandlers:
             self._gallery_embeddings = {loaded.name: embed_tiles(loaded, tiles).pooled}
         return self._gallery_embeddings[loaded.name]
 
-    def _new_download_dir(self) -> Path:
-        return Path(tempfile.mkdtemp(dir=self.downloads))
+    def _new_download_dir(self, request: gr.Request | None) -> Path:
+        """A fresh folder for one response's files, under the browser session's folder (swept first)."""
+        self.sweep_downloads()
+        session = self.downloads / _session_name(request)
+        session.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=session))
+
+    def sweep_downloads(self, now: float | None = None) -> list[Path]:
+        """Delete download folders older than ``config.max_file_age_s`` (by modification time).
+
+        Args:
+            now: Current time (``time.time()`` when None).
+
+        Returns:
+            The folders deleted.
+        """
+        now = time.time() if now is None else now
+        removed = []
+        for folder in self.downloads.glob("*/*"):
+            try:
+                too_old = now - folder.stat().st_mtime > self.config.max_file_age_s
+            except OSError:  # deleted by a concurrent sweep
+                continue
+            if too_old:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        for session in self.downloads.iterdir():
+            try:
+                if now - session.stat().st_mtime > self.config.max_file_age_s and not any(session.iterdir()):
+                    session.rmdir()
+            except OSError:  # a concurrent request just used it
+                continue
+        return removed
+
+    def end_session(self, request: gr.Request) -> None:
+        """Delete every file made for a browser session (gradio calls this when the tab is closed)."""
+        shutil.rmtree(self.downloads / _session_name(request), ignore_errors=True)
+
+    def refresh(self, model_name: str) -> tuple[Any, str, Any]:
+        """Page (re)load: the dropdown with model folders saved since start-up, and the chosen model's banner.
+
+        Args:
+            model_name: The dropdown's value.
+
+        Returns:
+            Dropdown update (choices), Markdown banner and the Classify tab's visibility update.
+        """
+        banner, tab = self.load_model(model_name)
+        return gr.update(choices=self.config.current_model_choices()), banner, tab
 
     # ------------------------------------------------------------------ endpoints
     def load_model(self, model_name: str) -> tuple[str, Any]:
@@ -120,6 +171,12 @@ class SpaceHandlers:
     def model_banner(loaded: LoadedModel) -> str:
         """Markdown describing a loaded model (description, probe head, warning)."""
         lines = [f"**Model:** {loaded.description}; embedding dim {loaded.embedding_dim}."]
+        if loaded.smoke_test:
+            lines.insert(
+                0,
+                "⚠️ **Smoke test model.** Its model card says it comes from a smoke-test run (a few steps "
+                "on a few slides): the pictures show that the pipeline works, not what a trained model sees.",
+            )
         if loaded.probe is not None:
             labels = ", ".join(loaded.probe.id2label.values())
             lines.append(
@@ -130,13 +187,14 @@ class SpaceHandlers:
         return "\n\n".join(lines)
 
     def analyze_tile(
-        self, image: Any, model_name: str
+        self, image: Any, model_name: str, request: gr.Request = None
     ) -> tuple[list[tuple[np.ndarray, str]], np.ndarray, list[tuple[str, str]], str, str]:
         """Attention, PCA, nearest gallery tiles and the embedding of one tile.
 
         Args:
             image: Uploaded image file (any size; the model sees its resized center crop).
             model_name: Model to use.
+            request: The browser session (gradio injects it); its files are deleted when it ends.
 
         Returns:
             Attention overlays (heads + mean, each (S, S, 3) with S the model input size), the PCA-as-RGB
@@ -147,7 +205,7 @@ class SpaceHandlers:
         loaded = self._model(model_name)
         size = loaded.image_size
         tile = center_crop_display(rgb, size)
-        features = embed_tiles(loaded, [rgb], output_attentions=True)
+        features = embed_tiles(loaded, [center_square(rgb)], output_attentions=True)
         overlays = attention_overlays(tile, features.cls_attention[0])
         pca_image, explained = pca_rgb_image(features.patch_tokens[0], features.grid, size)
         gallery = self._gallery_matrix(loaded)
@@ -155,7 +213,7 @@ class SpaceHandlers:
         neighbours = [
             (self.gallery[i].path, f"cos {s:.3f} · {self.gallery[i].caption}") for i, s in zip(order, sims)
         ]
-        out = self._new_download_dir() / f"{Path(name).stem}_embedding.npy"
+        out = self._new_download_dir(request) / f"{Path(name).stem}_embedding.npy"
         np.save(out, features.pooled[0])
         summary = (
             f"**{name}**: {rgb.shape[1]} x {rgb.shape[0]} px → model input {size} x {size} px "
@@ -164,6 +222,9 @@ class SpaceHandlers:
             f"{', '.join(f'{r:.0%}' for r in explained)} of their variance (R, G, B). Nearest gallery tile: "
             f"{self.gallery[order[0]].caption} (cosine {sims[0]:.3f}; gallery of {len(self.gallery)} real tiles)."
         )
+        note = resize_note(rgb.shape[0], rgb.shape[1], size)
+        if note:
+            summary += f"\n\n{note}"
         if self.gallery_note:
             summary += f"\n\n{self.gallery_note}"
         return overlays, pca_image, neighbours, str(out), summary
@@ -177,6 +238,7 @@ class SpaceHandlers:
         max_tiles: float,
         mpp_override: float | None,
         model_name: str,
+        request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008  (gradio injects the bar through this default)
     ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, str]], np.ndarray, str, str]:
         """Tissue mask, sampled tiles and PCA painting of a whole slide.
@@ -189,6 +251,7 @@ class SpaceHandlers:
             max_tiles: Cap on tiles embedded (also capped by PATHFM_SPACE_MAX_SLIDE_TILES).
             mpp_override: Level-0 µm/px when the slide lacks (or has a wrong) resolution; 0/None = metadata.
             model_name: Model to use.
+            request: The browser session (gradio injects it); its files are deleted when it ends.
             progress: gradio progress bar (injected).
 
         Returns:
@@ -223,7 +286,7 @@ class SpaceHandlers:
             (tile, f"({c.x}, {c.y}) tissue {c.tissue_fraction:.0%}")
             for tile, c in zip(result.tiles, result.tile_coords)
         ]
-        out = self._new_download_dir() / f"{result.slide_id}_tile_embeddings.npz"
+        out = self._new_download_dir(request) / f"{result.slide_id}_tile_embeddings.npz"
         np.savez(
             out,
             embeddings=result.embeddings,
@@ -287,9 +350,15 @@ class SpaceHandlers:
                 "write one with `python evaluation/linear_probe.py ... --save_head`.",
                 title="No probe head",
             )
-        features = embed_tiles(loaded, [rgb])
+        features = embed_tiles(loaded, [center_square(rgb)])
         inputs = loaded.probe.features(features.pooled, features.cls_token, features.patch_tokens)
         return loaded.probe.predict(inputs)[0]
+
+
+def _session_name(request: gr.Request | None) -> str:
+    """Folder name of a browser session's files ("no-session" for direct Python calls)."""
+    session = getattr(request, "session_hash", None) or "no-session"
+    return "".join(c for c in str(session) if c.isalnum() or c in "-_") or "no-session"
 
 
 def gallery_paths(tiles: list[GalleryTile]) -> list[str]:

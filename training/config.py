@@ -14,6 +14,7 @@ warm-up, teacher-temperature warm-up, last-layer freeze) is converted to optimiz
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pathfm.training import hf_aliases
 from transformers import HfArgumentParser
 
 __all__ = [
@@ -157,8 +159,22 @@ class DINOTrainingArguments:
     warmup_teacher_temp_epochs: float = field(
         default=0, metadata={"help": "Teacher temperature warm-up (epochs)."}
     )
+    teacher_temp_per_epoch: bool = field(
+        default=False,
+        metadata={
+            "help": "Teacher temperature warm-up in epoch steps, as facebookresearch/dino and dinov2 (one "
+            "value per epoch); default False: a linear ramp per optimizer step."
+        },
+    )
     student_temp: float = field(default=0.1, metadata={"help": "Student temperature (DINO 0.1)."})
     center_momentum: float = field(default=0.9, metadata={"help": "Center EMA momentum (DINO 0.9)."})
+    centering: str = field(
+        default="centering",
+        metadata={
+            "help": "Teacher targets: centering (DINO: EMA center + sharpening) or sinkhorn_knopp (DINOv2: "
+            "3 Sinkhorn-Knopp iterations over the global batch)."
+        },
+    )
     mixed_precision: str = field(
         default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), no, bf16 or fp16."}
     )
@@ -178,6 +194,13 @@ class DINOTrainingArguments:
     )
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "'latest' or a checkpoint folder written by this script."}
+    )
+    save_on_interrupt: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Save a checkpoint when stopped by Ctrl-C / SIGTERM (default: on SIGTERM only, as SLURM "
+            "sends before a time limit)."
+        },
     )
     expected_world_size: int | None = field(
         default=None,
@@ -227,7 +250,11 @@ def resolve_preset_path(preset: str) -> Path:
     available = sorted(p.stem for p in PRESETS_DIR.glob("*.y*ml")) + sorted(
         p.stem for p in PRESETS_DIR.glob("*.json")
     )
-    raise FileNotFoundError(f"preset {preset!r} not found (no such file, not in {PRESETS_DIR}: {available})")
+    close = difflib.get_close_matches(preset, available, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise FileNotFoundError(
+        f"preset {preset!r} not found (no such file, not in {PRESETS_DIR}: {available}){hint}"
+    )
 
 
 def load_preset(path: str | Path) -> dict[str, Any]:
@@ -272,19 +299,74 @@ def parse_config(
     if argv and not argv[0].startswith("-"):
         preset = argv.pop(0)
     preset_path = resolve_preset_path(preset)
-    parser = HfArgumentParser(CONFIG_CLASSES)
+    argv, warmup = hf_aliases.rewrite(argv)
+    parser = HfArgumentParser(
+        CONFIG_CLASSES,
+        usage=f"%(prog)s [PRESET] [--flag value ...]   (PRESET: a name in {sorted(preset_names())} or a "
+        f"YAML file; default {DEFAULT_PRESET})",
+        description=f"DINO pretraining. Defaults below are those of preset {preset_path.stem!r} "
+        f"({preset_path}); "
+        "transformers.TrainingArguments names are accepted where they mean the same: "
+        + ", ".join(f"--{a} (= --{b})" for a, b in hf_aliases.RENAMED.items())
+        + ", --warmup_steps / --warmup_ratio (converted to --warmup_epochs), --bf16 / --fp16.",
+    )
     parser.set_defaults(**load_preset(preset_path))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    model_args, data_args, training_args = parsed
+    if remaining:
+        hf_aliases.check_flags(remaining, known_flags())
+        raise ValueError(f"unexpected argument(s) {remaining}: a PRESET goes first, flags take --name value")
+    warmup_epochs = hf_aliases.apply_warmup(warmup, training_args.total_steps, training_args.steps_per_epoch)
+    if warmup_epochs is not None:
+        training_args.warmup_epochs = warmup_epochs
     _validate(model_args, data_args, training_args)
     return model_args, data_args, training_args, preset_path
 
 
-def _validate(m: DINOModelArguments, d: DINODataArguments, t: DINOTrainingArguments) -> None:
+def preset_names() -> list[str]:
+    """Presets shipped in ``training/presets``."""
+    return sorted({p.stem for p in PRESETS_DIR.iterdir() if p.suffix in (".yaml", ".yml", ".json")})
+
+
+def known_flags() -> list[str]:
+    """Every ``--flag`` the parser accepts (``--no_x`` for boolean fields that default to True)."""
+    flags = []
+    for cls in CONFIG_CLASSES:
+        for f in dataclasses.fields(cls):
+            flags.append(f"--{f.name}")
+            if f.type in (bool, "bool") and f.default is True:
+                flags.append(f"--no_{f.name}")
+    return flags
+
+
+def _check_crops(m: DINOModelArguments, d: DINODataArguments) -> list[str]:
+    """Crop sides must be multiples of the backbone's patch size (else the last partial patch is dropped)."""
+    from pathfm.modeling import PRESETS
+
+    if m.backbone_preset not in PRESETS:
+        close = difflib.get_close_matches(m.backbone_preset, list(PRESETS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return [f"--backbone_preset {m.backbone_preset!r} is not one of {sorted(PRESETS)}{hint}"]
+    patch = int(PRESETS[m.backbone_preset].get("patch_size", 16))
     problems = []
+    for name, size in (("global_crop_size", d.global_crop_size), ("local_crop_size", d.local_crop_size)):
+        if size % patch:
+            nearest = max(patch, round(size / patch) * patch)
+            problems.append(
+                f"--{name} {size} is not a multiple of the patch size {patch} of {m.backbone_preset!r}: "
+                f"use {nearest}"
+            )
+    return problems
+
+
+def _validate(m: DINOModelArguments, d: DINODataArguments, t: DINOTrainingArguments) -> None:
+    problems = _check_crops(m, d)
     if t.max_steps == 0 or t.max_steps < -1:
         problems.append(f"max_steps must be >= 1 (or -1: epochs * steps_per_epoch), got {t.max_steps}")
     elif t.total_steps < 1:
         problems.append(f"total steps must be >= 1 (max_steps={t.max_steps}, epochs={t.epochs})")
+    if t.centering not in ("centering", "sinkhorn_knopp"):
+        problems.append(f"centering must be centering or sinkhorn_knopp, got {t.centering!r}")
     if t.steps_per_epoch < 1:
         problems.append(f"steps_per_epoch must be >= 1, got {t.steps_per_epoch}")
     if t.per_device_batch_size < 1 or t.gradient_accumulation_steps < 1:

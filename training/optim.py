@@ -10,7 +10,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["get_params_groups", "clip_gradients", "cancel_gradients_last_layer"]
+__all__ = [
+    "build_optimizer",
+    "cancel_gradients_last_layer",
+    "clip_gradients",
+    "get_params_groups",
+    "set_lr_wd",
+]
 
 
 def get_params_groups(model: nn.Module) -> list[dict]:
@@ -75,3 +81,15 @@ def cancel_gradients_last_layer(model: nn.Module, frozen: bool, prefix: str = "l
     for name, p in model.named_parameters():
         if prefix in name:
             p.grad = None
+
+
+def build_optimizer(student: nn.Module) -> torch.optim.AdamW:
+    """AdamW over :func:`get_params_groups`; lr and weight decay are set per step by :func:`set_lr_wd`."""
+    return torch.optim.AdamW(get_params_groups(student))
+
+
+def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    """This step's lr on every group and weight decay on the first (regularized) group only, as upstream."""
+    for i, group in enumerate(optimizer.param_groups):
+        group["lr"] = lr
+        group["weight_decay"] = weight_decay if i == 0 else 0.0

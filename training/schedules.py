@@ -9,10 +9,19 @@ streaming sets have no natural epoch, so pathfm defines an *epoch* as ``steps_pe
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["cosine_scheduler", "teacher_temp_schedule", "epoch_of_step"]
+__all__ = [
+    "RunSchedules",
+    "build_schedules",
+    "cosine_scheduler",
+    "epoch_of_step",
+    "scaled_lr",
+    "teacher_temp_schedule",
+]
 
 
 def cosine_scheduler(
@@ -98,3 +107,88 @@ def epoch_of_step(step: int, steps_per_epoch: int) -> int:
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
     return int(math.floor(step / steps_per_epoch))
+
+
+@dataclass
+class RunSchedules:
+    """Per-optimizer-step values of a run (DINO ``main_dino.py`` "init schedulers" section).
+
+    Attributes:
+        lr: (total,) learning rate, peak = ``lr * global_batch / 256``.
+        weight_decay: (total,) weight decay.
+        momentum: (total,) teacher EMA momentum.
+        teacher_temp: (total,) teacher temperature.
+        freeze_last_layer_steps: Optimizer steps during which the head's last layer gets no update.
+        global_batch: Tiles per optimizer step over all processes and micro-batches.
+    """
+
+    lr: np.ndarray
+    weight_decay: np.ndarray
+    momentum: np.ndarray
+    teacher_temp: np.ndarray
+    freeze_last_layer_steps: int
+    global_batch: int
+
+
+def build_schedules(t_args: Any, world_size: int) -> RunSchedules:
+    """The schedules of ``DINOTrainingArguments`` for ``world_size`` processes (epochs of steps_per_epoch)."""
+    total, spe = t_args.total_steps, t_args.steps_per_epoch
+    global_batch = t_args.per_device_batch_size * world_size * t_args.gradient_accumulation_steps
+    return RunSchedules(
+        lr=cosine_scheduler(
+            t_args.lr * global_batch / 256.0,
+            t_args.min_lr,
+            total,
+            warmup_steps=round(t_args.warmup_epochs * spe),
+        ),
+        weight_decay=cosine_scheduler(t_args.weight_decay, t_args.weight_decay_end, total),
+        momentum=cosine_scheduler(t_args.momentum_teacher, 1.0, total),
+        teacher_temp=run_teacher_temp(t_args, total, spe),
+        freeze_last_layer_steps=round(t_args.freeze_last_layer * spe),
+        global_batch=global_batch,
+    )
+
+
+def run_teacher_temp(t_args: Any, total: int, steps_per_epoch: int) -> np.ndarray:
+    """(total,) teacher temperature per optimizer step.
+
+    With ``teacher_temp_per_epoch`` the warm-up is the references' per-epoch array (facebookresearch/dino
+    ``DINOLoss.__init__``, dinov2 ``SSLMetaArch`` teacher_temp schedule: one value per epoch, linear over
+    ``warmup_teacher_temp_epochs`` epochs) held for the ``steps_per_epoch`` steps of each epoch; otherwise the
+    same ramp is spread over optimizer steps.
+    """
+    if not t_args.teacher_temp_per_epoch:
+        warmup = round(t_args.warmup_teacher_temp_epochs * steps_per_epoch)
+        return teacher_temp_schedule(t_args.warmup_teacher_temp, t_args.teacher_temp, warmup, total)
+    epochs = math.ceil(total / steps_per_epoch)
+    per_epoch = teacher_temp_schedule(
+        t_args.warmup_teacher_temp, t_args.teacher_temp, round(t_args.warmup_teacher_temp_epochs), epochs
+    )
+    return np.repeat(per_epoch, steps_per_epoch)[:total]
+
+
+def scaled_lr(base_lr: float, global_batch_size: int, rule: str = "linear_wrt_256") -> float:
+    """Peak learning rate for a global batch, by DINO's or DINOv2's scaling rule.
+
+    ``"linear_wrt_256"``: ``base_lr * batch / 256`` (DINO ``main_dino.py``). ``"sqrt_wrt_1024"``:
+    ``base_lr * sqrt(batch / 1024)`` (DINOv2 ``dinov2/utils/config.py`` ``apply_scaling_rules_to_cfg``, base
+    0.004).
+
+    Args:
+        base_lr: Learning rate at the rule's reference batch size.
+        global_batch_size: Images per optimizer step over all processes and accumulation steps.
+        rule: ``"linear_wrt_256"`` or ``"sqrt_wrt_1024"``.
+
+    Returns:
+        The scaled learning rate.
+
+    Raises:
+        ValueError: On an unknown rule or a non-positive batch size.
+    """
+    if global_batch_size < 1:
+        raise ValueError(f"scaled_lr needs global_batch_size >= 1, got {global_batch_size}")
+    if rule == "linear_wrt_256":
+        return base_lr * global_batch_size / 256.0
+    if rule == "sqrt_wrt_1024":
+        return base_lr * math.sqrt(global_batch_size / 1024.0)
+    raise ValueError(f"scaled_lr: rule must be linear_wrt_256 or sqrt_wrt_1024, got {rule!r}")

@@ -26,7 +26,8 @@ def make_teacher(student: nn.Module, teacher: nn.Module | None = None) -> nn.Mod
         teacher: Optional teacher module of the same architecture.
 
     Returns:
-        The teacher, in eval mode, with ``requires_grad=False`` on every parameter.
+        The teacher, in eval mode except its BatchNorm layers (batch statistics), with
+        ``requires_grad=False`` on every parameter.
     """
     if teacher is None:
         teacher = copy.deepcopy(student)
@@ -35,6 +36,12 @@ def make_teacher(student: nn.Module, teacher: nn.Module | None = None) -> nn.Mod
     for p in teacher.parameters():
         p.requires_grad_(False)
     teacher.eval()
+    # BatchNorm (e.g. ``use_bn_in_head``) normalises with the batch's statistics, as the upstream teacher
+    # (never switched to eval) does: the EMA updates parameters only, so running statistics would stay at
+    # their initial values and the teacher would silently normalise with stale ones.
+    for module in teacher.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)):
+            module.train()
     return teacher
 
 

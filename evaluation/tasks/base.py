@@ -135,7 +135,7 @@ class EvalTask(datasets.GeneratorBasedBuilder):
         if self.config.check_counts and expected is not None and len(samples) != expected:
             raise TaskDataError(
                 f"{self.TASK_NAME}: split {split!r} under {self.config.data_dir} has {len(samples)} samples, "
-                f"expected {expected} (incomplete download or extraction? check_counts=False skips this for "
+                f"expected {expected} (incomplete download or extraction? --no_check_counts skips this for "
                 f"miniature layouts)"
             )
 

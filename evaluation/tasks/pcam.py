@@ -25,6 +25,17 @@ def h5_path(root: Path, split: str, kind: str) -> Path:
     return root / f"camelyonpatch_level_2_split_{FILE_SPLITS[split]}_{kind}.h5"
 
 
+def open_h5(path: Path) -> object:
+    """``h5py.File(path, "r")``; an unreadable file (truncated, not HDF5) raises :class:`TaskDataError`
+    naming it."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise TaskDataError(f"{path}: not a readable HDF5 file ({err}); re-download and gunzip it") from None
+
+
 class PatchCamelyon(EvalTask):
     """PCam from its six official HDF5 files."""
 
@@ -43,16 +54,20 @@ class PatchCamelyon(EvalTask):
         return data_dir is not None and any(Path(data_dir).glob("camelyonpatch_level_2_split_*.h5"))
 
     def _list(self, split: str) -> list[Sample]:
-        import h5py
-
         x_path, y_path = h5_path(self.root, split, "x"), h5_path(self.root, split, "y")
         for path in (x_path, y_path):
             if not path.is_file():
                 raise TaskDataError(f"missing file {path} (gunzip the official .h5.gz)")
-        with h5py.File(x_path, "r") as fx, h5py.File(y_path, "r") as fy:
+        with open_h5(x_path) as fx, open_h5(y_path) as fy:
             if "x" not in fx or "y" not in fy:
                 raise TaskDataError(f"{x_path.name} needs dataset 'x' and {y_path.name} dataset 'y'")
-            x_shape, y = fx["x"].shape, np.asarray(fy["y"]).reshape(-1)
+            x_shape = fx["x"].shape
+            try:
+                y = np.asarray(fy["y"]).reshape(-1)
+            except (OSError, ValueError) as err:
+                raise TaskDataError(
+                    f"{y_path}: labels unreadable ({err}); re-download and gunzip it"
+                ) from None
         if len(x_shape) != 4 or x_shape[3] != 3 or x_shape[0] != len(y):
             raise TaskDataError(
                 f"{x_path}: x has shape {x_shape}, expected (N, 96, 96, 3) with N = {len(y)} labels"
@@ -62,14 +77,17 @@ class PatchCamelyon(EvalTask):
         return [Sample(f"{x_path}#{i}", int(t)) for i, t in enumerate(y)]
 
     def load_image(self, source: str) -> np.ndarray:
-        import h5py
-
         path, index = source.rsplit("#", 1)
         key = (os.getpid(), path)  # HDF5 handles must not cross a fork: each DataLoader worker opens its own
         handle = self._handles.get(key)
         if handle is None:
-            handle = self._handles[key] = h5py.File(path, "r")
-        return np.asarray(handle["x"][int(index)])
+            handle = self._handles[key] = open_h5(Path(path))
+        try:
+            return np.asarray(handle["x"][int(index)])
+        except (OSError, ValueError) as err:  # truncated data behind an intact header
+            raise TaskDataError(
+                f"{path}: patch {index} unreadable ({err}); re-download and gunzip it"
+            ) from None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

@@ -26,7 +26,8 @@ MAX_SLIDE_MB = 3
 
 @dataclass
 class SpaceServer:
-    """A running app: its URL, the probe model folder it lists, its cache folder and its log file."""
+    """A running app: its URL, the probe model folder it lists, its cache folder, its log file and the folder
+    it searches for models saved after start-up (``PATHFM_SPACE_MODEL_DIRS``)."""
 
     url: str
     port: int
@@ -34,6 +35,7 @@ class SpaceServer:
     cache_dir: Path
     log_path: Path
     process: subprocess.Popen
+    model_root: Path
 
     def log(self) -> str:
         """The server's stdout + stderr so far."""
@@ -45,6 +47,15 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def save_tiny_model(folder: Path, seed: int = 0, **overrides) -> Path:
+    """A tiny pathfm model folder (config.json, model.safetensors, preprocessor_config.json)."""
+    torch.manual_seed(seed)
+    model = PathFMViTModel(PathFMViTConfig.from_preset("tiny", **overrides)).eval()
+    model.save_pretrained(folder)
+    PathFMViTImageProcessor().save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -86,12 +97,14 @@ def space_server(
     """``python spaces/app.py`` on a free port, default model = random ``tiny``, probe model listed too."""
     port = free_port()
     cache_dir = tmp_path_factory.mktemp("space_cache")
+    model_root = tmp_path_factory.mktemp("space_models")
     log_path = cache_dir / "server.log"
     env = dict(os.environ)
     env.update(
         GRADIO_SERVER_PORT=str(port),
         PATHFM_SPACE_CACHE=str(cache_dir),
         PATHFM_SPACE_MODELS=str(probe_model_dir),
+        PATHFM_SPACE_MODEL_DIRS=str(model_root),
         PATHFM_SPACE_MODEL="tiny (random weights)",
         HF_HUB_OFFLINE="1",
         PATHFM_SPACE_MAX_SLIDE_MB=str(MAX_SLIDE_MB),
@@ -107,7 +120,7 @@ def space_server(
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/"
-    server = SpaceServer(url, port, probe_model_dir, cache_dir, log_path, process)
+    server = SpaceServer(url, port, probe_model_dir, cache_dir, log_path, process, model_root)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     try:
         while True:

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+import torch
+from safetensors.torch import save_file
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -239,3 +241,103 @@ def test_classify_tab_appears_for_a_model_with_a_probe_head(browser, space_serve
     assert any(name in label for name in ("tumour", "stroma", "background"))
     driver.execute_script("window.scrollTo(0, 0);")
     save_screenshot(driver, tmp_path, "space_classify.png")
+
+
+def pick_model(driver, name: str) -> None:
+    """Type a folder / Hub id into the Model dropdown and confirm it (as a user does)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element(By.CSS_SELECTOR, "#model input")
+    box.click()
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(name, Keys.ENTER)
+
+
+def test_1280_px_page_broken_model_and_a_model_with_head_saved_after_start_up(
+    browser, space_server, tmp_path
+):
+    from selenium.webdriver.common.by import By
+
+    from tests.spaces.conftest import save_tiny_model
+
+    driver = browser
+    driver.set_window_size(1280, 2200)
+    try:
+        driver.get(space_server.url)
+        tabs = lambda: [b.text.strip() for b in driver.find_elements(By.CSS_SELECTOR, "button[role='tab']")]
+        wait_for(
+            lambda: driver.find_elements(By.CSS_SELECTOR, "#tile-examples button.gallery-item"),
+            60,
+            "examples",
+        )
+        page_width = driver.execute_script("return document.documentElement.clientWidth;")
+        assert "40 MP" in driver.find_element(By.ID, "intro").text
+        assert driver.find_element(By.TAG_NAME, "body").text.count(" MP") == 1  # one pixel limit, stated once
+
+        def fits(selector: str) -> None:
+            rect = element_rect(driver, selector)
+            overflow = driver.execute_script(
+                "const e = document.querySelector(arguments[0]);"
+                "const all = [e, ...e.querySelectorAll('*')];"
+                "return Math.max(...all.map(n => n.scrollWidth - n.clientWidth));",
+                selector,
+            )
+            assert rect["x"] >= 0 and rect["x"] + rect["width"] <= page_width, (
+                f"{selector} {rect} > {page_width}"
+            )
+            assert overflow <= 1, f"{selector} scrolls sideways by {overflow} px at 1280 px"
+
+        fits("#tile-examples")
+        next(
+            b for b in driver.find_elements(By.CSS_SELECTOR, "button[role='tab']") if b.text == "Slide"
+        ).click()
+        wait_for(
+            lambda: driver.find_elements(
+                By.CSS_SELECTOR, "#slide-examples tr, #slide-examples .gallery-item"
+            ),
+            30,
+            "the Slide example table",
+        )
+        fits("#slide-examples")
+        assert driver.execute_script("return document.documentElement.scrollWidth;") <= page_width
+        driver.execute_script("window.scrollTo(0, 0);")
+        time.sleep(0.5)
+        shot = save_screenshot(driver, tmp_path, "space_1280.png")
+        assert shot.shape[1] == 1280, f"screenshot is {shot.shape[1]} px wide, not 1280"
+
+        # a broken model folder: a message in the banner, no gradio error toast
+        broken = tmp_path / "broken_model"
+        broken.mkdir()
+        (broken / "config.json").write_text("{not json")
+        pick_model(driver, str(broken))
+        banner = wait_for(
+            lambda: text_with(driver, "#model-banner", "Model not loaded"), 60, "the broken-model banner"
+        )
+        assert str(broken) in banner and "config.json" in banner
+        assert not driver.find_elements(By.CSS_SELECTOR, ".toast-body"), "a gradio error toast appeared"
+
+        # a model saved after start-up is listed after a page reload; its head, saved later still, appears too
+        late = save_tiny_model(space_server.model_root / "late_run" / "model", seed=3)
+        (late / "README.md").write_text("---\ntags:\n- pathology\n- smoke-test\n---\n# smoke run\n")
+        driver.get(space_server.url)
+        wait_for(lambda: "Tile" in tabs(), 60, "the tabs")
+        driver.find_element(By.CSS_SELECTOR, "#model input").click()
+        wait_for(
+            lambda: str(late) in driver.find_element(By.ID, "model").text, 30, "the late model in the list"
+        )
+        pick_model(driver, str(late))
+        wait_for(lambda: text_with(driver, "#model-banner", "Smoke test model"), 60, "the smoke-test label")
+        assert "Classify" not in tabs()
+        save_file({"weight": torch.ones(2, 64), "bias": torch.zeros(2)}, str(late / "probe_head.safetensors"))
+        (late / "probe_head.json").write_text(
+            json.dumps({"id2label": ["benign", "tumour"], "pooling": "cls"})
+        )
+        pick_model(driver, "tiny (random weights)")
+        wait_for(lambda: text_with(driver, "#model-banner", "Random weights"), 60, "the tiny banner")
+        pick_model(driver, str(late))
+        wait_for(lambda: text_with(driver, "#model-banner", "Probe head found"), 60, "the late probe head")
+        wait_for(lambda: "Classify" in tabs(), 30, "the Classify tab")
+        save_screenshot(driver, tmp_path, "space_late_model.png")
+    finally:
+        driver.set_window_size(1400, 2200)

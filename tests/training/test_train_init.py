@@ -5,7 +5,7 @@ import timm
 import torch
 
 from pathfm.training.config import parse_config
-from pathfm.training.dino import build_student_teacher
+from pathfm.training.networks import build_student_teacher
 from pathfm.training.optim import get_params_groups
 
 

@@ -69,7 +69,7 @@ def test_wrong_cpu_launch_is_refused(repo_root: Path, tmp_path: Path) -> None:
 
 
 def test_existing_run_is_not_silently_replaced(tmp_path: Path) -> None:
-    from pathfm.training.dino import prepare_output_dir
+    from pathfm.training.checkpointing import prepare_output_dir
 
     run = tmp_path / "run"
     (run / "checkpoints" / "checkpoint-60").mkdir(parents=True)

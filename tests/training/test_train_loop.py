@@ -7,21 +7,20 @@ import json
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate import Accelerator
+from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
 from pathfm.training import dino as dino_module
+from pathfm.training.augmentations import DINOMultiCrop
 from pathfm.training.config import parse_config
-from pathfm.training.loss import DINOLoss
-from pathfm.training.teacher import update_teacher as real_update_teacher
+from pathfm.training.losses.dino import DINOLoss
+from pathfm.training.networks import build_student_teacher
+from pathfm.training.optim import build_optimizer, set_lr_wd
+from pathfm.training.step import NonFiniteLossError, train_step
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def _args(cmu_svs, out, *extra):
@@ -75,48 +74,87 @@ def _run(argv):
     return dino_module.train(m, d, t, p)
 
 
-def test_accumulation_updates_center_and_teacher_once_per_optimizer_step(cmu_svs, tmp_path, monkeypatch):
-    teacher_outputs: list[torch.Tensor] = []
-    centers: list[torch.Tensor] = []
-    teacher_calls: list[float] = []
-    real_forward, real_update_center = DINOLoss.forward, DINOLoss.update_center
+def _step_parts(cmu_svs, tmp_path, k):
+    """A prepared tiny student/teacher/loss/optimizer and k fixed micro-batches of crops."""
+    m, d, t, _ = parse_config(_args(cmu_svs, tmp_path, "--drop_path_rate", "0"))
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=k)
+    set_seed(0)
+    student, teacher = build_student_teacher(m)
+    augment = DINOMultiCrop(
+        d.global_crop_size, d.local_crop_size, d.local_crops_number, d.global_crops_scale, d.local_crops_scale
+    )
+    loss = DINOLoss(m.out_dim, augment.ncrops, t.student_temp, t.center_momentum)
+    optimizer = build_optimizer(student)
+    set_lr_wd(optimizer, 1e-3, 0.04)
+    student, optimizer = accelerator.prepare(student, optimizer)
+    tiles = torch.randint(0, 256, (k, 2, 3, 64, 64), dtype=torch.uint8)
+    micro = [augment(tiles[i]) for i in range(k)]
+    return accelerator, student, teacher, loss, optimizer, micro
 
-    def forward(self, student_output, teacher_output, teacher_temp):
-        teacher_outputs.append(teacher_output.detach().clone())
-        return real_forward(self, student_output, teacher_output, teacher_temp)
 
-    def update_center(self, s, count):
-        real_update_center(self, s, count)
-        centers.append(self.center.clone())
+def test_step_updates_center_and_teacher_once_per_optimizer_step(cmu_svs, tmp_path):
+    k = 3
+    accelerator, student, teacher, loss, optimizer, micro = _step_parts(cmu_svs, tmp_path, k)
+    with torch.no_grad():  # the teacher does not change before the step's single EMA update
+        teacher_outputs = [teacher(crops[:2]) for crops in micro]
+    teacher_before = {n: p.clone() for n, p in teacher.state_dict().items()}
+    student_before = {n: p.clone() for n, p in accelerator.unwrap_model(student).state_dict().items()}
+    feed = iter(micro)
+    out = train_step(
+        accelerator,
+        student,
+        teacher,
+        loss,
+        optimizer,
+        lambda: next(feed),
+        teacher_temp=0.04,
+        momentum=0.9,
+        freeze_last_layer=False,
+        clip_grad=3.0,
+        step_index=0,
+    )
+    assert next(feed, None) is None  # exactly k micro-batches per optimizer step
+    # center = 0.9 * 0 + 0.1 * mean of the teacher outputs of all k micro-batches (one update, not k)
+    want = 0.1 * torch.cat(teacher_outputs).mean(0, keepdim=True)
+    torch.testing.assert_close(loss.center, want, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out.teacher_output, teacher_outputs[-1])
+    # one EMA update after one optimizer step: teacher = 0.9 * teacher_before + 0.1 * student_after
+    student_after = accelerator.unwrap_model(student).state_dict()
+    changed = [n for n in student_after if not torch.equal(student_after[n], student_before[n])]
+    assert changed  # the optimizer stepped
+    for name, value in teacher.state_dict().items():
+        if value.is_floating_point():
+            want_p = 0.9 * teacher_before[name] + 0.1 * student_after[name]
+            torch.testing.assert_close(value, want_p, rtol=1e-5, atol=1e-6, msg=name)
 
-    def update_teacher(student, teacher, momentum):
-        teacher_calls.append(momentum)
-        real_update_teacher(student, teacher, momentum)
 
-    monkeypatch.setattr(DINOLoss, "forward", forward)
-    monkeypatch.setattr(DINOLoss, "update_center", update_center)
-    monkeypatch.setattr(dino_module, "update_teacher", update_teacher)
+def test_step_stops_on_non_finite_loss_naming_step_and_checkpoint(cmu_svs, tmp_path):
+    accelerator, student, teacher, loss, optimizer, micro = _step_parts(cmu_svs, tmp_path, 1)
+    bad = [c.clone() for c in micro[0]]
+    bad[2][0] = float("nan")  # one local crop of one tile: the student output and the loss become NaN
+    with pytest.raises(NonFiniteLossError, match=r"at step 7 .*checkpoint-6"):
+        train_step(
+            accelerator,
+            student,
+            teacher,
+            loss,
+            optimizer,
+            lambda: bad,
+            teacher_temp=0.04,
+            momentum=0.9,
+            freeze_last_layer=False,
+            clip_grad=3.0,
+            step_index=7,
+            last_good=tmp_path / "checkpoint-6",
+        )
+
+
+def test_full_run_accumulates(cmu_svs, tmp_path):
     k = 3
     summary = _run(
-        _args(
-            cmu_svs,
-            tmp_path,
-            "--max_steps",
-            "2",
-            "--gradient_accumulation_steps",
-            str(k),
-            "--save_steps",
-            "0",
-        )
+        _args(cmu_svs, tmp_path, "--max_steps", "2", "--gradient_accumulation_steps", str(k), "--save_steps", "0")
     )
     assert summary["steps"] == 2 and len(summary["losses"]) == 2
-    assert len(teacher_outputs) == 2 * k  # one loss per micro-batch
-    assert len(centers) == 2 and len(teacher_calls) == 2  # but one center / teacher update per optimizer step
-    # center after step 1 = 0.9 * 0 + 0.1 * mean of the teacher outputs of all k micro-batches
-    want1 = 0.1 * torch.cat(teacher_outputs[:k]).mean(0, keepdim=True)
-    torch.testing.assert_close(centers[0], want1, rtol=1e-5, atol=1e-7)
-    want2 = 0.9 * want1 + 0.1 * torch.cat(teacher_outputs[k:]).mean(0, keepdim=True)
-    torch.testing.assert_close(centers[1], want2, rtol=1e-5, atol=1e-7)
     assert summary["tiles_seen"] == 2 * k * 2
 
 
@@ -161,6 +199,10 @@ def test_resume_continues_exactly(cmu_svs, tmp_path):
     sa = json.loads((full_dir / "checkpoints" / "checkpoint-6" / "data_state_rank0.json").read_text())
     sb = json.loads((resumed_dir / "checkpoints" / "checkpoint-6" / "data_state_rank0.json").read_text())
     assert sa["pass_index"] == sb["pass_index"] and sa["batches_in_pass"] == sb["batches_in_pass"]
+    # resuming in the same folder cuts metrics.jsonl back to the checkpoint: every step is logged once
+    _run(_args(cmu_svs, full_dir, *common, "--resume_from_checkpoint", str(ckpt)))
+    rows = [json.loads(line) for line in (full_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     # "latest" finds the newest checkpoint of the output folder; nothing left to do there
     latest = _run(_args(cmu_svs, full_dir, *common, "--resume_from_checkpoint", "latest"))
     assert latest["resumed_from"].endswith("checkpoint-6") and latest["losses"] == []

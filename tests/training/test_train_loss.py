@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pathfm.training.loss import DINOLoss
+from pathfm.training.losses.dino import DINOLoss
 
 
 def _reference_loss(
@@ -100,3 +100,32 @@ def test_loss_rejects_bad_shapes():
         loss_fn(torch.zeros(7, 8), torch.zeros(4, 8), 0.04)
     with pytest.raises(ValueError):
         DINOLoss(8, 1)
+
+
+def _reference_sinkhorn(teacher: np.ndarray, temp: float, iterations: int = 3) -> np.ndarray:
+    """SwAV / DINOv2 Sinkhorn-Knopp in float64 numpy: prototypes get mass 1/K, samples 1/B, 3 rounds."""
+    q = np.exp(teacher / temp).T  # (K, B)
+    k, b = q.shape
+    q /= q.sum()
+    for _ in range(iterations):
+        q /= q.sum(axis=1, keepdims=True) * k
+        q /= q.sum(axis=0, keepdims=True) * b
+    return (q * b).T
+
+
+def test_sinkhorn_knopp_centering_targets_and_loss():
+    rng = np.random.default_rng(3)
+    b, k, ncrops = 4, 6, 4
+    student = rng.normal(size=(ncrops * b, k))
+    teacher = rng.normal(size=(2 * b, k))
+    loss_fn = DINOLoss(k, ncrops, student_temp=0.1, centering="sinkhorn_knopp")
+    loss_fn.center.fill_(5.0)  # ignored by Sinkhorn-Knopp targets
+    targets = _reference_sinkhorn(teacher, 0.05)
+    got = loss_fn.teacher_probs(torch.tensor(teacher, dtype=torch.float32), 0.05)
+    np.testing.assert_allclose(got.numpy(), targets, rtol=1e-5, atol=1e-7)
+    # the loss is DINO's cross-entropy with these targets: the reference with log(targets) as logits at T = 1
+    want = _reference_loss(student, np.log(targets), np.zeros(k), ncrops, 1.0, 0.1)
+    loss = loss_fn(torch.tensor(student, dtype=torch.float32), torch.tensor(teacher, dtype=torch.float32), 0.05)
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="centering must be one of"):
+        DINOLoss(k, ncrops, centering="mean")

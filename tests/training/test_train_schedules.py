@@ -35,3 +35,18 @@ def test_epoch_of_step_and_errors():
         epoch_of_step(1, 0)
     with pytest.raises(ValueError):
         cosine_scheduler(1, 0, 0)
+
+
+def test_teacher_temp_per_epoch_as_the_references():
+    from types import SimpleNamespace
+
+    from pathfm.training.schedules import run_teacher_temp
+
+    args = SimpleNamespace(
+        warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=3, teacher_temp_per_epoch=True
+    )
+    # upstream per epoch: linspace(0.04, 0.07, 3) then 0.07; each value held for the 3 steps of its epoch
+    want = [0.04] * 3 + [0.055] * 3 + [0.07] * 3 + [0.07]
+    np.testing.assert_allclose(run_teacher_temp(args, 10, 3), want, atol=1e-12)
+    args.teacher_temp_per_epoch = False  # default: the same ramp per optimizer step (9 warm-up steps)
+    np.testing.assert_allclose(run_teacher_temp(args, 10, 3)[[0, 8, 9]], [0.04, 0.07, 0.07], atol=1e-12)

@@ -75,3 +75,25 @@ def test_multicrop_shapes_range_and_per_sample_params():
     assert not torch.equal(crops[0][0], crops[0][1])
     with pytest.raises(ValueError, match="uint8"):
         aug(tiles.float())
+
+
+def test_batchnorm_head_teacher_uses_batch_statistics():
+    torch.manual_seed(0)
+    student = DINOHead(8, 16, use_bn=True, hidden_dim=12, bottleneck_dim=4)
+    teacher = make_teacher(student, DINOHead(8, 16, use_bn=True, hidden_dim=12, bottleneck_dim=4))
+    x = torch.randn(6, 8) * 5 + 3
+    with torch.no_grad():
+        out = teacher(x)
+        # stale running statistics (here: nonsense values) must not change the teacher's output
+        for m in teacher.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.running_mean.fill_(100.0)
+                m.running_var.fill_(1e-3)
+        again = teacher(x)
+        # and the output is the batch-statistics one: the head in train mode
+        student.load_state_dict(teacher.state_dict())
+        student.train()
+        want = student(x)
+    torch.testing.assert_close(again, out, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-6)
+    assert not any(p.requires_grad for p in teacher.parameters())

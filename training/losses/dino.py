@@ -20,7 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DINOLoss"]
+from pathfm.training.losses.sinkhorn import sinkhorn_knopp
+
+__all__ = ["CENTERINGS", "DINOLoss"]
+
+CENTERINGS = ("centering", "sinkhorn_knopp")
 
 
 class DINOLoss(nn.Module):
@@ -31,6 +35,9 @@ class DINOLoss(nn.Module):
         ncrops: Student views per image (2 global + number of local crops).
         student_temp: Student softmax temperature (0.1 in DINO).
         center_momentum: EMA momentum of the center (0.9 in DINO).
+        centering: Teacher targets: ``centering`` (DINO: softmax of the centred, sharpened teacher) or
+            ``sinkhorn_knopp`` (DINOv2 / SwAV equipartition over the global batch, ``losses/sinkhorn.py``;
+            the center is then still tracked but not used by the loss).
 
     Attributes:
         center: Buffer of shape (1, K), saved with the module state (``state_dict``).
@@ -39,11 +46,19 @@ class DINOLoss(nn.Module):
     center: Tensor
 
     def __init__(
-        self, out_dim: int, ncrops: int, student_temp: float = 0.1, center_momentum: float = 0.9
+        self,
+        out_dim: int,
+        ncrops: int,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        centering: str = "centering",
     ) -> None:
         super().__init__()
         if ncrops < 2:
             raise ValueError(f"DINOLoss needs at least the 2 global crops, got ncrops={ncrops}")
+        if centering not in CENTERINGS:
+            raise ValueError(f"DINOLoss: centering must be one of {CENTERINGS}, got {centering!r}")
+        self.centering = centering
         self.out_dim = out_dim
         self.ncrops = ncrops
         self.student_temp = student_temp
@@ -77,9 +92,7 @@ class DINOLoss(nn.Module):
                 f"teacher rows {teacher_output.shape[0]} not divisible by 2"
             )
         student_out = (student_output.float() / self.student_temp).chunk(self.ncrops)
-        teacher_out = (
-            F.softmax((teacher_output.float() - self.center) / teacher_temp, dim=-1).detach().chunk(2)
-        )
+        teacher_out = self.teacher_probs(teacher_output, teacher_temp).chunk(2)
         total_loss = student_output.new_zeros((), dtype=torch.float32)
         n_loss_terms = 0
         for iq, q in enumerate(teacher_out):
@@ -89,6 +102,16 @@ class DINOLoss(nn.Module):
                 total_loss = total_loss + torch.sum(-q * F.log_softmax(s, dim=-1), dim=-1).mean()
                 n_loss_terms += 1
         return total_loss / n_loss_terms
+
+    @torch.no_grad()
+    def teacher_probs(self, teacher_output: Tensor, teacher_temp: float) -> Tensor:
+        """Teacher targets (2 * B, K), rows summing to 1, float32, no gradient.
+
+        With ``sinkhorn_knopp`` every rank must call this together (the normalisation sums are all-reduced).
+        """
+        if self.centering == "sinkhorn_knopp":
+            return sinkhorn_knopp(teacher_output, teacher_temp)
+        return F.softmax((teacher_output.float() - self.center) / teacher_temp, dim=-1)
 
     @torch.no_grad()
     def update_center(self, teacher_output_sum: Tensor, count: int | float | Tensor) -> None:

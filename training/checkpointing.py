@@ -1,0 +1,182 @@
+"""The checkpoint layout of a training run: one module decides what is saved, where, and how it is read back.
+
+Layout of ``<output_dir>/checkpoints/checkpoint-<step>/`` (``Accelerator.save_state`` plus our files):
+
+- ``model.safetensors`` / ``optimizer.bin`` / ``random_states_<rank>.pkl``: the prepared student, the
+  optimizer and the RNG states of every process (accelerate);
+- ``custom_checkpoint_<i>.pkl``: the objects of :data:`REGISTERED`, in that order (teacher, loss, state);
+- ``data_state_rank<r>.json``: each rank's tile-stream position (``TileBatchStream.state_dict``);
+- ``pathfm_checkpoint.json``: backbone config, card facts and the teacher's file + key prefix, so that
+  ``training/export.py --checkpoint`` never guesses which file holds the teacher;
+- ``train_complete.json``: written last; folders without it are ignored by ``latest``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "checkpoint-"
+COMPLETE_MARKER = "train_complete.json"
+# objects passed to ``register_for_checkpointing``, in this order; accelerate names their files by position
+REGISTERED = ("teacher", "loss", "state")
+TEACHER_PREFIX = "backbone."  # the teacher's file holds the MultiCropWrapper: backbone.* and head.* keys
+
+
+class TrainState:
+    """Position of the run saved with ``Accelerator.save_state`` (``register_for_checkpointing``).
+
+    Attributes:
+        step: Number of optimizer steps done (the schedules' index of the next step).
+        tiles_seen: Tiles consumed by all ranks.
+    """
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.tiles_seen = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step, "tiles_seen": self.tiles_seen}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
+        self.tiles_seen = int(state["tiles_seen"])
+
+
+def register(accelerator: Accelerator, **objects: Any) -> None:
+    """``register_for_checkpointing`` the objects named in :data:`REGISTERED`, in that order.
+
+    Raises:
+        ValueError: The names differ from :data:`REGISTERED`.
+    """
+    if set(objects) != set(REGISTERED):
+        raise ValueError(f"checkpointing.register: expected objects {REGISTERED}, got {sorted(objects)}")
+    accelerator.register_for_checkpointing(*(objects[name] for name in REGISTERED))
+
+
+def teacher_file() -> str:
+    """Name of the file ``save_state`` writes the registered teacher to."""
+    return f"custom_checkpoint_{REGISTERED.index('teacher')}.pkl"
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first (by step number)."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir()
+        and p.name.startswith(CHECKPOINT_PREFIX)
+        and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+        and (p / COMPLETE_MARKER).exists()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path:
+    """``latest`` -> newest complete checkpoint of ``output_dir``; otherwise the given folder.
+
+    Raises:
+        FileNotFoundError: No checkpoint (the folder searched is named).
+    """
+    if spec == "latest":
+        found = checkpoint_dirs(output_dir)
+        if not found:
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint latest: no complete checkpoint in "
+                f"{Path(output_dir) / CHECKPOINTS_DIR}"
+            )
+        return found[-1]
+    path = Path(spec)
+    if not (path / COMPLETE_MARKER).exists():
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {spec}: not a complete checkpoint folder of this script "
+            f"(no {COMPLETE_MARKER})"
+        )
+    return path
+
+
+def prepare_output_dir(output_dir: Path, resume: str | None, overwrite: bool, is_main: bool) -> None:
+    """Refuse to silently mix two runs in one folder.
+
+    A folder that already holds ``checkpoints/`` or ``model/`` is a previous run: continue it with
+    ``--resume_from_checkpoint``, replace it with ``--overwrite_output_dir`` (its checkpoints and model are
+    deleted first, on the main process), or pick another ``--output_dir``.
+
+    Raises:
+        FileExistsError: The folder holds a run and neither flag was given.
+    """
+    previous = [output_dir / name for name in (CHECKPOINTS_DIR, "model") if (output_dir / name).exists()]
+    if not previous or resume:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds a run ({', '.join(p.name + '/' for p in previous)}): pass "
+            f"--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, or "
+            f"choose another --output_dir"
+        )
+    if is_main:
+        for path in previous:
+            shutil.rmtree(path)
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: Path,
+    state: TrainState,
+    stream: Any,
+    save_total_limit: int,
+    teacher_config: dict[str, Any] | None = None,
+    card_info: dict[str, Any] | None = None,
+) -> Path:
+    """``save_state`` to ``<output_dir>/checkpoints/checkpoint-<step>`` plus each rank's data-stream state.
+
+    With ``teacher_config``, ``export.save_export_metadata`` also writes ``pathfm_checkpoint.json`` naming
+    :func:`teacher_file` so that ``python training/export.py --checkpoint DIR`` can export any checkpoint.
+
+    Returns:
+        The checkpoint folder.
+    """
+    ckpt = output_dir / CHECKPOINTS_DIR / f"{CHECKPOINT_PREFIX}{state.step}"
+    accelerator.save_state(str(ckpt))  # models, optimizer, RNG of every process, registered objects
+    (ckpt / f"data_state_rank{accelerator.process_index}.json").write_text(json.dumps(stream.state_dict()))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if teacher_config is not None:
+            from pathfm.training.export import save_export_metadata
+
+            save_export_metadata(
+                ckpt, teacher_config, card_info, teacher_file=teacher_file(), teacher_prefix=TEACHER_PREFIX
+            )
+        (ckpt / COMPLETE_MARKER).write_text(json.dumps(state.state_dict()))
+        if save_total_limit > 0:
+            for old in checkpoint_dirs(output_dir)[:-save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return ckpt
+
+
+def load_checkpoint(accelerator: Accelerator, spec: str, output_dir: Path, stream: Any) -> Path:
+    """Restore a checkpoint (``latest`` or a folder): registered objects, RNG, and this rank's stream.
+
+    Raises:
+        FileNotFoundError: No such checkpoint, or it was written with another number of processes.
+    """
+    ckpt = resolve_checkpoint(spec, output_dir)
+    accelerator.load_state(str(ckpt))
+    data_state_file = ckpt / f"data_state_rank{accelerator.process_index}.json"
+    if not data_state_file.exists():
+        raise FileNotFoundError(
+            f"{data_state_file} missing: the checkpoint was written by a run with another number of processes"
+        )
+    stream.load_state_dict(json.loads(data_state_file.read_text()))
+    return ckpt
+
