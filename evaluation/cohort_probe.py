@@ -137,9 +137,12 @@ def probe_cohort(
                     "splits": split_report(
                         plan, [cohort.class_names[t] for t in cohort.labels], cohort.groups
                     ),
-                    "linear_probe": {m: runs.per_split[split][m] for m in METRICS},
-                    "knn_probe": runs.knn[split],
-                    "runs": runs.runs,
+                    # undefined metrics (AUROC of a one-class split) as None, so results.json stays JSON
+                    "linear_probe": {m: summarize(runs.per_split[split][m])["values"] for m in METRICS},
+                    "knn_probe": {m: summarize([v])["values"][0] for m, v in runs.knn[split].items()},
+                    "runs": [
+                        {k: v for k, v in r.items() if k not in ("validation", "test")} for r in runs.runs
+                    ],
                 }
             )
     return {"rounds": rounds, "linear": linear, "knn": knn, "oof_pred": oof_pred}
@@ -187,11 +190,18 @@ def results_for(
             "class_counts": np.bincount(cohort.labels, minlength=len(cohort.class_names)).tolist(),
         },
         "linear_probe": {split: {m: summarize(v) for m, v in probes["linear"].items()}},
-        "knn_probe": {split: {m: float(np.mean(v)) for m, v in probes["knn"].items()}},
+        "knn_probe": {split: {m: summarize(v)["mean"] for m, v in probes["knn"].items()}},
         "knn_probe_rounds": {split: {m: summarize(v) for m, v in probes["knn"].items()}},
         "split_assignment": _assignment(plans),
         "rounds": probes["rounds"],
     }
+
+
+def _fmt(summary: dict) -> str:
+    """``mean ± std``; "undefined" for a metric without a value (AUROC of a one-class split)."""
+    if summary["mean"] is None:
+        return "undefined"
+    return f"{summary['mean']:.3f}" + (f" ± {summary['std']:.3f}" if summary["std"] is not None else "")
 
 
 def comparison_report(entries: list[dict], pairs: list[dict], folder: Path) -> tuple[Path, Path]:
@@ -214,11 +224,9 @@ def comparison_report(entries: list[dict], pairs: list[dict], folder: Path) -> t
     ]
     for e in entries:
         lp, kn = e["results"]["linear_probe"][split], e["results"]["knn_probe_rounds"][split]
-        sd = lambda m: f" ± {m['std']:.3f}" if m["std"] is not None else ""
         lines.append(
-            f"| {e['label']} | {lp['balanced_accuracy']['mean']:.3f}{sd(lp['balanced_accuracy'])} | "
-            f"{lp['auroc']['mean']:.3f}{sd(lp['auroc'])} | "
-            f"{kn['balanced_accuracy']['mean']:.3f}{sd(kn['balanced_accuracy'])} |"
+            f"| {e['label']} | {_fmt(lp['balanced_accuracy'])} | {_fmt(lp['auroc'])} | "
+            f"{_fmt(kn['balanced_accuracy'])} |"
         )
     if pairs:
         p0 = pairs[0]
