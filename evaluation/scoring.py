@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
-METRIC_NAMES = ("balanced_accuracy", "macro_f1", "auroc", "dice")
+METRIC_NAMES = ("balanced_accuracy", "macro_f1", "auroc", "dice", "segmentation_dice")
 
 
 @functools.cache

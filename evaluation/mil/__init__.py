@@ -1,0 +1,1 @@
+"""Slide-level classification with attention MIL over cached tile embeddings (eva's protocol)."""

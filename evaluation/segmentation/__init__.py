@@ -1,0 +1,1 @@
+"""Frozen-backbone semantic segmentation as eva runs it: decoders, Dice loss, training loop."""
