@@ -43,7 +43,9 @@ def main() -> None:
             r = evaluate_retrieval(backbone, options=options)
             rows.append((backbone, r))
             tag = " (random init)" if backbone.random_init else ""
-            print(f"  {backbone.model_id}{tag}: top-1 {r['top1']:.3f}  per slide {r['per_group']}", flush=True)
+            print(
+                f"  {backbone.model_id}{tag}: top-1 {r['top1']:.3f}  per slide {r['per_group']}", flush=True
+            )
     print(f"\nembedded_retrieval, {rows[0][1]['n']} queries, chance {rows[0][1]['chance']:.3f}:")
     print("| backbone | top-1 |\n|---|---|")
     for backbone, r in rows:

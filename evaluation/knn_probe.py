@@ -7,6 +7,8 @@ normalised votes are the class scores used for AUROC, the arg-max the prediction
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -28,7 +30,7 @@ def knn_predict(
         train_y: (N,) int64 class ids.
         query_x: (M, D) embeddings to classify.
         num_classes: K.
-        k: neighbours (clipped to N).
+        k: neighbours; clipped to N with a warning when the training split is smaller.
         temperature: vote temperature T.
         chunk_size: queries per similarity block (memory: chunk_size x N floats); default keeps a block
             under 2**26 floats (256 MiB), e.g. 256 queries against PCam's 262,144 training embeddings.
@@ -36,7 +38,12 @@ def knn_predict(
     Returns:
         ``(predictions (M,) int64, scores (M, K) float32 summing to 1 per row)``.
     """
-    k = min(k, len(train_x))
+    if k > len(train_x):
+        warnings.warn(
+            f"k-NN: k={k} but the training split holds {len(train_x)} embeddings; using k={len(train_x)}",
+            stacklevel=2,
+        )
+        k = len(train_x)
     if chunk_size is None:
         chunk_size = max(1, min(4096, 2**26 // max(1, len(train_x))))
     train_n = F.normalize(train_x.float(), dim=1)

@@ -157,6 +157,9 @@ def train_linear_head(
     try:
         while step < config.max_steps and epoch < schedule.max_epochs:
             # ---- one epoch: seeded shuffle (one gather per epoch), then batches of batch_size ----
+            warm = epoch < config.warmup_epochs
+            for group in optimizer.param_groups:  # ConstantLR: factor during warm-up, stepped per epoch
+                group["lr"] = config.learning_rate * (config.warmup_factor if warm else 1.0)
             order = torch.randperm(n, generator=generator)
             epoch_x, epoch_t = train_x[order], targets[order]
             for start in range(0, n, config.batch_size):

@@ -9,6 +9,9 @@ their official layout is under ``--data_dir`` or ``--data_dir/<task>``). One fol
 ``--output_dir``: ``results.json``, ``report.md``, ``runs.png``, ``confusion_<split>.png``. Embeddings are
 cached under ``--embeddings_dir`` (default ``<output_dir>/embeddings``) and reused. For a local model folder
 the results are also added to its model card (``README.md`` model-index), unless ``--no_model_card``.
+
+With ``--dataset`` (a user's folder, tile table or embeddings file) the arguments go to
+``evaluation/cohort_probe.py`` instead: grouped splits / ``--folds K``, several ``--model``, bootstrap CIs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 import argparse
 import dataclasses
 import json
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -36,7 +40,12 @@ if TYPE_CHECKING:  # torch-heavy modules are imported where used, so that --help
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments (see module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model folder (save_pretrained output) or Hub id")
+    p.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="model folder (save_pretrained output) or Hub id; repeat to compare models on the same splits",
+    )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag, commit)")
     p.add_argument(
         "--image_processor",
@@ -109,7 +118,11 @@ def _probe_config(args: argparse.Namespace) -> LinearProbeConfig:
 
 
 def _evaluate(
-    backbone: Backbone, names: list[str], args: argparse.Namespace, out_root: Path
+    backbone: Backbone,
+    names: list[str],
+    args: argparse.Namespace,
+    out_root: Path,
+    outcomes: dict | None = None,
 ) -> dict[str, dict]:
     from pathfm.evaluation.card_results import update_model_card
     from pathfm.evaluation.head_export import save_probe_head
@@ -161,6 +174,8 @@ def _evaluate(
                 head_paths = save_probe_head(target, outcome.best_fit.head, results)
                 print(f"  probe head: {head_paths[0]} + {head_paths[1].name}", flush=True)
         all_results[name] = results
+        if outcomes is not None:
+            outcomes[name] = outcome
     return all_results
 
 
@@ -188,9 +203,14 @@ def comparison_markdown(trained: dict[str, dict], random: dict[str, dict]) -> st
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
+    cohort_argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--dataset" or a.startswith("--dataset=") for a in cohort_argv):
+        # a user's own data: see cohort_probe.py
+        from pathfm.evaluation.cohort_probe import main as cohort_main
+
+        return cohort_main(cohort_argv)
     args = parse_args(argv)
     import torch
-    from pathfm.evaluation.backbone import load_backbone
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     names = resolve_tasks(args.task, args.data_dir)
@@ -201,11 +221,35 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    outcomes: dict[str, dict] = {}  # model label -> {task: TaskOutcome}, for the pairwise comparison
+    summaries = []
+    for model_id in args.model:
+        folder = out if len(args.model) == 1 else out / _slug(model_id)
+        summaries.append(_run_model(model_id, args, names, folder, device, outcomes))
+    summary = summaries[0] if len(summaries) == 1 else {"models": summaries}
+    if len(outcomes) > 1:
+        summary["comparison"] = str(_write_comparison(outcomes, names, out))
+    summary["wall_time_s"] = time.perf_counter() - start
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-60:] or "model"
+
+
+def _run_model(
+    model_id: str, args: argparse.Namespace, names: list[str], out: Path, device: str, outcomes: dict
+):
+    """Evaluate one model (and its random init with --compare_random_init) into ``out``; returns its summary."""
+    from pathfm.evaluation.backbone import load_backbone
+
     backbone = load_backbone(
-        args.model, args.revision, args.image_processor, random_init=args.random_init, device=device
+        model_id, args.revision, args.image_processor, random_init=args.random_init, device=device
     )
     print(f"{PROTOCOL_NAME}: model {backbone.model_id} @ {backbone.revision}, tasks {names}", flush=True)
-    trained = _evaluate(backbone, names, args, out)
+    outcomes[model_id + (" (random init)" if args.random_init else "")] = mine = {}
+    trained = _evaluate(backbone, names, args, out, mine)
     protocols = sorted({r["protocol"]["name"] for r in trained.values()})
     summary = {
         "protocol": protocols[0] if len(protocols) == 1 else protocols,
@@ -215,15 +259,39 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.compare_random_init and not args.random_init:
         random_backbone = load_backbone(
-            args.model, args.revision, args.image_processor, random_init=True, device=device
+            model_id, args.revision, args.image_processor, random_init=True, device=device
         )
-        random = _evaluate(random_backbone, names, args, out / "random_init")
+        outcomes[f"{model_id} (random init)"] = theirs = {}
+        random = _evaluate(random_backbone, names, args, out / "random_init", theirs)
         (out / "comparison.md").write_text(comparison_markdown(trained, random))
         summary["random_init_tasks"] = {n: str(out / "random_init" / n / "results.json") for n in names}
         print((out / "comparison.md").read_text(), flush=True)
-    summary["wall_time_s"] = time.perf_counter() - start
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return 0
+    return summary
+
+
+def _write_comparison(outcomes: dict[str, dict], names: list[str], out: Path) -> Path:
+    """``comparison_ci.md`` + one PNG per task: every model, paired bootstrap CI of every difference."""
+    from pathfm.evaluation.compare import pairwise_bootstrap, task_comparison
+
+    sections = [f"# Model comparison ({PROTOCOL_NAME}, paired bootstrap over test samples)", ""]
+    pairs_json = {}
+    for name in names:
+        per_model = {label: o[name] for label, o in outcomes.items()}
+        first = next(iter(per_model.values()))
+        split = "test" if "test" in first.predictions else "validation"
+        pairs = pairwise_bootstrap(
+            first.targets[split],
+            {label: o.predictions[split] for label, o in per_model.items()},
+            len(first.results["task"]["classes"]),
+        )
+        pairs_json[name] = pairs
+        results = {label: o.results for label, o in per_model.items()}
+        sections.append(task_comparison(name, split, results, pairs, out))
+    (out / "comparison_ci.json").write_text(json.dumps(pairs_json, indent=2))
+    path = out / "comparison_ci.md"
+    path.write_text("\n".join(sections))
+    print(path.read_text(), flush=True)
+    return path
 
 
 def cli() -> int:

@@ -57,11 +57,18 @@ class RunOptions:
 
 @dataclass
 class TaskOutcome:
-    """Result dict plus the objects reports and head export need."""
+    """Result dict plus the objects reports, head export and model comparison need.
+
+    Attributes:
+        predictions: ``{split: (M,) int64}`` arg-max of the class scores averaged over the seeds' heads.
+        targets: ``{split: (M,) int64}`` reference classes, same order.
+    """
 
     results: dict
     best_fit: HeadFit
     embedding_dim: int
+    predictions: dict = field(default_factory=dict)
+    targets: dict = field(default_factory=dict)
 
 
 def summarize(values: list[float]) -> dict:
@@ -131,26 +138,56 @@ def _scores(head_or_probs: Tensor, y: Tensor, num_classes: int) -> tuple[dict, n
     )
 
 
-def run_task(backbone: Backbone, task: EvalTask, options: RunOptions) -> TaskOutcome:
-    """Embed (or reuse), train ``n_runs`` heads with seeds 0..N-1, run k-NN, and score everything.
+@dataclass
+class ProbeRuns:
+    """Linear heads (one per seed) and the k-NN probe on one train/validation/evaluation split.
 
-    Raises:
-        TaskDataError: the task's data is missing or malformed.
-        CacheConflictError: cached embeddings conflict with the data (see ``embedding_cache``).
+    Attributes:
+        fits: one :class:`HeadFit` per seed.
+        per_split: ``{split: {metric: [value per seed]}}``.
+        confusions: ``{split: [confusion matrix per seed]}``.
+        runs: per-seed records (seed, epochs, scores) for ``results.json``.
+        knn: ``{split: scores}`` of the k-NN probe.
+        probabilities: ``{split: [(M, K) class scores per seed]}`` of the linear heads.
+        seconds_linear, seconds_knn: wall time.
     """
-    t0 = time.perf_counter()
-    k = task.num_classes
-    embeddings, targets, embed_info = get_embeddings(backbone, task, options)
-    t_embed = time.perf_counter() - t0
-    eval_splits = [s for s in ("validation", "test") if s in task.SPLIT_NAMES]
 
+    fits: list
+    per_split: dict
+    confusions: dict
+    runs: list
+    knn: dict
+    probabilities: dict
+    seconds_linear: float
+    seconds_knn: float
+
+
+def probe_embeddings(
+    embeddings: dict[str, Tensor],
+    targets: dict[str, Tensor],
+    k: int,
+    eval_splits: list[str],
+    options: RunOptions,
+) -> ProbeRuns:
+    """Train ``n_runs`` heads (seeds 0..N-1) on ``train`` with early stopping on ``validation``, run k-NN,
+    and score every split of ``eval_splits``.
+
+    Args:
+        embeddings: ``{split: (N_split, D)}`` with at least train and validation.
+        targets: ``{split: (N_split,)}`` int64 class ids.
+        k: number of classes.
+        eval_splits: splits to score.
+        options: protocol settings.
+    """
     # ---- linear probe: N runs, seeds 0..N-1 ----
     t1 = time.perf_counter()
+    probabilities: dict[str, list] = {s: [] for s in eval_splits}
     fits: list[HeadFit] = []
     per_split: dict[str, dict[str, list[float]]] = {s: {m: [] for m in METRICS} for s in eval_splits}
     confusions: dict[str, list[list[list[int]]]] = {s: [] for s in eval_splits}
     runs = []
-    for seed in range(options.probe.n_runs):
+    first = options.probe.first_seed
+    for seed in range(first, first + options.probe.n_runs):
         fit = train_linear_head(
             embeddings["train"],
             targets["train"],
@@ -169,7 +206,9 @@ def run_task(backbone: Backbone, task: EvalTask, options: RunOptions) -> TaskOut
             "stopped_early": fit.stopped_early,
         }
         for split in eval_splits:
-            scores, cm = _scores(predict_proba(fit.head, embeddings[split], k), targets[split], k)
+            probs = predict_proba(fit.head, embeddings[split], k)
+            probabilities[split].append(probs)
+            scores, cm = _scores(probs, targets[split], k)
             for m in METRICS:
                 per_split[split][m].append(scores[m])
             confusions[split].append(cm.tolist())
@@ -192,6 +231,32 @@ def run_task(backbone: Backbone, task: EvalTask, options: RunOptions) -> TaskOut
         knn[split], _ = _scores(knn_probs, targets[split], k)
     t_knn = time.perf_counter() - t2
 
+    return ProbeRuns(fits, per_split, confusions, runs, knn, probabilities, t_linear, t_knn)
+
+
+def run_task(backbone: Backbone, task: EvalTask, options: RunOptions) -> TaskOutcome:
+    """Embed (or reuse), train ``n_runs`` heads with seeds 0..N-1, run k-NN, and score everything.
+
+    Raises:
+        TaskDataError: the task's data is missing or malformed.
+        CacheConflictError: cached embeddings conflict with the data (see ``embedding_cache``).
+    """
+    t0 = time.perf_counter()
+    k = task.num_classes
+    embeddings, targets, embed_info = get_embeddings(backbone, task, options)
+    t_embed = time.perf_counter() - t0
+    eval_splits = [s for s in ("validation", "test") if s in task.SPLIT_NAMES]
+
+    probes = probe_embeddings(embeddings, targets, k, eval_splits, options)
+    fits, per_split, confusions, runs, knn = (
+        probes.fits,
+        probes.per_split,
+        probes.confusions,
+        probes.runs,
+        probes.knn,
+    )
+    t_linear, t_knn = probes.seconds_linear, probes.seconds_knn
+
     best_index = max(range(len(fits)), key=lambda i: (fits[i].best_val_balanced_accuracy, -i))
     schedule = derive_schedule(len(embeddings["train"]), options.probe)
     results = {
@@ -200,13 +265,19 @@ def run_task(backbone: Backbone, task: EvalTask, options: RunOptions) -> TaskOut
             "linear": {
                 **options.probe.to_dict(),
                 "optimizer": "AdamW",
-                "lr_schedule": "constant",
+                "lr_schedule": (
+                    f"x{options.probe.warmup_factor:.4g} for {options.probe.warmup_epochs} epochs, then constant"
+                    if options.probe.warmup_epochs
+                    else "constant"
+                ),
                 "loss": "bce (1 logit)" if k == 2 else "cross_entropy",
                 "early_stopping": "validation balanced_accuracy, checked every epoch, best checkpoint kept",
                 "steps_per_epoch": schedule.steps_per_epoch,
                 "max_epochs": schedule.max_epochs,
                 "patience_epochs": schedule.patience,
-                "seeds": list(range(options.probe.n_runs)),
+                "seeds": list(
+                    range(options.probe.first_seed, options.probe.first_seed + options.probe.n_runs)
+                ),
             },
             "knn": {**options.knn.to_dict(), "similarity": "cosine", "vote": "exp(sim / temperature)"},
             "pooling": options.pooling,
@@ -253,5 +324,11 @@ def run_task(backbone: Backbone, task: EvalTask, options: RunOptions) -> TaskOut
         "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     return TaskOutcome(
-        results=results, best_fit=fits[best_index], embedding_dim=int(embeddings["train"].shape[1])
+        results=results,
+        best_fit=fits[best_index],
+        embedding_dim=int(embeddings["train"].shape[1]),
+        predictions={
+            s: torch.stack(p).mean(dim=0).argmax(dim=1).numpy() for s, p in probes.probabilities.items()
+        },
+        targets={s: targets[s].numpy() for s in eval_splits},
     )

@@ -13,6 +13,15 @@
   standard deviation (ddof=1) and every value reported for validation and test;
 - a weighted k-NN probe (k = 20, cosine similarity, DINO's vote weights exp(sim / 0.07)) as a second opinion.
 
+``eva-linear`` (:data:`EVA_LINEAR`) reproduces the settings of eva's offline patch-classification configs
+(kaiko-ai/eva ``configs/vision/pathology/offline/classification/*.yaml`` and
+``src/eva/core/models/modules/head.py`` at commit 73b61a79): the same head, AdamW lr 3e-4, batch 256,
+12,500 steps and patience (eva hard-codes it per dataset in validation checks; BACH's 1,250 equals our
+derived 20 % of 6,250 epochs), plus what eva does implicitly: torch's AdamW default weight decay 0.01,
+``ConstantLR`` defaults (lr x 1/3 for the first 5 epochs) and seed 42 (``EVA_GLOBAL_SEED``). eva seeds the
+global generator once and its runs continue that stream; we seed run i with 42 + i, so single runs do not
+match eva bit for bit, the protocol does.
+
 Changing any default here changes the numbers: bump ``PROTOCOL_VERSION`` when you do.
 """
 
@@ -40,7 +49,11 @@ class LinearProbeConfig:
         batch_size: training batch size (embeddings per step).
         max_steps: maximum number of optimizer steps.
         patience_fraction: early-stopping patience as a fraction of the maximum number of epochs.
-        n_runs: number of runs; run i uses seed i.
+        n_runs: number of runs; run i uses seed ``first_seed + i``.
+        warmup_epochs: epochs at the start trained with lr x ``warmup_factor`` (torch ConstantLR, stepped
+            once per epoch); 0: none.
+        warmup_factor: lr multiplier during the warm-up epochs.
+        first_seed: seed of run 0.
     """
 
     learning_rate: float = 3e-4
@@ -50,10 +63,16 @@ class LinearProbeConfig:
     max_steps: int = 12_500
     patience_fraction: float = 0.2
     n_runs: int = 5
+    warmup_epochs: int = 0
+    warmup_factor: float = 1.0
+    first_seed: int = 0
 
     def to_dict(self) -> dict:
         """JSON-ready dict of the fields."""
         return dataclasses.asdict(self)
+
+
+EVA_LINEAR_NAME = "eva-linear"
 
 
 @dataclass(frozen=True)
@@ -103,3 +122,7 @@ def derive_schedule(n_train: int, config: LinearProbeConfig) -> Schedule:
     max_epochs = math.ceil(config.max_steps / steps_per_epoch)
     patience = max(1, math.ceil(config.patience_fraction * max_epochs))
     return Schedule(steps_per_epoch=steps_per_epoch, max_epochs=max_epochs, patience=patience)
+
+
+EVA_LINEAR = LinearProbeConfig(weight_decay=0.01, warmup_epochs=5, warmup_factor=1 / 3, first_seed=42)
+PROTOCOLS: dict[str, LinearProbeConfig] = {PROTOCOL_NAME: LinearProbeConfig(), EVA_LINEAR_NAME: EVA_LINEAR}

@@ -32,12 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pathfm.evaluation.tasks.base import Sample, TaskDataError
+from pathfm.evaluation.tasks.embedded import TileSpec, _EmbeddedTask, _evenly
 from PIL import Image, ImageFilter
 from torch import Tensor
 from torch.nn import functional as F
-
-from pathfm.evaluation.tasks.base import Sample, TaskDataError
-from pathfm.evaluation.tasks.embedded import TileSpec, _EmbeddedTask, _evenly
 
 TILE_MPP = 1.0  # the TCGA slide's finest level
 TILE_SIZE = 224
@@ -127,7 +126,9 @@ class EmbeddedRetrieval(_EmbeddedTask):
         from pathfm.datasets_scripts.slide import open_slide
         from pathfm.datasets_scripts.tissue import compute_tissue_mask
 
-        sampler = GridTileSampler(mpp=TILE_MPP, tile_size=TILE_SIZE, stride=TILE_STRIDE, min_tissue=MIN_TISSUE)
+        sampler = GridTileSampler(
+            mpp=TILE_MPP, tile_size=TILE_SIZE, stride=TILE_STRIDE, min_tissue=MIN_TISSUE
+        )
         gallery: list[Sample] = []
         for slide_index, record in enumerate(self._slide_records()):
             with open_slide(record.path, mpp=record.mpp) as reader:
@@ -190,7 +191,7 @@ def retrieval_top1(gallery: Tensor, query: Tensor, groups: Tensor) -> dict:
         "top1": float(hit.mean()),
         "per_group": {int(g): float(hit[groups == g].mean()) for g in groups.unique()},
         "chance": float((1.0 / sizes).mean()),
-        "n": int(len(query)),
+        "n": len(query),
     }
 
 
