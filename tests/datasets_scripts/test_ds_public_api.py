@@ -16,7 +16,7 @@ from pathfm.datasets_scripts.slide import SlideReader
 from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGE_DIRS = ["pathfm", "modeling", "datasets_scripts", "training", "evaluation", "spaces"]
+PACKAGE_DIRS = ["pathfm", "modeling", "datasets_scripts", "training", "evaluation", "spaces", "benchmarks"]
 
 
 def _key(e: dict) -> tuple:
