@@ -27,7 +27,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pathfm.datasets_scripts.sources import SlideRecord, find_slides, read_gdc_manifest, read_manifest
+from pathfm.datasets_scripts.sources import (
+    SlideRecord,
+    find_slides,
+    read_gdc_manifest,
+    read_manifest,
+    read_text_utf8,
+)
 
 __all__ = ["MANIFEST_SUFFIXES", "CATALOGUE_SUFFIX", "read_catalogue", "resolve_sources", "unique_slide_ids"]
 
@@ -39,8 +45,7 @@ CATALOGUE_RECORD_COLUMNS = ["path", "slide_id", "mpp_x", "mpp_y", "group", "stat
 
 
 def _is_gdc_manifest(path: Path) -> bool:
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        header = next(csv.reader(fh, delimiter="\t"), [])
+    header = next(csv.reader(read_text_utf8(path).splitlines()[:1], delimiter="\t"), [])
     return {"id", "filename"} <= {h.strip() for h in header}
 
 

@@ -78,6 +78,21 @@ def find_slides(
 _PATH_COLUMNS = ("path", "slide_path", "file", "filename", "slide")
 
 
+
+def read_text_utf8(path: Path, what: str = "manifest") -> str:
+    """The text of a CSV/TSV file decoded as UTF-8 (a leading byte-order mark is dropped).
+
+    Raises:
+        ValueError: the file is not UTF-8; the message names the file, the byte offset and how to convert it.
+    """
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: {what} is not UTF-8 (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            f"save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`"
+        ) from None
+
 def read_manifest(path: str | os.PathLike) -> list[SlideRecord]:
     """Read a CSV/TSV manifest.
 
@@ -99,7 +114,7 @@ def read_manifest(path: str | os.PathLike) -> list[SlideRecord]:
     mpath = Path(path)
     if not mpath.is_file():
         raise FileNotFoundError(f"{mpath}: manifest not found")
-    text = mpath.read_text(encoding="utf-8-sig")
+    text = read_text_utf8(mpath)
     if mpath.suffix.lower() in (".tsv", ".txt"):
         delimiter = "\t"
     else:
@@ -294,8 +309,7 @@ def read_gdc_manifest(
     if not mpath.is_file():
         raise FileNotFoundError(f"{mpath}: GDC manifest not found")
     base = Path(root) if root is not None else mpath.parent
-    with open(mpath, encoding="utf-8-sig", newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
+    rows = list(csv.DictReader(read_text_utf8(mpath, "GDC manifest").splitlines(), delimiter="\t"))
     if not rows or "id" not in rows[0] or "filename" not in rows[0]:
         raise ValueError(
             f"{mpath}: not a GDC manifest (expected tab-separated columns id, filename, md5, size, state)"

@@ -146,3 +146,24 @@ def test_gdc_manifest_layout_and_ffpe_filter(tmp_path, eight_slides):
     with pytest.raises(FileNotFoundError, match=r"1 listed slide\(s\) missing.*<file_id>/<file_name>"):
         read_gdc_manifest(manifest, root)
     assert len(read_gdc_manifest(manifest, root, missing="skip")) == 2
+
+
+@pytest.mark.parametrize("kind", ["manifest", "gdc"])
+def test_non_utf8_manifest_names_file_offset_and_fix(tmp_path, kind):
+    from pathfm.datasets_scripts.resolve import resolve_sources
+
+    if kind == "manifest":
+        path = tmp_path / "cohort.csv"
+        path.write_bytes("path,label\nslides/Gewebe_Dünndarm.svs,0\n".encode("latin-1"))
+        offset = len(b"path,label\nslides/Gewebe_D")
+    else:
+        path = tmp_path / "gdc_manifest.txt"
+        path.write_bytes("id\tfilename\tmd5\tsize\tstate\nab\tTCGA-\xe9.svs\t0\t1\tok\n".encode("latin-1"))
+        offset = len(b"id\tfilename\tmd5\tsize\tstate\nab\tTCGA-")
+    with pytest.raises(ValueError) as err:
+        read_manifest(path) if kind == "manifest" else read_gdc_manifest(path)
+    msg = str(err.value)
+    assert str(path) in msg and "not UTF-8" in msg and f"offset {offset}" in msg and "iconv" in msg
+    assert "\n" not in msg
+    with pytest.raises(ValueError, match="not UTF-8"):
+        resolve_sources([str(path)])
