@@ -295,7 +295,15 @@ def load_preset(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        where = getattr(err, "problem_mark", None) or getattr(err, "lineno", None)
+        line = f" (line {where.line + 1})" if hasattr(where, "line") else (f" (line {where})" if where else "")
+        raise ValueError(
+            f"preset {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}{line}; "
+            "fix the syntax (a flat mapping of config keys, e.g. `max_steps: 100`)"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -411,6 +419,12 @@ def _validate(m: DINOModelArguments, d: DINODataArguments, t: DINOTrainingArgume
         problems.append("global_crops_scale and local_crops_scale take two numbers (min max)")
     if not d.mpps:
         problems.append("mpps must list at least one magnification")
+    elif any(not 0.05 <= mpp <= 20 for mpp in d.mpps):
+        problems.append(f"--mpps must be µm/px between 0.05 and 20 (kaiko: 0.25 0.5 1 2), got {d.mpps}")
+    if not 0.0 <= d.min_tissue <= 1.0:
+        problems.append(f"--min_tissue is a tissue fraction in [0, 1] (default 0.4), got {d.min_tissue}")
+    if t.lr <= 0:
+        problems.append(f"--lr must be > 0, got {t.lr}")
     if t.push_to_hub and not t.hub_model_id:
         problems.append("--push_to_hub needs --hub_model_id")
     if problems:

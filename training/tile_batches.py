@@ -21,6 +21,7 @@ process, with a state that a checkpoint can hold.
 from __future__ import annotations
 
 import logging
+import signal
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -95,6 +96,17 @@ def partition_slides(records: Sequence[SlideRecord], rank: int, world_size: int)
     return list(records[rank::world_size])
 
 
+
+def leave_stop_signals_to_main(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGINT and SIGTERM.
+
+    Ctrl-C in a terminal and SLURM's SIGTERM before a time limit reach the whole process group; a worker that
+    died of it would make the main process raise "DataLoader worker ... killed by signal" instead of
+    stopping cleanly at the next step with a checkpoint. Workers still exit when the main process does.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
 class TileBatchStream:
     """Endless iterator of tile batches for one rank, with ``state_dict``/``load_state_dict``.
 
@@ -168,6 +180,7 @@ class TileBatchStream:
             # own generator: creating an iterator must not advance the global (augmentation) RNG
             generator=torch.Generator().manual_seed(self.seed * 1_000_003 + pass_index),
             persistent_workers=False,
+            worker_init_fn=leave_stop_signals_to_main,
             # page-locked batches: the host-to-GPU copy (non_blocking) overlaps with compute
             pin_memory=torch.cuda.is_available(),
         )

@@ -33,6 +33,8 @@ def weights(tmp_path_factory) -> dict[str, Path]:
     (folders["truncated"] / "model.safetensors").write_bytes(data[:400])
     (folders["not_json"] / "config.json").write_text("{oops")
     save_file({"encoder.weight": torch.zeros(4, 4)}, str(folders["other_arch"] / "model.safetensors"))
+    folders["bad_yaml"] = root / "bad_preset.yaml"
+    folders["bad_yaml"].write_text("max_steps: [3\n")
     return folders
 
 
@@ -58,8 +60,15 @@ CASES = {
     "missing": (["--pretrained_weights", "{missing}"], "--pretrained_weights", "missing"),
     "other arch": (["--pretrained_weights", "{other_arch}"], "model.safetensors lacks", "other_arch"),
     "nothing to resume": (["--resume_from_checkpoint", "latest"], "checkpoint", "latest"),
+    "preset not yaml": (["{bad_yaml}"], "bad_preset.yaml: not valid YAML (line 2)", "fix the syntax"),
+    "mpp zero": (["--mpps", "0", "1"], "--mpps must be µm/px between 0.05 and 20", "[0.0, 1.0]"),
+    "tissue fraction": (["--min_tissue", "1.5"], "--min_tissue is a tissue fraction in [0, 1]", "1.5"),
+    "negative lr": (["--learning_rate", "-1"], "--lr must be > 0", "-1"),
 }
-PARSE_ONLY = {"unknown preset", "unknown backbone", "unknown flag", "crop size"}
+PARSE_ONLY = {
+    "unknown preset", "unknown backbone", "unknown flag", "crop size", "preset not yaml", "mpp zero",
+    "tissue fraction", "negative lr",
+}
 
 
 def _args(case: str, weights: dict[str, Path], out: Path) -> list[str]:

@@ -106,3 +106,33 @@ def test_stop_flag_and_save_policy():
     assert signal.getsignal(signal.SIGTERM) is before
     assert should_save(signal.SIGTERM, None) and not should_save(signal.SIGINT, None)
     assert should_save(signal.SIGINT, True) and not should_save(signal.SIGTERM, False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_the_process_group_with_loader_workers_stops_cleanly(sig, repo_root, tmp_path):
+    """Ctrl-C in a terminal and SLURM's SIGTERM reach every process of the group, DataLoader workers too:
+    the run must still stop at a step with a checkpoint, not die of a killed worker."""
+    out = tmp_path / "run"
+    small = list(SMALL)
+    small[small.index("--num_workers") + 1] = "2"
+    cmd = [sys.executable, "training/dino.py", "cpu_tiny", *small, "--max_steps", "200", "--save_steps", "0"]
+    cmd += ["--logging_steps", "1", "--output_dir", str(out)]
+    cmd += ["--save_on_interrupt", "true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.Popen(
+        cmd, cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    while not (out / "metrics.jsonl").exists() or len(losses(out)) < 2:
+        assert run.poll() is None, run.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the run did not reach step 2"
+        time.sleep(0.2)
+    os.killpg(run.pid, sig)  # the whole group: main process and its DataLoader workers
+    _, err = run.communicate(timeout=300)
+    assert "killed by signal" not in err and "Traceback" not in err, err[-3000:]
+    stopped = [line for line in err.splitlines() if line.startswith(f"stopped by {sig.name} at step ")]
+    assert len(stopped) == 1, err[-3000:]
+    step = int(re.search(r"at step (\d+)", stopped[0]).group(1))
+    assert (out / "checkpoints" / f"checkpoint-{step}").is_dir()
