@@ -106,12 +106,30 @@ def build_tile_dataset(
     from huggingface_hub import DatasetCard, DatasetCardData
 
     out = Path(output_dir)
+    created = not out.exists()
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     features = tile_features(config.tile_size, config.image_encoding)
-    tiles = datasets.Dataset.from_generator(
-        stream_examples, gen_kwargs={"config": config}, features=features, cache_dir=str(out / ".cache")
-    )
+    counted: Counter[str] = Counter()
+
+    def counted_examples(config: SlideTilesConfig) -> Iterator[dict[str, Any]]:
+        for example in stream_examples(config):
+            counted["tiles"] += 1
+            yield example
+
+    try:
+        tiles = datasets.Dataset.from_generator(
+            counted_examples, gen_kwargs={"config": config}, features=features, cache_dir=str(out / ".cache")
+        )
+    except ValueError:
+        if counted["tiles"]:
+            raise
+        if created:  # leave no half-written folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise ValueError(
+            f"{config.slides}: no tile to publish (every slide unreadable, without mpp, or no grid tile with "
+            f">= {config.min_tissue:.0%} tissue); see the warnings above, or lower --min_tissue"
+        ) from None
     tiles.to_parquet(str(data_dir / "train-00000-of-00001.parquet"))
     files = sorted(data_dir.glob("*.parquet"))
     counts: Counter[str] = Counter()
@@ -238,5 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """:func:`main` with input errors as one line (no traceback) and exit status 2."""
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"publish: error: {err}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -48,7 +48,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     ),
     "publish": (
         "pathfm.datasets_scripts.publish",
-        "main",
+        "cli",
         "datasets_scripts/publish.py",
         "build a grid-tile dataset (parquet + card), optionally push it",
     ),

@@ -61,3 +61,15 @@ def test_grid_to_parquet_card_and_hub(eight_slides, tmp_path, hub):
     assert len(ds) == len(streamed)
     ds = ds.cast_column("image", datasets.Image())
     np.testing.assert_array_equal(np.asarray(ds[0]["image"]), np.asarray(streamed[0]["image"]))
+
+
+def test_publish_with_no_readable_slide_is_one_line_and_leaves_no_folder(tmp_path, capsys):
+    from pathfm.datasets_scripts.publish import cli
+
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "slides" / "a.svs").write_text("not a slide")
+    out = tmp_path / "published"
+    assert cli(["--slides", str(tmp_path / "slides"), "--output_dir", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err) == 1 and "no tile to publish" in err[0] and str(tmp_path / "slides") in err[0]
+    assert not out.exists()
