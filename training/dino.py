@@ -115,14 +115,7 @@ def train(
         d_args.global_crops_scale,
         d_args.local_crops_scale,
     ).to(device)
-    logger.info(
-        "rank %d/%d reads %d slide(s): %s (%d unreadable skipped overall)",
-        rank,
-        world_size,
-        len(data.my_slides),
-        [r.slide_id for r in data.my_slides],
-        len(data.failed),
-    )
+    logger.info("rank %d/%d reads %s", rank, world_size, slides_summary(data))
 
     # ============ networks, loss, optimizer ============
     student, teacher = build_student_teacher(m_args)
@@ -134,11 +127,7 @@ def train(
     fast = resolve_fast_paths(
         use_cuda(), t_args.torch_compile, t_args.optim, t_args.sync_free_step, t_args.torch_compile_backend
     )
-    # MFU: model FLOPs of one image counted once (meta device), the device's matmul peak measured once
-    flops_per_image = dino_flops_per_image(
-        student, teacher, d_args.global_crop_size, d_args.local_crop_size, d_args.local_crops_number
-    )["total"]
-    peak_flops = measure_matmul_peak(device)
+    flops_per_image, peak_flops = measure_mfu_terms(student, teacher, d_args, device)
     logger.info(
         "fast paths %s, mixed precision %s; %.3g GFLOP per image, peak %.3g TFLOP/s",
         fast.as_dict(),
@@ -215,13 +204,7 @@ def train(
         flops_per_image=flops_per_image,
         peak_flops=peak_flops,
     )
-    try:
-        run_loop(loop)
-    except TrainingInterrupted:
-        data.stream.close()
-        accelerator.end_training()
-        raise
-    data.stream.close()
+    run_until_done_or_interrupted(loop, data.stream)
 
     # ============ end: consistency, export, push ============
     summary: dict[str, Any] = {
@@ -234,6 +217,34 @@ def train(
     }
     return finish(loop, data.stream, summary)
 
+
+
+def slides_summary(data: Any) -> str:
+    """``"<n> slide(s): [ids] (<k> unreadable skipped overall)"`` for this rank's part of the data."""
+    ids = [r.slide_id for r in data.my_slides]
+    return f"{len(ids)} slide(s): {ids} ({len(data.failed)} unreadable skipped overall)"
+
+
+def measure_mfu_terms(
+    student: Any, teacher: Any, d_args: DINODataArguments, device: Any
+) -> tuple[float, float]:
+    """The two constants of MFU, each computed once per run: model FLOPs of one image of the recipe
+    (counted on the meta device) and the device's peak FLOP/s (measured with a matmul)."""
+    flops_per_image = dino_flops_per_image(
+        student, teacher, d_args.global_crop_size, d_args.local_crop_size, d_args.local_crops_number
+    )["total"]
+    return flops_per_image, measure_matmul_peak(device)
+
+
+def run_until_done_or_interrupted(loop: Loop, stream: Any) -> None:
+    """Run the loop; the tile stream is closed either way, and an interrupt also ends the trackers."""
+    try:
+        run_loop(loop)
+    except TrainingInterrupted:
+        stream.close()
+        loop.accelerator.end_training()
+        raise
+    stream.close()
 
 def finish(loop: Loop, stream: Any, summary: dict[str, Any]) -> dict[str, Any]:
     """Check that all ranks hold the same weights, export the teacher (+ push), write the summary.
