@@ -114,7 +114,7 @@ class RunSchedules:
     """Per-optimizer-step values of a run (DINO ``main_dino.py`` "init schedulers" section).
 
     Attributes:
-        lr: (total,) learning rate, peak = ``lr * global_batch / 256``.
+        lr: (total,) learning rate, peak = ``scaled_lr(lr, global_batch, lr_scaling_rule)``.
         weight_decay: (total,) weight decay.
         momentum: (total,) teacher EMA momentum.
         teacher_temp: (total,) teacher temperature.
@@ -136,7 +136,7 @@ def build_schedules(t_args: Any, world_size: int) -> RunSchedules:
     global_batch = t_args.per_device_batch_size * world_size * t_args.gradient_accumulation_steps
     return RunSchedules(
         lr=cosine_scheduler(
-            t_args.lr * global_batch / 256.0,
+            scaled_lr(t_args.lr, global_batch, getattr(t_args, "lr_scaling_rule", "linear_wrt_256")),
             t_args.min_lr,
             total,
             warmup_steps=round(t_args.warmup_epochs * spe),
