@@ -59,6 +59,9 @@ def test_dinov2_run_logs_terms_exports_and_resumes_exactly(cmu_svs, tmp_path):
     with torch.no_grad():
         out = model(pixel_values=torch.rand(2, 3, 32, 32))
     assert out.pooler_output.shape == (2, 64) and torch.isfinite(out.pooler_output).all()
+    card = (full_dir / "model" / "README.md").read_text()
+    assert "# pathfm ViT (DINOv2)" in card and "iBOT loss" in card and "| final DINOv2 loss |" in card
+    assert "self-supervised DINO (" not in card
 
     # resume from step 2: same loss and the same mask generator state at step 3
     ckpt = full_dir / "checkpoints" / "checkpoint-2"
