@@ -201,7 +201,10 @@ class DINOv2Wrapper(nn.Module):
             modules["ibot_head"] = self.ibot_head
         return modules
 
-    def forward(self, crops: list[Tensor], masks: Tensor | None = None, mask_input: bool = True) -> DINOv2Output:
+    def forward(
+        self, crops: list[Tensor], masks: Tensor | None = None, mask_input: bool = True,
+        mask_indices: Tensor | None = None,
+    ) -> DINOv2Output:
         """Run the crops.
 
         Args:
@@ -209,6 +212,8 @@ class DINOv2Wrapper(nn.Module):
             masks: Bool (2 * B, num_patches) iBOT masks of the global crops (crop-major), or None.
             mask_input: Replace the masked patches by the mask token (student) or only gather the patch tokens
                 at the masked positions (teacher, which sees the whole crops).
+            mask_indices: (M,) int64 ``masks.flatten().nonzero()``, if known: the gather then needs no
+                host-device sync (boolean indexing does).
 
         Returns:
             A :class:`DINOv2Output`.
@@ -223,6 +228,10 @@ class DINOv2Wrapper(nn.Module):
         cls_logits = self.dino_head(torch.cat([cls_tokens, *local_cls]))
         patch_logits = None
         if masks is not None:
-            patches = tokens[:, self.backbone.config.num_prefix_tokens :][masks]
+            patch_tokens = tokens[:, self.backbone.config.num_prefix_tokens :]
+            if mask_indices is None:
+                patches = patch_tokens[masks]
+            else:
+                patches = patch_tokens.flatten(0, 1).index_select(0, mask_indices)
             patch_logits = (self.dino_head if self.ibot_head is None else self.ibot_head)(patches)
         return DINOv2Output(cls_logits, patch_logits, cls_tokens)

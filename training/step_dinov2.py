@@ -77,14 +77,16 @@ def train_step_dinov2(
     teacher_cls, teacher_patches, grad_norm, cls_targets = [], [], None, None
     for _ in range(k):
         crops = next_crops()
-        batch = masks(2 * crops[0].shape[0], device)
+        batch = masks(2 * crops[0].shape[0])  # on the CPU: the loss counts masked patches without a sync
+        masks_dev, indices = (t.to(device, non_blocking=True) for t in (batch.masks, batch.mask_indices))
         with accelerator.accumulate(student):
             with torch.no_grad(), accelerator.autocast():
-                t_out = teacher(crops[:2], batch.masks, mask_input=False)
+                t_out = teacher(crops[:2], masks_dev, mask_input=False, mask_indices=indices)
             cls_targets, patch_targets = loss_fn.targets(t_out, teacher_temp)
             with accelerator.autocast():
-                s_out = student(crops, batch.masks)
-            out = loss_fn(s_out, cls_targets, patch_targets, batch.masks, batch.masks_weight)
+                s_out = student(crops, masks_dev, mask_indices=indices)
+            weight = batch.masks_weight.to(device, non_blocking=True)
+            out = loss_fn(s_out, cls_targets, patch_targets, batch.masks, weight)
             loss = out["loss"]
             loss_all = accelerator.reduce(loss.detach().clone(), reduction="mean")
             if not sync_free and not math.isfinite(loss_all.item()):

@@ -75,6 +75,44 @@ def test_dinov2_run_logs_terms_exports_and_resumes_exactly(cmu_svs, tmp_path):
     assert masks[0] != json.loads((ckpt / "masks_state_rank0.json").read_text())
 
 
+def test_bad_dinov2_values_are_one_line_errors(tmp_path):
+    from pathfm.training.config import parse_config
+
+    for flags, named in (
+        (["--objective", "dinov3"], "--objective must be dino or dinov2, got 'dinov3'"),
+        (["--mask_ratio_min_max", "0.5", "0.1"], "--mask_ratio_min_max takes two ratios"),
+        (["--mask_sample_probability", "1.5"], "--mask_sample_probability must be in [0, 1]"),
+        (["--koleo_loss_weight", "-1"], "loss weights must be >= 0, got --koleo_loss_weight -1.0"),
+        (["--lr_scaling_rule", "sqrt"], "--lr_scaling_rule must be linear_wrt_256 or sqrt_wrt_1024"),
+    ):
+        with pytest.raises(ValueError, match="invalid DINO config") as err:
+            parse_config(["cpu_tiny_dinov2", "--output_dir", str(tmp_path), *flags])
+        assert named in str(err.value) and "\n" not in str(err.value)
+
+
+def test_dinov2_loss_kde_option_and_no_local_crops():
+    """KDE replaces KoLeo when weighted (Midnight), each term is its weight times the module's value, and the
+    DINO term works without local crops."""
+    from pathfm.training.heads import DINOv2Output
+    from pathfm.training.losses.dino_v2 import DINOv2CLSLoss
+    from pathfm.training.losses.dinov2_loss import DINOv2Loss
+    from pathfm.training.losses.kde import kde_per_crop
+    from tests.training.dinov2_inputs import wave
+
+    loss_fn = DINOv2Loss(8, 8, weights={"koleo_loss_weight": 0.0, "kde_loss_weight": 0.05, "ibot_loss_weight": 0})
+    teacher = DINOv2Output(wave(4, 8, 0.1), None, wave(4, 6, 0.2))
+    student = DINOv2Output(wave(4, 8, 0.5), None, wave(4, 6, 0.9))
+    cls_targets, patch_targets = loss_fn.targets(teacher, 0.04)
+    assert patch_targets is None
+    terms = loss_fn(student, cls_targets, None, None)
+    assert set(terms) == {"loss", "dino_local_crops_loss", "dino_global_crops_loss", "kde_loss"}
+    assert float(terms["kde_loss"]) == pytest.approx(0.05 * float(kde_per_crop(student.cls_tokens)), abs=1e-7)
+    local, global_ = DINOv2CLSLoss(8)(student.cls_logits, None, cls_targets)
+    assert float(terms["dino_local_crops_loss"]) == 0.0 and float(local) == 0.0
+    assert float(terms["dino_global_crops_loss"]) == pytest.approx(float(global_), abs=1e-7)
+    assert float(terms["loss"]) == pytest.approx(float(global_) + float(terms["kde_loss"]), abs=1e-6)
+
+
 def _launch(repo_root: Path, out: Path, *extra: str, nproc: int = 1) -> subprocess.Popen:
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
