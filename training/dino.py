@@ -58,10 +58,9 @@ from pathfm.training.fast_paths import compile_dino_modules, resolve_fast_paths
 from pathfm.training.interrupt import TrainingInterrupted
 from pathfm.training.launch import WorldSizeMismatchError, make_accelerator, trackers, use_cuda
 from pathfm.training.loop import Loop, run_loop
-from pathfm.training.losses.dino import DINOLoss
 from pathfm.training.mfu import dino_flops_per_image, measure_matmul_peak
-from pathfm.training.networks import build_student_teacher, param_digest
-from pathfm.training.optim import build_optimizer
+from pathfm.training.networks import param_digest
+from pathfm.training.objectives import build_objective
 from pathfm.training.run_card import RunCard
 from pathfm.training.schedules import build_schedules
 from pathfm.training.step import NonFiniteLossError
@@ -117,13 +116,12 @@ def train(
     ).to(device)
     logger.info("rank %d/%d reads %s", rank, world_size, slides_summary(data))
 
-    # ============ networks, loss, optimizer ============
-    student, teacher = build_student_teacher(m_args)
+    # ============ networks, loss, optimizer (of --objective: objectives/) ============
+    objective = build_objective(m_args, d_args, t_args, rank)
+    student, teacher = objective.build_networks()
     teacher.to(device)
-    dino_loss = DINOLoss(
-        m_args.out_dim, augment.ncrops, t_args.student_temp, t_args.center_momentum, t_args.centering
-    )
-    dino_loss.to(device)
+    loss = objective.build_loss(augment.ncrops)
+    loss.to(device)
     fast = resolve_fast_paths(
         use_cuda(), t_args.torch_compile, t_args.optim, t_args.sync_free_step, t_args.torch_compile_backend
     )
@@ -135,7 +133,7 @@ def train(
         flops_per_image / 1e9,
         peak_flops / 1e12,
     )
-    optimizer = build_optimizer(student, fused=fast.fused_adamw)
+    optimizer = objective.build_optimizer(student, fused=fast.fused_adamw)
     if fast.torch_compile:
         compile_dino_modules([student, teacher], backend=fast.compile_backend)
     # prepare: wraps the student in DDP when several processes run (gradients all-reduced in backward) and
@@ -149,10 +147,12 @@ def train(
     # ============ resume ============
     state = TrainState()
     # save_state/load_state hold the prepared student and optimizer, RNG of every process, and these:
-    register(accelerator, teacher=teacher, loss=dino_loss, state=state)
+    register(accelerator, teacher=teacher, loss=loss, state=state)
     resumed_from = None
     if t_args.resume_from_checkpoint:
-        ckpt = load_checkpoint(accelerator, t_args.resume_from_checkpoint, output_dir, data.stream)
+        ckpt = load_checkpoint(
+            accelerator, t_args.resume_from_checkpoint, output_dir, data.stream, objective.rank_objects()
+        )
         resumed_from = str(ckpt)
         logger.info("resumed from %s at step %d", resumed_from, state.step)
     card = RunCard(
@@ -185,9 +185,10 @@ def train(
     # ============ training loop ============
     loop = Loop(
         accelerator,
+        objective,
         student,
         teacher,
-        dino_loss,
+        loss,
         optimizer,
         data.stream,
         augment,
