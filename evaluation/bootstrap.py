@@ -68,27 +68,71 @@ def paired_bootstrap(
     y, pa, pb = (np.asarray(v, dtype=np.int64) for v in (y, pred_a, pred_b))
     if not len(y) or len(pa) != len(y) or len(pb) != len(y):
         raise ValueError(f"bootstrap needs equal, non-empty lengths; got {len(y)}, {len(pa)}, {len(pb)}")
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        gid, n_units, unit = np.arange(len(y)), len(y), "test samples"
-    else:
-        _, gid = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
-        n_units, unit = int(gid.max()) + 1, "groups (cluster bootstrap)"
-    diffs = []
-    for start in range(0, n_boot, 256):  # chunks keep the (replicates, N) weight matrix small
-        draws = rng.integers(0, n_units, (min(256, n_boot - start), n_units))
-        unit_weights = np.stack([np.bincount(d, minlength=n_units) for d in draws]).astype(np.float64)
-        w = unit_weights[:, gid]  # a sample weighs as often as its group (or itself) was drawn
-        diffs.append(
+    diff, unit = [], ""
+    for w, unit in _replicate_weights(len(y), groups, n_boot, seed):
+        diff.append(
             weighted_balanced_accuracy(y, pa, w, num_classes)
             - weighted_balanced_accuracy(y, pb, w, num_classes)
         )
-    diff = np.concatenate(diffs)
     full = np.ones((1, len(y)))
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(diff, [alpha, 1 - alpha])
     a = float(weighted_balanced_accuracy(y, pa, full, num_classes)[0])
     b = float(weighted_balanced_accuracy(y, pb, full, num_classes)[0])
+    return _interval(a, b, np.concatenate(diff), confidence, n_boot, len(y), unit)
+
+
+def paired_mean_bootstrap(
+    score_a: Sequence[float],
+    score_b: Sequence[float],
+    groups: Sequence | None = None,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Mean per-sample score of A minus that of B (e.g. retrieval hits 0/1), with a paired percentile
+    bootstrap interval; same resampling as :func:`paired_bootstrap`.
+
+    Args:
+        score_a, score_b: (N,) per-sample scores of models A and B on the same samples, same order.
+        groups: (N,) group of each sample (e.g. the gallery tile several queries were made from): whole
+            groups are resampled; None: samples.
+        n_boot, confidence, seed: as :func:`paired_bootstrap`.
+
+    Returns:
+        :func:`paired_bootstrap`'s dict, with means in place of balanced accuracies.
+
+    Raises:
+        ValueError: lengths differ or there are no samples.
+    """
+    sa, sb = np.asarray(score_a, dtype=np.float64), np.asarray(score_b, dtype=np.float64)
+    if not len(sa) or len(sb) != len(sa):
+        raise ValueError(f"bootstrap needs equal, non-empty lengths; got {len(sa)}, {len(sb)}")
+    diff, unit = [], ""
+    for w, unit in _replicate_weights(len(sa), groups, n_boot, seed):
+        diff.append((w @ (sa - sb)) / w.sum(axis=1))
+    diff = np.concatenate(diff)
+    return _interval(float(sa.mean()), float(sb.mean()), diff, confidence, n_boot, len(sa), unit)
+
+
+def _replicate_weights(n: int, groups: Sequence | None, n_boot: int, seed: int):
+    """Yield ``(weights (chunk, n), unit)``: how often each sample is drawn in each replicate (whole groups
+    drawn with replacement when ``groups`` is given), in chunks that keep the matrix small."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        gid, n_units, unit = np.arange(n), n, "test samples"
+    else:
+        _, gid = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+        n_units, unit = int(gid.max()) + 1, "groups (cluster bootstrap)"
+    for start in range(0, n_boot, 256):
+        draws = rng.integers(0, n_units, (min(256, n_boot - start), n_units))
+        unit_weights = np.stack([np.bincount(d, minlength=n_units) for d in draws]).astype(np.float64)
+        yield unit_weights[:, gid], unit  # a sample weighs as often as its group (or itself) was drawn
+
+
+def _interval(
+    a: float, b: float, diff: np.ndarray, confidence: float, n_boot: int, n: int, unit: str
+) -> dict:
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(diff, [alpha, 1 - alpha])
     return {
         "a": a,
         "b": b,
@@ -97,7 +141,7 @@ def paired_bootstrap(
         "ci_high": float(high),
         "confidence": confidence,
         "n_boot": n_boot,
-        "n": len(y),
+        "n": n,
         "unit": unit,
         "excludes_zero": bool(low > 0 or high < 0),
     }
