@@ -165,6 +165,7 @@ def _steps(
                 t_args.save_total_limit,
                 loop.teacher.backbone.config.to_dict(),
                 loop.card.info(state, out.loss, dict(loop.last_metrics)),
+                networks=(loop.student, loop.teacher, loop.optimizer),
             )
         signum = _stop_requested(acc, stop)
         if signum:
@@ -187,6 +188,7 @@ def _stop(loop: Loop, signum: int, loss: float) -> None:
             t_args.save_total_limit,
             loop.teacher.backbone.config.to_dict(),
             loop.card.info(state, loss, dict(loop.last_metrics)),
+            networks=(loop.student, loop.teacher, loop.optimizer),
         )
     if loop.last_good is None:
         where = "none (nothing to resume; --save_on_interrupt saves one at the stop)"
