@@ -261,6 +261,8 @@ def log_step(loop: Loop, it: int, out: StepOutput, timer: _Timer, metrics_path: 
         "tiles_seen": state.tiles_seen,
         "epoch": it / loop.t_args.steps_per_epoch,
     }
+    if acc.device.type == "cuda":  # this rank's peak since the start (DDP vs FSDP2: benchmarks/fsdp_gpu.py)
+        logs["peak_memory_gib"] = torch.cuda.max_memory_allocated(acc.device) / 2**30
     collapse = check_collapse(out.teacher_entropy, loop.m_args.out_dim)
     if collapse and acc.is_main_process:
         logger.warning("step %d: %s", state.step, collapse)
