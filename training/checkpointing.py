@@ -170,7 +170,11 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    accelerator: Accelerator, spec: str, output_dir: Path, stream: Any, rank_objects: dict[str, Any] | None = None
+    accelerator: Accelerator,
+    spec: str,
+    output_dir: Path,
+    stream: Any,
+    rank_objects: dict[str, Any] | None = None,
 ) -> Path:
     """Restore a checkpoint (``latest`` or a folder): registered objects, RNG, this rank's stream and
     ``rank_objects`` (same names as given to :func:`save_checkpoint`).

@@ -84,18 +84,25 @@ class DINOModelArguments:
     )
     drop_path_uniform: bool = field(
         default=False,
-        metadata={"help": "Same drop path rate in every block (dinov2 student.drop_path_uniform) instead of a ramp."},
+        metadata={
+            "help": "Same drop path rate in every block (dinov2 student.drop_path_uniform) instead of a ramp."
+        },
     )
     ibot_separate_head: bool = field(
         default=False,
-        metadata={"help": "dinov2: a separate iBOT head (ibot.separate_head; ViT-L/g configs) instead of sharing "
-                  "the DINO head."},
+        metadata={
+            "help": "dinov2: a separate iBOT head (ibot.separate_head; ViT-L/g configs) instead of sharing "
+            "the DINO head."
+        },
     )
     ibot_head_n_prototypes: int = field(
-        default=65536, metadata={"help": "dinov2: iBOT head prototypes when separate (ibot.head_n_prototypes)."}
+        default=65536,
+        metadata={"help": "dinov2: iBOT head prototypes when separate (ibot.head_n_prototypes)."},
     )
     ibot_head_hidden_dim: int = field(default=2048, metadata={"help": "dinov2: iBOT head MLP hidden size."})
-    ibot_head_bottleneck_dim: int = field(default=256, metadata={"help": "dinov2: iBOT head bottleneck size."})
+    ibot_head_bottleneck_dim: int = field(
+        default=256, metadata={"help": "dinov2: iBOT head bottleneck size."}
+    )
     ibot_head_nlayers: int = field(default=3, metadata={"help": "dinov2: iBOT head MLP layers."})
     attn_implementation: str = field(
         default="sdpa",
@@ -186,23 +193,32 @@ class DINOTrainingArguments:
         },
     )
     layerwise_decay: float = field(
-        default=0.9, metadata={"help": "dinov2: layer-wise lr decay per block (optim.layerwise_decay; 1 = off)."}
+        default=0.9,
+        metadata={"help": "dinov2: layer-wise lr decay per block (optim.layerwise_decay; 1 = off)."},
     )
     patch_embed_lr_mult: float = field(
-        default=0.2, metadata={"help": "dinov2: lr multiplier of the patch embedding (optim.patch_embed_lr_mult)."}
+        default=0.2,
+        metadata={"help": "dinov2: lr multiplier of the patch embedding (optim.patch_embed_lr_mult)."},
     )
-    dino_loss_weight: float = field(default=1.0, metadata={"help": "dinov2: DINO CLS loss weight (dino.loss_weight)."})
-    ibot_loss_weight: float = field(default=1.0, metadata={"help": "dinov2: iBOT loss weight (ibot.loss_weight)."})
+    dino_loss_weight: float = field(
+        default=1.0, metadata={"help": "dinov2: DINO CLS loss weight (dino.loss_weight)."}
+    )
+    ibot_loss_weight: float = field(
+        default=1.0, metadata={"help": "dinov2: iBOT loss weight (ibot.loss_weight)."}
+    )
     koleo_loss_weight: float = field(
         default=0.1, metadata={"help": "dinov2: KoLeo weight on the student CLS (dino.koleo_loss_weight)."}
     )
     kde_loss_weight: float = field(
         default=0.0,
-        metadata={"help": "dinov2: KDE regulariser weight (Midnight / OpenMidnight dino.kde_loss_weight, 0.05 "
-                  "with KoLeo off); 0 = off."},
+        metadata={
+            "help": "dinov2: KDE regulariser weight (Midnight / OpenMidnight dino.kde_loss_weight, 0.05 "
+            "with KoLeo off); 0 = off."
+        },
     )
     mask_sample_probability: float = field(
-        default=0.5, metadata={"help": "dinov2: share of global crops masked for iBOT (ibot.mask_sample_probability)."}
+        default=0.5,
+        metadata={"help": "dinov2: share of global crops masked for iBOT (ibot.mask_sample_probability)."},
     )
     mask_ratio_min_max: list[float] = field(
         default_factory=lambda: [0.1, 0.5],
@@ -455,12 +471,18 @@ def _check_dinov2(m: DINOModelArguments, t: DINOTrainingArguments) -> list[str]:
     if m.objective not in ("dino", "dinov2"):
         problems.append(f"--objective must be dino or dinov2, got {m.objective!r}")
     if t.lr_scaling_rule not in ("linear_wrt_256", "sqrt_wrt_1024"):
-        problems.append(f"--lr_scaling_rule must be linear_wrt_256 or sqrt_wrt_1024, got {t.lr_scaling_rule!r}")
+        problems.append(
+            f"--lr_scaling_rule must be linear_wrt_256 or sqrt_wrt_1024, got {t.lr_scaling_rule!r}"
+        )
     if not 0.0 <= t.mask_sample_probability <= 1.0:
-        problems.append(f"--mask_sample_probability must be in [0, 1] (dinov2 0.5), got {t.mask_sample_probability}")
+        problems.append(
+            f"--mask_sample_probability must be in [0, 1] (dinov2 0.5), got {t.mask_sample_probability}"
+        )
     ratios = t.mask_ratio_min_max
     if len(ratios) != 2 or not 0.0 <= ratios[0] <= ratios[1] <= 1.0:
-        problems.append(f"--mask_ratio_min_max takes two ratios 0 <= min <= max <= 1 (dinov2 0.1 0.5), got {ratios}")
+        problems.append(
+            f"--mask_ratio_min_max takes two ratios 0 <= min <= max <= 1 (dinov2 0.1 0.5), got {ratios}"
+        )
     weights = ("dino_loss_weight", "ibot_loss_weight", "koleo_loss_weight", "kde_loss_weight")
     negative = [f"--{name} {getattr(t, name)}" for name in weights if getattr(t, name) < 0]
     if negative:

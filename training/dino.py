@@ -9,13 +9,16 @@ Usage::
     accelerate launch --num_machines 2 --machine_rank 0 --main_process_ip HOST --main_process_port 29500 \\
         --num_processes 16 training/dino.py vitb8_kaiko ...      # several machines: standard accelerate flags
     accelerate launch training/dino.py --resume_from_checkpoint latest
+    accelerate launch training/dino.py vitl14_reg4_dinov2 --slides /data/tcga   # DINOv2 (--objective dinov2)
 
 ``train`` follows facebookresearch/dino ``main_dino.py`` (``train_dino`` / ``train_one_epoch``, Caron et al.
 2021) section by section: data, networks, loss, optimizer, schedules, resume, loop, export. Each section is
-one module of ``training/``: ``launch`` (Accelerator), ``data`` + ``tile_batches`` (slides -> tile batches),
-``augmentations`` (multi-crop), ``networks`` + ``heads`` (student/teacher), ``losses/``, ``optim``,
-``schedules``, ``checkpointing`` (save/resume layout), ``step`` (one optimizer step; teacher EMA in
-``teacher``), ``loop`` (steps, logging, checkpoints), ``run_card`` + ``export`` (the exported teacher).
+one module of ``training/``: ``launch`` (Accelerator), ``data`` + ``tile_batches`` (slides -> tile
+batches), ``augmentations`` (multi-crop), ``objectives/`` (what ``--objective dino|dinov2`` changes: networks,
+loss, optimizer, step), ``networks`` + ``heads`` (student/teacher), ``losses/``, ``optim`` / ``param_groups``,
+``schedules``, ``checkpointing`` (save/resume layout), ``step`` / ``step_dinov2`` (one optimizer step;
+teacher EMA in ``teacher``), ``loop`` (steps, logging, checkpoints), ``run_card`` + ``export`` (the exported
+teacher).
 
 Differences, each on purpose: (1) tiles are streamed from slides (online patching, kaiko arXiv 2404.15217)
 and an *epoch* is ``steps_per_epoch`` optimizer steps; (2) multi-crop augmentation runs batched on the

@@ -39,7 +39,8 @@ class StepOutput:
         teacher_entropy: Entropy of the teacher's centred, sharpened output (last micro-batch, nats); None
             when monitors were not read.
         teacher_output: Teacher logits of the last micro-batch, (2 * B, out_dim).
-        terms: The objective's loss terms (mean over micro-batches of this rank), logged by name; empty for DINO.
+        terms: The objective's loss terms (mean over micro-batches of this rank), logged by name; empty for
+            DINO.
     """
 
     loss: float | Tensor
