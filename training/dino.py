@@ -9,16 +9,18 @@ Usage::
     accelerate launch --num_machines 2 --machine_rank 0 --main_process_ip HOST --main_process_port 29500 \\
         --num_processes 16 training/dino.py vitb8_kaiko ...      # several machines: standard accelerate flags
     accelerate launch training/dino.py --resume_from_checkpoint latest
-    accelerate launch --use_fsdp --fsdp_version 2 --num_processes 8 training/dino.py vits16_kaiko \\
-        --backbone_preset vitl14_reg4      # FSDP2: student + teacher sharded (or: --fsdp full_shard)
+    accelerate launch training/dino.py vitl14_reg4_dinov2 --slides /data/tcga   # DINOv2 (--objective dinov2)
+    accelerate launch --use_fsdp --fsdp_version 2 --num_processes 8 training/dino.py vitl14_reg4_dinov2 \\
+        --slides /data/tcga                # FSDP2: student + teacher sharded (or: --fsdp full_shard)
 
 ``train`` follows facebookresearch/dino ``main_dino.py`` (``train_dino`` / ``train_one_epoch``, Caron et al.
 2021) section by section: data, networks, loss, optimizer, schedules, resume, loop, export. Each section is
-one module of ``training/``: ``launch`` (Accelerator), ``data`` + ``tile_batches`` (slides -> tile batches),
-``augmentations`` (multi-crop), ``networks`` + ``heads`` (student/teacher), ``losses/``, ``optim``,
-``schedules``, ``sharding`` (FSDP2, ``--fsdp``), ``checkpointing`` (save/resume layout), ``step`` (one
-optimizer step; teacher EMA in ``teacher``), ``loop`` (steps, logging, checkpoints), ``run_card`` + ``export``
-(the exported teacher).
+one module of ``training/``: ``launch`` (Accelerator), ``data`` + ``tile_batches`` (slides -> tile
+batches), ``augmentations`` (multi-crop), ``objectives/`` (what ``--objective dino|dinov2`` changes: networks,
+loss, optimizer, step), ``networks`` + ``heads`` (student/teacher), ``sharding`` (FSDP2, ``--fsdp``),
+``losses/``, ``optim`` / ``param_groups``, ``schedules``, ``checkpointing`` (save/resume layout), ``step`` /
+``step_dinov2`` (one optimizer step; teacher EMA in ``teacher``), ``loop`` (steps, logging, checkpoints),
+``run_card`` + ``export`` (the exported teacher).
 
 Differences, each on purpose: (1) tiles are streamed from slides (online patching, kaiko arXiv 2404.15217)
 and an *epoch* is ``steps_per_epoch`` optimizer steps; (2) multi-crop augmentation runs batched on the
@@ -62,10 +64,9 @@ from pathfm.training.fast_paths import FastPaths, compile_dino_modules, resolve_
 from pathfm.training.interrupt import TrainingInterrupted
 from pathfm.training.launch import WorldSizeMismatchError, make_accelerator, trackers, use_cuda
 from pathfm.training.loop import Loop, run_loop
-from pathfm.training.losses.dino import DINOLoss
 from pathfm.training.mfu import dino_flops_per_image, measure_matmul_peak
-from pathfm.training.networks import build_student_teacher, param_digest
-from pathfm.training.optim import build_optimizer
+from pathfm.training.networks import param_digest
+from pathfm.training.objectives import build_objective
 from pathfm.training.run_card import RunCard
 from pathfm.training.schedules import build_schedules
 from pathfm.training.sharding import (
@@ -128,13 +129,12 @@ def train(
     ).to(device)
     logger.info("rank %d/%d reads %s", rank, world_size, slides_summary(data))
 
-    # ============ networks, loss, optimizer ============
-    student, teacher = build_student_teacher(m_args)
+    # ============ networks, loss, optimizer (of --objective: objectives/) ============
+    objective = build_objective(m_args, d_args, t_args, rank)
+    student, teacher = objective.build_networks()
     teacher.to(device)
-    dino_loss = DINOLoss(
-        m_args.out_dim, augment.ncrops, t_args.student_temp, t_args.center_momentum, t_args.centering
-    )
-    dino_loss.to(device)
+    loss = objective.build_loss(augment.ncrops)
+    loss.to(device)
     sharded = fsdp_mode(t_args.fsdp) is not None
     compile_ = False if sharded else t_args.torch_compile  # compile + FSDP2 not wired yet (config refuses it)
     optim = "adamw_torch" if sharded and t_args.optim == "auto" else t_args.optim  # foreach AdamW on shards
@@ -149,7 +149,7 @@ def train(
         flops_per_image / 1e9,
         peak_flops / 1e12,
     )
-    student, teacher, optimizer = prepare_networks(accelerator, student, teacher, fast, sharded)
+    student, teacher, optimizer = prepare_networks(accelerator, objective, student, teacher, fast, sharded)
 
     # ============ schedules (one value per optimizer step) ============
     schedules = build_schedules(t_args, world_size)
@@ -157,11 +157,12 @@ def train(
     # ============ resume ============
     state = TrainState()
     # save_state/load_state hold the prepared student and optimizer, RNG of every process, and these:
-    register(accelerator, teacher=teacher, loss=dino_loss, state=state)
+    register(accelerator, teacher=teacher, loss=loss, state=state)
     resumed_from = None
     if t_args.resume_from_checkpoint:
+        spec, per_rank = t_args.resume_from_checkpoint, objective.rank_objects()
         networks = (student, teacher, optimizer)  # sharded runs: read from their DCP folders
-        ckpt = load_checkpoint(accelerator, t_args.resume_from_checkpoint, output_dir, data.stream, networks)
+        ckpt = load_checkpoint(accelerator, spec, output_dir, data.stream, per_rank, networks)
         resumed_from = str(ckpt)
         logger.info("resumed from %s at step %d", resumed_from, state.step)
     card = RunCard(
@@ -195,9 +196,10 @@ def train(
     is_main = accelerator.is_main_process
     loop = Loop(
         accelerator,
+        objective,
         student,
         teacher,
-        dino_loss,
+        loss,
         optimizer,
         data.stream,
         augment,
@@ -230,7 +232,7 @@ def train(
 
 
 def prepare_networks(
-    accelerator: Accelerator, student: Any, teacher: Any, fast: FastPaths, sharded: bool
+    accelerator: Accelerator, objective: Any, student: Any, teacher: Any, fast: FastPaths, sharded: bool
 ) -> tuple[Any, Any, torch.optim.Optimizer]:
     """Student, teacher and optimizer as the loop uses them: DDP (default) or FSDP2-sharded (``--fsdp``).
 
@@ -238,14 +240,14 @@ def prepare_networks(
     and the optimizer so that its step is skipped on accumulation micro-batches. The teacher is not prepared:
     it gets no gradients and stays identical on every rank because the EMA is deterministic.
 
-    Sharded: both networks are sharded alike (``sharding.shard_student_teacher``) and AdamW is built on the
-    student's shards, not prepared (the step runs it only when ``sync_gradients``; checkpoints of the shards
-    are ``checkpointing.save_sharded``'s).
+    The optimizer is the objective's (``objective.build_optimizer``). Sharded: both networks are sharded
+    alike (``sharding.shard_student_teacher``) and AdamW is built on the student's shards, not prepared
+    (the step runs it only when ``sync_gradients``; ``checkpointing.save_sharded`` saves the shards).
     """
     if sharded:
         student, teacher = shard_student_teacher(accelerator, student, teacher)
-        return student, teacher, build_optimizer(student, fused=fast.fused_adamw)
-    optimizer = build_optimizer(student, fused=fast.fused_adamw)
+        return student, teacher, objective.build_optimizer(student, fused=fast.fused_adamw)
+    optimizer = objective.build_optimizer(student, fused=fast.fused_adamw)
     if fast.torch_compile:
         compile_dino_modules([student, teacher], backend=fast.compile_backend)
     student, optimizer = accelerator.prepare(student, optimizer)
