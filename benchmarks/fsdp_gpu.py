@@ -9,10 +9,15 @@ FSDP plugin, FSDP2 ``fully_shard`` per block, sharded AdamW, DCP checkpoints) an
    on one batch: 0 when checkpoint 6 is the exported teacher);
 2. resume: a fresh folder holding only checkpoint-3 resumed with ``--resume_from_checkpoint latest`` to step
    6; the max |difference| of its losses at steps 4-6 against run 1 (0 up to non-deterministic CUDA kernels);
-3. ViT-L/14-reg4 (224 / 98 px crops, 8 locals, batch ``--vitl_batch`` per GPU), FSDP2 vs DDP side by side:
-   images/s over steps 3-8 and rank 0's peak GPU memory (``peak_memory_gib`` of ``metrics.jsonl``,
-   ``torch.cuda.max_memory_allocated``). On one GPU both hold the whole model (FSDP2 over one rank shards
-   nothing): the row shows that ViT-L trains sharded; the memory saving needs several GPUs.
+3. DINOv2 ViT-L/14-reg4 (preset ``vitl14_reg4_dinov2`` on the embedded slides: 2 x 224 + 8 x 98 px crops,
+   batch ``--vitl_batch`` per GPU, 8 steps), FSDP2 (with a sharded checkpoint at step 8 and the gathered
+   export) vs DDP side by side: images/s over steps 3-8 and rank 0's peak GPU memory (``peak_memory_gib`` of
+   ``metrics.jsonl``, ``torch.cuda.max_memory_allocated``). On one GPU both hold the whole model (FSDP2
+   over one rank shards nothing): the rows show that ViT-L DINOv2 trains, saves and exports sharded; the
+   memory saving needs several GPUs (``benchmarks/fsdp_memory.py`` measures it with 2 CPU processes).
+
+About 6 minutes on one H200 (tiny runs ~1 minute each, ViT-L rows ~2 minutes each); ``--skip_vitl`` stops
+after 1 and 2.
 
     python benchmarks/fsdp_gpu.py                  # on a machine with NVIDIA GPUs; --out DIR keeps the log
     PATHFM_GPU_SCRIPT=benchmarks/fsdp_gpu.py bash benchmarks/gpu.sh   # bare machine: gpu.sh installs first
@@ -40,11 +45,10 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["cpu_tiny", "--max_steps", "6", "--save_steps", "3", "--save_total_limit", "0"]
 TINY += ["--logging_steps", "1"]
 TINY += ["--report_to", "none", "--probe_size", "8", "--num_workers", "2"]
-VITL = ["cpu_tiny", "--backbone_preset", "vitl14_reg4", "--global_crop_size", "224"]
-VITL += ["--local_crop_size", "98"]
-VITL += ["--local_crops_number", "8", "--out_dim", "65536", "--head_hidden_dim", "2048"]
-VITL += ["--head_bottleneck_dim", "256", "--save_steps", "-1", "--export", "false", "--report_to", "none"]
-VITL += ["--probe_size", "0", "--num_workers", "4", "--torch_compile", "false"]
+VITL = ["vitl14_reg4_dinov2", "--slides", "embedded", "--report_to", "none", "--probe_size", "0"]
+VITL += ["--num_workers", "8", "--torch_compile", "false", "--logging_steps", "1", "--max_steps", "8"]
+VITL_FSDP = ["--save_steps", "8", "--export", "true"]  # a sharded ViT-L checkpoint and the gathered export
+VITL_DDP = ["--save_steps", "-1", "--export", "false"]
 
 
 def launch(args: list[str], gpus: int, fsdp: bool, log: list[str]) -> subprocess.CompletedProcess:
@@ -109,9 +113,12 @@ def check_tiny(root: Path, gpus: int, log: list[str]) -> None:
 def vitl_row(root: Path, gpus: int, fsdp: bool, batch: int, log: list[str]) -> dict[str, float]:
     """Images/s (mean over steps 3-8) and rank 0's peak GPU memory of one ViT-L/14 run."""
     run = root / ("vitl_fsdp" if fsdp else "vitl_ddp")
-    args = [*VITL, "--per_device_batch_size", str(batch), "--max_steps", "8", "--logging_steps", "1"]
+    args = [*VITL, *(VITL_FSDP if fsdp else VITL_DDP), "--per_device_batch_size", str(batch)]
     if launch([*args, "--output_dir", str(run)], gpus, fsdp, log).returncode:
         return {"failed": 1.0}
+    if fsdp:
+        log.append(f"ViT-L FSDP2 checkpoint-8: {sorted(os.listdir(run / 'checkpoints' / 'checkpoint-8'))}; "
+                   f"export: {sorted(os.listdir(run / 'model'))}")
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     rates = [r["images_per_s"] for r in rows if r["step"] > 2]
     return {
@@ -136,7 +143,7 @@ def main() -> None:
             fsdp = vitl_row(Path(tmp), gpus, True, args.vitl_batch, log)
             ddp = vitl_row(Path(tmp), gpus, False, args.vitl_batch, log)
             where = f"batch {args.vitl_batch}/GPU on {gpus} GPU(s)"
-            log.append(f"ViT-L/14-reg4 {where}: FSDP2 {fsdp} | DDP {ddp}")
+            log.append(f"DINOv2 ViT-L/14-reg4 {where}: FSDP2 {fsdp} | DDP {ddp}")
             if "failed" in fsdp:
                 fail(log, "ViT-L/14 FSDP2 run")
     text = "\n".join(log)
