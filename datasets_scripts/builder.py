@@ -33,9 +33,10 @@ from typing import Any
 
 import datasets
 import numpy as np
+from pathfm.datasets_scripts.colour import DEFAULT_ICC, check_icc_option
 from pathfm.datasets_scripts.open_slides import SlidePool, slide_pool
 from pathfm.datasets_scripts.samplers import GridTileSampler, RandomTileSampler
-from pathfm.datasets_scripts.slide import DEFAULT_MPP_TOLERANCE, SlideError, SlideReader
+from pathfm.datasets_scripts.slide import DEFAULT_MPP_TOLERANCE, MissingMppError, SlideError, SlideReader
 from pathfm.datasets_scripts.resolve import resolve_sources, unique_slide_ids
 from pathfm.datasets_scripts.sources import SlideRecord
 from pathfm.datasets_scripts.tissue import TissueMask, compute_tissue_mask
@@ -69,6 +70,9 @@ class SlideTilesConfig:
             (``datasets.Image``: PIL images; compact parquet for fixed datasets).
         max_region_failures: failed region reads after which a slide is dropped (each failure is counted in
             ``failed_regions`` and costs that tile only).
+        mpp_override: level-0 µm/px for every slide (wins over manifest / catalogue values and metadata).
+        default_mpp: level-0 µm/px for slides whose metadata has none (:mod:`pathfm.datasets_scripts.mpp`).
+        icc_profile: ``"ignore"`` (default) or ``"apply"`` embedded ICC profiles (:mod:`.colour`).
     """
 
     slides: Any = None
@@ -90,6 +94,9 @@ class SlideTilesConfig:
     mask_cache_dir: str | None = None
     image_encoding: str = "array"
     max_region_failures: int = 3
+    mpp_override: float | None = None
+    default_mpp: float | None = None
+    icc_profile: str = DEFAULT_ICC
 
     def __post_init__(self) -> None:
         if self.sampler not in ("random", "grid"):
@@ -101,6 +108,15 @@ class SlideTilesConfig:
         if self.max_region_failures <= 0:
             raise ValueError(f"max_region_failures must be positive, got {self.max_region_failures}")
         self.mpps = tuple(float(m) for m in self.mpps)
+        check_icc_option(self.icc_profile)
+
+    def reader_options(self) -> dict[str, Any]:
+        """Keyword arguments of :meth:`SlidePool.get` / :func:`open_slide` besides the path and mpp."""
+        return {
+            "mpp_tolerance": self.mpp_tolerance,
+            "default_mpp": self.default_mpp,
+            "icc_profile": self.icc_profile,
+        }
 
 
 def resolve_slides(spec: Any) -> list[SlideRecord]:
@@ -158,14 +174,22 @@ def coord_features() -> datasets.Features:
 COORD_ONLY_COLUMNS = ["path", "slide_mpp", "tile_size"]
 
 # ----------------------------------------------------------------------------------------------------- counters
-STAT_NAMES = ("slides_done", "corrupt_slides", "no_tissue_slides", "unsupported_mpp_slides", "failed_regions")
+STAT_NAMES = (
+    "slides_done",
+    "corrupt_slides",
+    "no_mpp_slides",
+    "no_tissue_slides",
+    "unsupported_mpp_slides",
+    "failed_regions",
+)
 
 
 class SlideStats:
     """Per-stream counters shared with DataLoader workers (a torch tensor in shared memory).
 
-    ``corrupt_slides``: could not be opened or read (includes missing files and missing mpp), or dropped after
-    ``max_region_failures`` failed regions; ``no_tissue_slides``: empty tissue mask or no tile passing the
+    ``corrupt_slides``: could not be opened or read (includes missing files), or dropped after
+    ``max_region_failures`` failed regions; ``no_mpp_slides``: no level-0 mpp anywhere in the chain (and no
+    ``default_mpp``), or non-square pixels; ``no_tissue_slides``: empty tissue mask or no tile passing the
     threshold; ``unsupported_mpp_slides``: none of the requested magnifications is servable without upsampling;
     ``failed_regions``: tiles whose region failed to decode (skipped). Increments from different workers are not
     atomic; they are rare events (per slide or per failure), so collisions are practically impossible.
@@ -217,7 +241,11 @@ def open_slide_for_tiles(
 ) -> tuple[SlideReader, TissueMask] | None:
     """Open slide ``rec`` from the worker's pool and compute its mask; None (warned, counted) when unusable."""
     try:
-        reader = pool.get(rec.path, mpp=rec.mpp, mpp_tolerance=config.mpp_tolerance)
+        reader = pool.get(rec.path, mpp=rec.mpp, **config.reader_options())
+    except MissingMppError as err:  # "no mpp" is not "unreadable": its own counter
+        stats.add("no_mpp_slides")
+        _warn(f"skipping slide {rec.slide_id}: {err}")
+        return None
     except SlideError as err:
         stats.add("corrupt_slides")
         _warn(f"skipping slide {rec.slide_id}: {err}")
@@ -371,7 +399,7 @@ def read_tile_pixels(example: dict, config: SlideTilesConfig, stats: SlideStats)
     """
     pool = slide_pool(config.max_open_slides)
     try:
-        reader = pool.get(example["path"], mpp=example["slide_mpp"], mpp_tolerance=config.mpp_tolerance)
+        reader = pool.get(example["path"], mpp=example["slide_mpp"], **config.reader_options())
         tile = reader.read_tile(example["x"], example["y"], example["tile_size"], example["mpp"])
     except SlideError as err:
         n = pool.failed(example["path"])
@@ -394,9 +422,12 @@ def has_image(example: dict) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- the stream
-def encode_group(group: list[tuple[int, SlideRecord]]) -> str:
+def encode_group(group: list[tuple[int, SlideRecord]], mpp_override: float | None = None) -> str:
     """A slide group as one JSON string: ``datasets`` fingerprints ``gen_kwargs`` by pickling them, and one
-    string per group keeps that cheap for 30,000 slides (records as objects take seconds)."""
+    string per group keeps that cheap for 30,000 slides (records as objects take seconds). ``mpp_override``
+    replaces every record's mpp."""
+    if mpp_override is not None:
+        return json.dumps([[i, r.path, r.slide_id, float(mpp_override)] for i, r in group])
     return json.dumps([[i, r.path, r.slide_id, r.mpp] for i, r in group])
 
 
@@ -405,7 +436,9 @@ def decode_group(text: str) -> list[list]:
     return json.loads(text)
 
 
-def slide_groups(records: list[SlideRecord], world_size: int, num_workers: int) -> list[str]:
+def slide_groups(
+    records: list[SlideRecord], world_size: int, num_workers: int, mpp_override: float | None = None
+) -> list[str]:
     """Split slides into shards: one group per consumer (rank x worker), a multiple of ``world_size``.
 
     Slides are dealt round robin, so group sizes differ by at most one. With fewer slides than consumers there
@@ -424,7 +457,7 @@ def slide_groups(records: list[SlideRecord], world_size: int, num_workers: int) 
     else:
         n_groups = n
     indexed = list(enumerate(records))
-    return [encode_group(indexed[g::n_groups]) for g in range(n_groups)]
+    return [encode_group(indexed[g::n_groups], mpp_override) for g in range(n_groups)]
 
 
 def tile_stream(
@@ -466,7 +499,7 @@ def tile_stream(
         slide_tile_coords,
         features=coord_features(),
         gen_kwargs={
-            "groups": slide_groups(records, world_size, num_workers),
+            "groups": slide_groups(records, world_size, num_workers, config.mpp_override),
             "config": config,
             "stats": stats,
         },

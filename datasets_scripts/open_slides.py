@@ -17,7 +17,7 @@ __all__ = ["SlidePool", "slide_pool"]
 
 
 class SlidePool:
-    """LRU pool of open :class:`SlideReader` objects keyed by (path, mpp override, mpp tolerance).
+    """LRU pool of open :class:`SlideReader` objects keyed by (path, mpp, reading options).
 
     Args:
         capacity: most slides open at once (>= 1).
@@ -34,19 +34,29 @@ class SlidePool:
         self.region_failures: dict[str, int] = {}
 
     def get(
-        self, path: str | os.PathLike, mpp: float | None = None, mpp_tolerance: float = DEFAULT_MPP_TOLERANCE
+        self,
+        path: str | os.PathLike,
+        mpp: float | None = None,
+        mpp_tolerance: float = DEFAULT_MPP_TOLERANCE,
+        default_mpp: float | None = None,
+        icc_profile: str = "ignore",
     ) -> SlideReader:
         """The open reader of ``path`` (opened now if needed, evicting the least recently used).
+
+        Args:
+            path, mpp, mpp_tolerance, default_mpp, icc_profile: as :func:`open_slide`.
 
         Raises:
             SlideError: the slide cannot be opened (see :func:`open_slide`).
         """
-        key = (str(path), None if mpp is None else float(mpp), float(mpp_tolerance))
+        key = (str(path), None if mpp is None else float(mpp), float(mpp_tolerance), default_mpp, icc_profile)
         reader = self.readers.get(key)
         if reader is not None:
             self.readers.move_to_end(key)
             return reader
-        reader = open_slide(path, mpp=mpp, mpp_tolerance=mpp_tolerance)
+        reader = open_slide(
+            path, mpp=mpp, mpp_tolerance=mpp_tolerance, default_mpp=default_mpp, icc_profile=icc_profile
+        )
         self.readers[key] = reader
         while len(self.readers) > self.capacity:
             _, old = self.readers.popitem(last=False)
