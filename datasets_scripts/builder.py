@@ -344,15 +344,15 @@ def slide_tile_coords(groups: list[str], config: SlideTilesConfig, stats: SlideS
     Yields:
         coordinate examples (see :func:`coord_features`); no pixels are read here.
     """
-    group = [item for g in groups for item in decode_group(g)]
+    columns = decode_groups(groups)
     pool = slide_pool(config.max_open_slides)
     width = 1 if config.sampler == "grid" else config.max_open_slides
     active: list[tuple[SlideRecord, Iterator]] = []
     nxt = cursor = 0
     try:
         while True:
-            while len(active) < width and nxt < len(group):
-                index, path, slide_id, mpp = group[nxt]
+            while len(active) < width and nxt < len(columns[0]):
+                index, path, slide_id, mpp = (column[nxt] for column in columns)
                 rec = SlideRecord(path=path, slide_id=slide_id, mpp=mpp)
                 nxt += 1
                 opened = open_slide_for_tiles(index, rec, config, stats, pool)
@@ -422,18 +422,27 @@ def has_image(example: dict) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- the stream
-def encode_group(group: list[tuple[int, SlideRecord]], mpp_override: float | None = None) -> str:
-    """A slide group as one JSON string: ``datasets`` fingerprints ``gen_kwargs`` by pickling them, and one
-    string per group keeps that cheap for 30,000 slides (records as objects take seconds). ``mpp_override``
-    replaces every record's mpp."""
-    if mpp_override is not None:
-        return json.dumps([[i, r.path, r.slide_id, float(mpp_override)] for i, r in group])
-    return json.dumps([[i, r.path, r.slide_id, r.mpp] for i, r in group])
+def encode_group(records: list[SlideRecord], indices: range, mpp_override: float | None = None) -> str:
+    """Slides ``records[i] for i in indices`` as one JSON string of four columns (index, path, slide_id, mpp).
+
+    ``datasets`` fingerprints ``gen_kwargs`` by pickling them: one string per group keeps that cheap for
+    30,000 slides (records as objects take seconds). Columns of plain strings and numbers, rather than one
+    small list per slide, also keep start-up from triggering full garbage collections, whose cost grows with the
+    whole heap (torch, datasets), not with the slides. ``mpp_override`` replaces every record's mpp.
+    """
+    mpps = [records[i].mpp for i in indices] if mpp_override is None else [float(mpp_override)] * len(indices)
+    return json.dumps(
+        [list(indices), [records[i].path for i in indices], [records[i].slide_id for i in indices], mpps]
+    )
 
 
-def decode_group(text: str) -> list[list]:
-    """Inverse of :func:`encode_group`: ``[index, path, slide_id, mpp]`` lists (records are made lazily)."""
-    return json.loads(text)
+def decode_groups(texts: list[str]) -> list[list]:
+    """Inverse of :func:`encode_group` for one or more groups: the four columns, groups concatenated."""
+    columns: list[list] = [[], [], [], []]
+    for text in texts:
+        for column, values in zip(columns, json.loads(text), strict=True):
+            column.extend(values)
+    return columns
 
 
 def slide_groups(
@@ -456,8 +465,7 @@ def slide_groups(
         n_groups = n - n % world_size
     else:
         n_groups = n
-    indexed = list(enumerate(records))
-    return [encode_group(indexed[g::n_groups], mpp_override) for g in range(n_groups)]
+    return [encode_group(records, range(g, n, n_groups), mpp_override) for g in range(n_groups)]
 
 
 def tile_stream(
