@@ -35,7 +35,7 @@ import datasets
 import numpy as np
 from pathfm.datasets_scripts.open_slides import SlidePool, slide_pool
 from pathfm.datasets_scripts.samplers import GridTileSampler, RandomTileSampler
-from pathfm.datasets_scripts.slide import DEFAULT_MPP_TOLERANCE, SlideError, SlideReader
+from pathfm.datasets_scripts.slide import DEFAULT_MPP_TOLERANCE, READERS, SlideError, SlideReader
 from pathfm.datasets_scripts.resolve import resolve_sources, unique_slide_ids
 from pathfm.datasets_scripts.sources import SlideRecord
 from pathfm.datasets_scripts.tissue import TissueMask, compute_tissue_mask
@@ -69,6 +69,10 @@ class SlideTilesConfig:
             (``datasets.Image``: PIL images; compact parquet for fixed datasets).
         max_region_failures: failed region reads after which a slide is dropped (each failure is counted in
             ``failed_regions`` and costs that tile only).
+        reader: pixel reader, ``"auto"`` (stored JPEG tiles of TIFF/SVS pyramids decoded directly, OpenSlide
+            for everything else), ``"tiff"`` (the fast reader or an error naming why not) or ``"openslide"``
+            (the reference); see :data:`pathfm.datasets_scripts.slide.READERS`.
+        reader_threads: decoder threads per region inside one worker (``auto`` / ``tiff``).
     """
 
     slides: Any = None
@@ -90,6 +94,8 @@ class SlideTilesConfig:
     mask_cache_dir: str | None = None
     image_encoding: str = "array"
     max_region_failures: int = 3
+    reader: str = "auto"
+    reader_threads: int = 1
 
     def __post_init__(self) -> None:
         if self.sampler not in ("random", "grid"):
@@ -98,6 +104,10 @@ class SlideTilesConfig:
             raise ValueError(f"image_encoding must be 'array' or 'png', got {self.image_encoding!r}")
         if self.tile_size <= 0 or self.tiles_per_slide <= 0 or self.max_open_slides <= 0:
             raise ValueError("tile_size, tiles_per_slide and max_open_slides must be positive")
+        if self.reader not in READERS:
+            raise ValueError(f"reader must be one of {', '.join(READERS)}, got {self.reader!r}")
+        if self.reader_threads <= 0:
+            raise ValueError(f"reader_threads must be positive, got {self.reader_threads}")
         if self.max_region_failures <= 0:
             raise ValueError(f"max_region_failures must be positive, got {self.max_region_failures}")
         self.mpps = tuple(float(m) for m in self.mpps)
@@ -217,7 +227,9 @@ def open_slide_for_tiles(
 ) -> tuple[SlideReader, TissueMask] | None:
     """Open slide ``rec`` from the worker's pool and compute its mask; None (warned, counted) when unusable."""
     try:
-        reader = pool.get(rec.path, mpp=rec.mpp, mpp_tolerance=config.mpp_tolerance)
+        reader = pool.get(
+            rec.path, mpp=rec.mpp, mpp_tolerance=config.mpp_tolerance, **reader_options(config)
+        )
     except SlideError as err:
         stats.add("corrupt_slides")
         _warn(f"skipping slide {rec.slide_id}: {err}")
@@ -362,6 +374,11 @@ def slide_tile_coords(groups: list[str], config: SlideTilesConfig, stats: SlideS
             pool.release(rec.path)
 
 
+def reader_options(config: SlideTilesConfig) -> dict:
+    """:meth:`SlidePool.get` keyword arguments selecting the pixel reader of ``config``."""
+    return {"reader_kind": config.reader, "threads": config.reader_threads}
+
+
 def read_tile_pixels(example: dict, config: SlideTilesConfig, stats: SlideStats) -> dict:
     """``.map()`` function: read the tile of a coordinate example.
 
@@ -371,7 +388,10 @@ def read_tile_pixels(example: dict, config: SlideTilesConfig, stats: SlideStats)
     """
     pool = slide_pool(config.max_open_slides)
     try:
-        reader = pool.get(example["path"], mpp=example["slide_mpp"], mpp_tolerance=config.mpp_tolerance)
+        reader = pool.get(
+            example["path"], mpp=example["slide_mpp"], mpp_tolerance=config.mpp_tolerance,
+            **reader_options(config),
+        )
         tile = reader.read_tile(example["x"], example["y"], example["tile_size"], example["mpp"])
     except SlideError as err:
         n = pool.failed(example["path"])

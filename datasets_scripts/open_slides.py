@@ -34,19 +34,28 @@ class SlidePool:
         self.region_failures: dict[str, int] = {}
 
     def get(
-        self, path: str | os.PathLike, mpp: float | None = None, mpp_tolerance: float = DEFAULT_MPP_TOLERANCE
+        self,
+        path: str | os.PathLike,
+        mpp: float | None = None,
+        mpp_tolerance: float = DEFAULT_MPP_TOLERANCE,
+        reader_kind: str = "openslide",
+        threads: int = 1,
     ) -> SlideReader:
         """The open reader of ``path`` (opened now if needed, evicting the least recently used).
+
+        Args:
+            reader_kind, threads: see :func:`open_slide` (``reader``, ``threads``).
 
         Raises:
             SlideError: the slide cannot be opened (see :func:`open_slide`).
         """
-        key = (str(path), None if mpp is None else float(mpp), float(mpp_tolerance))
+        override = None if mpp is None else float(mpp)
+        key = (str(path), override, float(mpp_tolerance), reader_kind, int(threads))
         reader = self.readers.get(key)
         if reader is not None:
             self.readers.move_to_end(key)
             return reader
-        reader = open_slide(path, mpp=mpp, mpp_tolerance=mpp_tolerance)
+        reader = open_slide(path, mpp=mpp, mpp_tolerance=mpp_tolerance, reader=reader_kind, threads=threads)
         self.readers[key] = reader
         while len(self.readers) > self.capacity:
             _, old = self.readers.popitem(last=False)

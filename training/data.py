@@ -52,6 +52,8 @@ def build_data(
         min_tissue=d_args.min_tissue,
         tiles_per_slide=d_args.tiles_per_slide,
         num_workers=d_args.num_workers,
+        reader=d_args.reader,
+        reader_threads=d_args.reader_threads,
     )
     return RunData(readable, failed, my_slides, stream)
 

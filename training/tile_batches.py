@@ -119,6 +119,8 @@ class TileBatchStream:
         min_tissue: Minimum tissue fraction.
         tiles_per_slide: Tiles per slide per pass.
         num_workers: DataLoader workers (read + decode only).
+        reader, reader_threads: pixel reader and its decoder threads (``SlideTilesConfig.reader`` /
+            ``reader_threads``).
     """
 
     def __init__(
@@ -131,8 +133,12 @@ class TileBatchStream:
         min_tissue: float,
         tiles_per_slide: int,
         num_workers: int = 0,
+        reader: str = "auto",
+        reader_threads: int = 1,
     ) -> None:
         self.records = list(records)
+        self.reader = reader
+        self.reader_threads = reader_threads
         self.batch_size = batch_size
         self.seed = seed
         self.mpps = [float(m) for m in mpps]
@@ -163,6 +169,8 @@ class TileBatchStream:
             tiles_per_slide=self.tiles_per_slide,
             seed=self.seed,
             epoch=pass_index,
+            reader=self.reader,
+            reader_threads=self.reader_threads,
         )
         # This rank's slides are already partitioned: no second split by node.
         self._ds = tile_stream(config, rank=0, world_size=1, num_workers=self.num_workers)
