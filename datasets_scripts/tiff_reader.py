@@ -167,9 +167,9 @@ def fast_support(path: str) -> str | None:
     try:
         with openslide.OpenSlide(str(path)) as osr:
             dims = tuple(osr.level_dimensions)
+            vendor = osr.properties.get("openslide.vendor", "")
     except Exception as err:  # noqa: BLE001
         return f"OpenSlide cannot open it ({type(err).__name__})"
-        vendor = osr.properties.get("openslide.vendor", "")
     if vendor not in FAST_VENDORS:
         return f"OpenSlide vendor '{vendor}' (its own tile layout)"
     levels, reasons = read_levels(str(path), dims)
@@ -262,6 +262,7 @@ class TiffJpegReader(OpenSlideReader):
     Attributes:
         fast_levels: per-level :class:`TiffLevel` or None (OpenSlide reads that level).
         fallback_reasons: per-level reason for None ("" for fast levels).
+        file_key: (real path, size, mtime ns): the prefix of this file's keys in :func:`tile_cache`.
 
     Raises:
         SlideError: as :class:`OpenSlideReader`; with ``require``, when any level is not fast-readable.
@@ -292,7 +293,7 @@ class TiffJpegReader(OpenSlideReader):
         self.threads = max(1, int(threads))
         self._fd = os.open(self.path, os.O_RDONLY) if any(self.fast_levels) else None
         st = os.stat(self.path)
-        self._file_key = (os.path.realpath(self.path), st.st_size, st.st_mtime_ns)
+        self.file_key = (os.path.realpath(self.path), st.st_size, st.st_mtime_ns)
         self._cache = tile_cache()
 
     # ------------------------------------------------------------------ stored tiles
@@ -300,7 +301,7 @@ class TiffJpegReader(OpenSlideReader):
         """Decoded stored tile ``index`` of a level (None when the file has no data for it)."""
         import imagecodecs
 
-        key = (*self._file_key, lv.page, index)
+        key = (*self.file_key, lv.page, index)
         tile = self._cache.get(key)
         if tile is not None:
             return tile

@@ -27,6 +27,8 @@ def write_slide(
     level_sizes: list[tuple[int, int]] | None = None,
     mpp: float | None = 0.5,
     tile: int = 64,
+    compression: str = "zlib",
+    jpeg_rgb: bool = False,
 ) -> Path:
     """Write a pyramid: level 0 = ``level0`` (h, w, 3|4 uint8), further levels resized to ``level_sizes`` (w, h).
 
@@ -36,6 +38,8 @@ def write_slide(
         level_sizes: sizes of levels 1.. as (width, height); any sizes (non-integer downsamples allowed).
         mpp: level-0 µm/px written as resolution tags (None: no usable resolution).
         tile: TIFF tile side (multiple of 16).
+        compression: "zlib" or "jpeg" (quality 90; tifffile stores JPEG as YCbCr 4:2:0 with a JFIF marker).
+        jpeg_rgb: with "jpeg", store untransformed RGB without a JFIF marker, as Aperio SVS files do.
     """
     levels = [level0] + [downscale(level0, s) for s in (level_sizes or [])]
     _h0, w0 = level0.shape[:2]
@@ -48,11 +52,13 @@ def write_slide(
                 kw = {"resolution": (res, res), "resolutionunit": "CENTIMETER"}
             if arr.shape[2] == 4:
                 kw["extrasamples"] = [2]  # unassociated alpha
+            if compression == "jpeg":
+                kw["compressionargs"] = {"level": 90, **({"outcolorspace": "RGB"} if jpeg_rgb else {})}
             tw.write(
                 arr,
                 tile=(tile, tile),
                 photometric="rgb",
-                compression="zlib",
+                compression=compression,
                 subfiletype=0 if i == 0 else 1,
                 metadata=None,
                 **kw,
