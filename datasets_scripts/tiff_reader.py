@@ -215,6 +215,12 @@ class TileCache:
                 _, dropped = self._tiles.popitem(last=False)
                 self.nbytes -= dropped.nbytes
 
+    def clear(self) -> None:
+        """Drop every tile and zero the hit / miss counters."""
+        with self._lock:
+            self._tiles.clear()
+            self.nbytes = self.hits = self.misses = 0
+
     def drop_file(self, file_key: tuple) -> None:
         """Forget every tile of one file (its key prefix)."""
         with self._lock:
