@@ -36,7 +36,7 @@ import numpy as np
 from pathfm.datasets_scripts.colour import DEFAULT_ICC, check_icc_option
 from pathfm.datasets_scripts.open_slides import SlidePool, slide_pool
 from pathfm.datasets_scripts.samplers import GridTileSampler, RandomTileSampler
-from pathfm.datasets_scripts.slide import DEFAULT_MPP_TOLERANCE, MissingMppError, SlideError, SlideReader
+from pathfm.datasets_scripts.slide import DEFAULT_MPP_TOLERANCE, READERS, MissingMppError, SlideError, SlideReader
 from pathfm.datasets_scripts.resolve import resolve_sources, unique_slide_ids
 from pathfm.datasets_scripts.sources import SlideRecord
 from pathfm.datasets_scripts.tissue import TissueMask, compute_tissue_mask
@@ -73,6 +73,10 @@ class SlideTilesConfig:
         mpp_override: level-0 µm/px for every slide (wins over manifest / catalogue values and metadata).
         default_mpp: level-0 µm/px for slides whose metadata has none (:mod:`pathfm.datasets_scripts.mpp`).
         icc_profile: ``"ignore"`` (default) or ``"apply"`` embedded ICC profiles (:mod:`.colour`).
+        reader: pixel reader, ``"auto"`` (stored JPEG tiles of TIFF/SVS pyramids decoded directly, OpenSlide
+            for everything else), ``"tiff"`` (the fast reader or an error naming why not) or ``"openslide"``
+            (the reference); see :data:`pathfm.datasets_scripts.slide.READERS`.
+        reader_threads: decoder threads per region inside one worker (``auto`` / ``tiff``).
     """
 
     slides: Any = None
@@ -97,6 +101,8 @@ class SlideTilesConfig:
     mpp_override: float | None = None
     default_mpp: float | None = None
     icc_profile: str = DEFAULT_ICC
+    reader: str = "auto"
+    reader_threads: int = 1
 
     def __post_init__(self) -> None:
         if self.sampler not in ("random", "grid"):
@@ -105,18 +111,14 @@ class SlideTilesConfig:
             raise ValueError(f"image_encoding must be 'array' or 'png', got {self.image_encoding!r}")
         if self.tile_size <= 0 or self.tiles_per_slide <= 0 or self.max_open_slides <= 0:
             raise ValueError("tile_size, tiles_per_slide and max_open_slides must be positive")
+        if self.reader not in READERS:
+            raise ValueError(f"reader must be one of {', '.join(READERS)}, got {self.reader!r}")
+        if self.reader_threads <= 0:
+            raise ValueError(f"reader_threads must be positive, got {self.reader_threads}")
         if self.max_region_failures <= 0:
             raise ValueError(f"max_region_failures must be positive, got {self.max_region_failures}")
         self.mpps = tuple(float(m) for m in self.mpps)
         check_icc_option(self.icc_profile)
-
-    def reader_options(self) -> dict[str, Any]:
-        """Keyword arguments of :meth:`SlidePool.get` / :func:`open_slide` besides the path and mpp."""
-        return {
-            "mpp_tolerance": self.mpp_tolerance,
-            "default_mpp": self.default_mpp,
-            "icc_profile": self.icc_profile,
-        }
 
 
 def resolve_slides(spec: Any) -> list[SlideRecord]:
@@ -241,7 +243,9 @@ def open_slide_for_tiles(
 ) -> tuple[SlideReader, TissueMask] | None:
     """Open slide ``rec`` from the worker's pool and compute its mask; None (warned, counted) when unusable."""
     try:
-        reader = pool.get(rec.path, mpp=rec.mpp, **config.reader_options())
+        reader = pool.get(
+            rec.path, mpp=rec.mpp, mpp_tolerance=config.mpp_tolerance, **reader_options(config)
+        )
     except MissingMppError as err:  # "no mpp" is not "unreadable": its own counter
         stats.add("no_mpp_slides")
         _warn(f"skipping slide {rec.slide_id}: {err}")
@@ -390,6 +394,17 @@ def slide_tile_coords(groups: list[str], config: SlideTilesConfig, stats: SlideS
             pool.release(rec.path)
 
 
+def reader_options(config: SlideTilesConfig) -> dict:
+    """:meth:`SlidePool.get` keyword arguments besides the path, mpp and tolerance: the pixel reader of
+    ``config``, its default mpp and its ICC option."""
+    return {
+        "reader_kind": config.reader,
+        "threads": config.reader_threads,
+        "default_mpp": config.default_mpp,
+        "icc_profile": config.icc_profile,
+    }
+
+
 def read_tile_pixels(example: dict, config: SlideTilesConfig, stats: SlideStats) -> dict:
     """``.map()`` function: read the tile of a coordinate example.
 
@@ -399,7 +414,10 @@ def read_tile_pixels(example: dict, config: SlideTilesConfig, stats: SlideStats)
     """
     pool = slide_pool(config.max_open_slides)
     try:
-        reader = pool.get(example["path"], mpp=example["slide_mpp"], **config.reader_options())
+        reader = pool.get(
+            example["path"], mpp=example["slide_mpp"], mpp_tolerance=config.mpp_tolerance,
+            **reader_options(config),
+        )
         tile = reader.read_tile(example["x"], example["y"], example["tile_size"], example["mpp"])
     except SlideError as err:
         n = pool.failed(example["path"])

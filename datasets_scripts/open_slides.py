@@ -40,23 +40,28 @@ class SlidePool:
         mpp_tolerance: float = DEFAULT_MPP_TOLERANCE,
         default_mpp: float | None = None,
         icc_profile: str = "ignore",
+        reader_kind: str = "openslide",
+        threads: int = 1,
     ) -> SlideReader:
         """The open reader of ``path`` (opened now if needed, evicting the least recently used).
 
         Args:
             path, mpp, mpp_tolerance, default_mpp, icc_profile: as :func:`open_slide`.
+            reader_kind, threads: see :func:`open_slide` (``reader``, ``threads``).
 
         Raises:
             SlideError: the slide cannot be opened (see :func:`open_slide`).
         """
-        key = (str(path), None if mpp is None else float(mpp), float(mpp_tolerance), default_mpp, icc_profile)
+        override = None if mpp is None else float(mpp)
+        key = (str(path), override, float(mpp_tolerance), reader_kind, int(threads), default_mpp, icc_profile)
         reader = self.readers.get(key)
         if reader is not None:
             self.readers.move_to_end(key)
             return reader
         reader = open_slide(
-            path, mpp=mpp, mpp_tolerance=mpp_tolerance, default_mpp=default_mpp, icc_profile=icc_profile
-        )
+            path, mpp=mpp, mpp_tolerance=mpp_tolerance, reader=reader_kind, threads=threads,
+            default_mpp=default_mpp, icc_profile=icc_profile,
+        )  # fmt: skip
         self.readers[key] = reader
         while len(self.readers) > self.capacity:
             _, old = self.readers.popitem(last=False)

@@ -130,6 +130,17 @@ class DINODataArguments:
     num_workers: int = field(
         default=2, metadata={"help": "DataLoader workers per process (read + decode only)."}
     )
+    reader: str = field(
+        default="auto",
+        metadata={
+            "help": "Pixel reader: auto (stored JPEG tiles of TIFF/SVS pyramids decoded directly, OpenSlide for "
+            "every other format), tiff (the fast reader or an error naming why not) or openslide (reference).",
+            "choices": ["auto", "openslide", "tiff"],
+        },
+    )
+    reader_threads: int = field(
+        default=1, metadata={"help": "Decoder threads per region inside each DataLoader worker."}
+    )
     global_crop_size: int = field(default=224, metadata={"help": "Global crop side in px (DINO 224)."})
     local_crop_size: int = field(default=96, metadata={"help": "Local crop side in px (DINO 96)."})
     local_crops_number: int = field(default=8, metadata={"help": "Local crops per tile (DINO 8)."})

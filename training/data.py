@@ -63,6 +63,8 @@ def build_data(
         tiles_per_slide=d_args.tiles_per_slide,
         num_workers=d_args.num_workers,
         **slide_options(d_args),
+        reader=d_args.reader,
+        reader_threads=d_args.reader_threads,
     )
     return RunData(readable, failed, my_slides, stream)
 

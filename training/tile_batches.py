@@ -134,6 +134,8 @@ class TileBatchStream:
         mpp_override: Level-0 µm/px for every slide.
         default_mpp: Level-0 µm/px for slides whose metadata has none.
         icc_profile: ``"ignore"`` or ``"apply"`` embedded ICC profiles.
+        reader, reader_threads: pixel reader and its decoder threads (``SlideTilesConfig.reader`` /
+            ``reader_threads``).
     """
 
     def __init__(
@@ -149,9 +151,13 @@ class TileBatchStream:
         mpp_override: float | None = None,
         default_mpp: float | None = None,
         icc_profile: str = "ignore",
+        reader: str = "auto",
+        reader_threads: int = 1,
     ) -> None:
         self.records = list(records)
         self.mpp_override, self.default_mpp, self.icc_profile = mpp_override, default_mpp, icc_profile
+        self.reader = reader
+        self.reader_threads = reader_threads
         self.batch_size = batch_size
         self.seed = seed
         self.mpps = [float(m) for m in mpps]
@@ -185,6 +191,8 @@ class TileBatchStream:
             mpp_override=self.mpp_override,
             default_mpp=self.default_mpp,
             icc_profile=self.icc_profile,
+            reader=self.reader,
+            reader_threads=self.reader_threads,
         )
         # This rank's slides are already partitioned: no second split by node.
         self._ds = tile_stream(config, rank=0, world_size=1, num_workers=self.num_workers)

@@ -30,6 +30,8 @@ def write_slide(
     unit: str = "CENTIMETER",
     description: str | None = None,
     icc: bytes | None = None,
+    compression: str = "zlib",
+    jpeg_rgb: bool = False,
 ) -> Path:
     """Write a pyramid: level 0 = ``level0`` (h, w, 3|4 uint8), further levels resized to ``level_sizes`` (w, h).
 
@@ -43,6 +45,8 @@ def write_slide(
             then written as px per centimetre).
         description: ImageDescription of level 0 (e.g. an Aperio-style ``MPP = ...`` of a converted file).
         icc: ICC profile bytes written as the InterColorProfile tag (34675) of every level.
+        compression: "zlib" or "jpeg" (quality 90; tifffile stores JPEG as YCbCr 4:2:0 with a JFIF marker).
+        jpeg_rgb: with "jpeg", store untransformed RGB without a JFIF marker, as Aperio SVS files do.
     """
     um_per_unit = {"INCH": 25_400.0, "CENTIMETER": 1e4, "MILLIMETER": 1e3, "MICROMETER": 1.0, "NONE": 1e4}
     levels = [level0] + [downscale(level0, s) for s in (level_sizes or [])]
@@ -60,11 +64,13 @@ def write_slide(
                 kw["description"] = description
             if icc is not None:
                 kw["extratags"] = [(34675, 7, len(icc), icc, True)]  # InterColorProfile, UNDEFINED bytes
+            if compression == "jpeg":
+                kw["compressionargs"] = {"level": 90, **({"outcolorspace": "RGB"} if jpeg_rgb else {})}
             tw.write(
                 arr,
                 tile=(tile, tile),
                 photometric="rgb",
-                compression="zlib",
+                compression=compression,
                 subfiletype=0 if i == 0 else 1,
                 metadata=None,
                 **kw,

@@ -186,3 +186,15 @@ def test_icc_sRGB_profile_of_the_real_tcga_slide_is_near_identity(tcga_svs):
         assert srgb.colour.description == "sRGB IEC61966-2.1" and srgb.colour.active  # Aperio's sRGB profile
         a, b = raw.read_tile(2000, 1500, 128, 1.0), srgb.read_tile(2000, 1500, 128, 1.0)
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+
+
+def test_icc_applied_by_the_fast_tiff_reader_too(tmp_path):
+    path = write_slide(tmp_path / "jpeg_icc.tiff", _tissue(), mpp=0.5, compression="jpeg", icc=linear_rgb_icc())
+    with open_slide(path, reader="openslide", icc_profile="apply") as ref, open_slide(
+        path, reader="tiff", icc_profile="apply"
+    ) as fast:
+        assert type(fast).__name__ == "TiffJpegReader" and fast.colour.active
+        a, b = ref.read_tile(64, 64, 128, 0.5), fast.read_tile(64, 64, 128, 0.5)
+        raw = open_slide(path, reader="tiff").read_tile(64, 64, 128, 0.5)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(b.astype(int) - raw).max() > 40  # converted, not the stored values
