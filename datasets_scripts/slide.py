@@ -173,7 +173,14 @@ def resize_region(
         img = img.reduce(2, box=(ix, iy, ix + 2 * size, iy + 2 * size))
     elif mode == "resample":
         img = img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=2.0)
-    return np.array(img if img.mode == "RGB" else img.convert("RGB"))
+    return rgb_array(img)
+
+
+def rgb_array(img: Image.Image) -> np.ndarray:
+    """A writable uint8 (h, w, 3) copy of an RGB or RGBX PIL image: one C pack of the pixels plus a memcpy
+    (``np.array(img.convert("RGB"))`` makes three passes)."""
+    w, h = img.size
+    return np.frombuffer(img.tobytes("raw", "RGB"), dtype=np.uint8).reshape(h, w, 3).copy()
 
 
 class SlideReader:

@@ -46,6 +46,7 @@ from pathfm.datasets_scripts.slide import (
     SlideError,
     resize_mode,
     resize_region,
+    rgb_array,
 )
 from PIL import Image
 
@@ -400,7 +401,8 @@ class TiffJpegReader(OpenSlideReader):
 
     def level_window(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
         """:meth:`window_image` as uint8 (height, width, 3)."""
-        return np.array(self.window_image(level, x0, y0, width, height))
+        window = self._fill_window(level, x0, y0, _scratch(height, width))
+        return rgb_array(Image.frombuffer("RGBX", (width, height), window, "raw", "RGBX", 0, 1))
 
     # ------------------------------------------------------------------ reading
     def _read_rgb(self, x: int, y: int, level: int, width: int, height: int) -> Image.Image:
