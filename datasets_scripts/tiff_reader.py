@@ -38,6 +38,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pathfm.datasets_scripts.slide import (
@@ -278,6 +279,7 @@ class TiffJpegReader(OpenSlideReader):
         threads: decoder threads per region (1: decode in the calling thread).
         require: raise :class:`SlideError` naming the reason when a level cannot be read fast (``--reader
             tiff``); otherwise such levels fall back to OpenSlide silently (``--reader auto``).
+        options: ``mpp_source``, ``default_mpp``, ``icc_profile`` of :class:`OpenSlideReader`.
 
     Attributes:
         fast_levels: per-level :class:`TiffLevel` or None (OpenSlide reads that level).
@@ -295,8 +297,9 @@ class TiffJpegReader(OpenSlideReader):
         mpp_tolerance: float = DEFAULT_MPP_TOLERANCE,
         threads: int = 1,
         require: bool = False,
+        **options: Any,
     ) -> None:
-        super().__init__(path, mpp=mpp, mpp_tolerance=mpp_tolerance)
+        super().__init__(path, mpp=mpp, mpp_tolerance=mpp_tolerance, **options)
         vendor = self.properties.get("openslide.vendor", "")
         if vendor in FAST_VENDORS:
             self.fast_levels, self.fallback_reasons = read_levels(self.path, self.level_dimensions)
@@ -436,6 +439,9 @@ class TiffJpegReader(OpenSlideReader):
         n = max(math.ceil(fx + extent - 1e-9), tile_size)
         m = max(math.ceil(fy + extent - 1e-9), tile_size)
         mode, cx, cy = resize_mode(box, tile_size, n, m)
+        if self.colour is not None and self.colour.active:  # the ICC step, before resizing as for OpenSlide
+            window = self.window_image(level, ix, iy, n, m)
+            return resize_region(self.colour(window), box, tile_size)
         if mode == "crop":
             return self.level_window(level, ix + cx, iy + cy, tile_size, tile_size)
         window = self._fill_window(level, ix, iy, _scratch(m, n))
