@@ -1,14 +1,17 @@
 """The TCGA-like pyramid the benchmarks stream (``gpu.py``, ``tiles.py``): one generator, seconds to write.
 
-Level 0 is ``side`` x ``side`` px of real H&E: the tissue-dense strip of the embedded CMU-1-Small-Region
-(x 512-1792 px, y 512-2816 px at level 0, ~60 % tissue, 1280 x 2304 px: 5 x 9 stored tiles) repeated.
-Levels 1 and 2 are floor(side / 4) and floor(side / 16) px: the same strip box-reduced 4x / 16x (320 x 576,
-80 x 144 px) and repeated, i.e. the box reduction of level 0 up to the last partial period; with an odd side
-the downsamples are non-integer (20,005 px: 4.0002 / 16.004), as in Aperio files. Because the content is
-periodic, each level has only 5 x 9 distinct 256 px tiles: they are JPEG-encoded once (quality 85, YCbCr
-4:2:0 with a JFIF marker, tifffile's default for JPEG) and written as pre-compressed tiles, so a 20,005 px
-pyramid (~6,300 level-0 tiles, ~125 MB) takes seconds and ~10 MB of memory instead of ~50 s and ~4 GB for
-encoding the full image. Resolution tags say 0.25 µm/px; the pixels are the embedded slide's 0.5 µm/px
+Level 0 is ``side`` px wide and ``side - side % 4`` px high, of real H&E: the tissue-dense strip of the
+embedded CMU-1-Small-Region (x 512-1792 px, y 512-2816 px at level 0, ~60 % tissue, 1280 x 2304 px: 5 x 9
+stored tiles) repeated. Levels 1 and 2 are a quarter and a sixteenth of that (floor): the same strip
+box-reduced 4x / 16x (320 x 576, 80 x 144 px) and repeated, i.e. the box reduction of level 0 up to the last
+partial period. OpenSlide's downsample of a level is the mean of its width and height ratios, so a side that
+is not a multiple of 4 gives non-integer downsamples as in Aperio files (20,005 px: 4.0001 / 16.0036 against
+Aperio's typical 4.0001 / 16.0016): tiles at 1 and 2 µm/px come from level 1 with a fractional offset, and
+their level extent (255.99 / 511.99 px) is within 0.01 output px of 256 / 512, as on real slides. Because the
+content is periodic, each level has only 5 x 9 distinct 256 px tiles: they are JPEG-encoded once (quality 85,
+YCbCr 4:2:0 with a JFIF marker, tifffile's default for JPEG) and written as pre-compressed tiles, so a
+20,005 px pyramid (~6,300 level-0 tiles, ~125 MB) takes seconds and little memory instead of ~50 s and ~4 GB
+for encoding the full image. Resolution tags say 0.25 µm/px; the pixels are the embedded slide's 0.5 µm/px
 tissue, so this measures reading and decoding, not histology at 40x.
 """
 
@@ -21,8 +24,8 @@ TILE = 256
 PERIOD = (2304, 1280)  # (h, w) level-0 px of the repeated strip: whole stored tiles at every level
 
 
-def _level_tiles(block, side: int):
-    """Pre-compressed tiles (row-major) of a level holding ``block`` repeated over ``side`` x ``side`` px."""
+def _level_tiles(block, width: int, height: int):
+    """Pre-compressed tiles (row-major) of a level holding ``block`` repeated over ``width`` x ``height`` px."""
     import imagecodecs
     import numpy as np
 
@@ -38,9 +41,8 @@ def _level_tiles(block, side: int):
         ]
         for r in range(rows)
     ]
-    n = -(-side // TILE)
-    for ty in range(n):
-        for tx in range(n):
+    for ty in range(-(-height // TILE)):
+        for tx in range(-(-width // TILE)):
             yield encoded[ty % rows][tx % cols]
 
 
@@ -49,7 +51,7 @@ def make_pyramid(folder: Path, side: int, links: int) -> Path:
 
     Args:
         folder: output folder.
-        side: level-0 side in px.
+        side: level-0 width in px (the height is ``side - side % 4``).
         links: symlinks ``folder/shards/slide_NN.tiff`` (one shard per data worker).
 
     Returns:
@@ -70,11 +72,11 @@ def make_pyramid(folder: Path, side: int, links: int) -> Path:
                     (PERIOD[1] // factor, PERIOD[0] // factor), Image.Resampling.BOX
                 )
             )
-            size = side // factor
-            res = 1e4 / (0.25 * side / size)  # px per cm
+            width, height = side // factor, (side - side % 4) // factor
+            res = 1e4 / (0.25 * side / width)  # px per cm
             tw.write(
-                _level_tiles(block, size),
-                shape=(size, size, 3),
+                _level_tiles(block, width, height),
+                shape=(height, width, 3),
                 dtype=np.uint8,
                 tile=(TILE, TILE),
                 photometric="ycbcr",

@@ -126,6 +126,26 @@ RESIZE_SKIP_PX = 0.01
 resampled: the tile is then off by at most this much, and the sub-pixel offset is rounded (<= 0.5 px)."""
 
 
+def resize_mode(
+    box: tuple[float, float, float, float], size: int, width: int, height: int
+) -> tuple[str, int, int]:
+    """Which resampling :func:`resize_region` applies to ``box`` of a ``width`` x ``height`` px region.
+
+    Returns:
+        ("crop", x, y): the box is ``size`` px within :data:`RESIZE_SKIP_PX`: cut ``size`` px at (x, y), the
+        rounded box origin; ("reduce", x, y): it is ``2 * size`` px within twice that: 2x box reduction of
+        ``2 * size`` px from (x, y); ("resample", 0, 0): anything else.
+    """
+    x0, y0, x1, y1 = box
+    ix, iy = round(x0), round(y0)
+    for factor, mode in ((1, "crop"), (2, "reduce")):
+        side, slack = factor * size, factor * RESIZE_SKIP_PX
+        near = abs(x1 - x0 - side) <= slack and abs(y1 - y0 - side) <= slack
+        if near and ix >= 0 and iy >= 0 and ix + side <= width and iy + side <= height:
+            return mode, ix, iy
+    return "resample", 0, 0
+
+
 def resize_region(
     region: Image.Image | np.ndarray, box: tuple[float, float, float, float], size: int
 ) -> np.ndarray:
@@ -137,31 +157,41 @@ def resize_region(
       first box-reduces by the integer part of large factors (~30 % faster, same antialiasing).
 
     Args:
-        region: RGB PIL image or uint8 (h, w, 3) array holding the box.
+        region: RGB / RGBX PIL image or C-contiguous uint8 (h, w, 3 or 4) array (4: RGBX, mapped into PIL
+            without a copy) holding the box.
         box: (x0, y0, x1, y1) in region px (floats).
         size: output side in px.
 
     Returns:
         uint8 (size, size, 3).
     """
-    x0, y0, x1, y1 = box
-    w, h = (region.shape[1], region.shape[0]) if isinstance(region, np.ndarray) else region.size
-    ix, iy = round(x0), round(y0)
-    for factor in (1, 2):
-        side = factor * size
-        slack = factor * RESIZE_SKIP_PX
-        near = abs(x1 - x0 - side) <= slack and abs(y1 - y0 - side) <= slack
-        if near and ix >= 0 and iy >= 0 and ix + side <= w and iy + side <= h:
-            if isinstance(region, np.ndarray):
-                crop = region[iy : iy + side, ix : ix + side]
-                if factor == 1:
-                    return np.ascontiguousarray(crop)
-                return np.asarray(Image.fromarray(np.ascontiguousarray(crop), "RGB").reduce(2))
-            whole = (ix, iy, side, side) == (0, 0, w, h)
-            crop_img = region if whole else region.crop((ix, iy, ix + side, iy + side))
-            return np.array(crop_img if factor == 1 else crop_img.reduce(2))
-    img = Image.fromarray(region, "RGB") if isinstance(region, np.ndarray) else region
-    return np.array(img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=2.0))
+    if isinstance(region, np.ndarray):
+        h, w = region.shape[:2]
+        mode, ix, iy = resize_mode(box, size, w, h)
+        if mode == "crop":
+            return np.ascontiguousarray(region[iy : iy + size, ix : ix + size, :3])
+        if region.shape[2] == 4:
+            img = Image.frombuffer("RGBX", (w, h), region, "raw", "RGBX", 0, 1)
+        else:
+            img = Image.fromarray(np.ascontiguousarray(region), "RGB")
+    else:
+        img = region
+        mode, ix, iy = resize_mode(box, size, *img.size)
+        if mode == "crop":
+            whole = (ix, iy, size, size) == (0, 0, *img.size)
+            img = img if whole else img.crop((ix, iy, ix + size, iy + size))
+    if mode == "reduce":
+        img = img.reduce(2, box=(ix, iy, ix + 2 * size, iy + 2 * size))
+    elif mode == "resample":
+        img = img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=2.0)
+    return rgb_array(img)
+
+
+def rgb_array(img: Image.Image) -> np.ndarray:
+    """A writable uint8 (h, w, 3) copy of an RGB or RGBX PIL image: one C pack of the pixels plus a memcpy
+    (``np.array(img.convert("RGB"))`` makes three passes)."""
+    w, h = img.size
+    return np.frombuffer(img.tobytes("raw", "RGB"), dtype=np.uint8).reshape(h, w, 3).copy()
 
 
 class SlideReader:

@@ -226,3 +226,17 @@ def test_resize_policy():
     # anything else: resampled (a 1.5x reduction is neither)
     out = resize_region(img, (0.0, 0.0, 192.0, 192.0), 128)
     assert out.shape == (128, 128, 3) and not np.array_equal(out, img[:128, :128])
+
+
+def test_recycled_tile_buffers_keep_pixels_right(jpeg_pyramid):
+    """A cache of 70 tiles over a 19 x 16-tile level: dropped tiles' buffers are decoded into again."""
+    from pathfm.datasets_scripts.tiff_reader import TileCache
+
+    with open_slide(jpeg_pyramid, reader="tiff") as fast:
+        fast._cache = TileCache(70 * 64 * 64 * 4)
+        full = _level_from_tifffile(jpeg_pyramid, fast, 0)
+        for _ in range(2):
+            for y in range(0, 1001 - 64, 64):
+                for x in range(0, 1201 - 64, 64):
+                    np.testing.assert_array_equal(fast.read_tile(x, y, 64, 0.25), full[y : y + 64, x : x + 64])
+        assert fast._cache.recycled > 400 and len(fast._cache) == 70
