@@ -6,6 +6,8 @@ Layout of ``<output_dir>/checkpoints/checkpoint-<step>/`` (``Accelerator.save_st
   optimizer and the RNG states of every process (accelerate);
 - ``custom_checkpoint_<i>.pkl``: the objects of :data:`REGISTERED`, in that order (teacher, loss, state);
 - ``data_state_rank<r>.json``: each rank's tile-stream position (``TileBatchStream.state_dict``);
+- ``<name>_state_rank<r>.json``: each rank's other per-rank objects (the objective's ``rank_objects``, e.g.
+  ``masks``: the iBOT mask generator's RNG), which ``save_state`` would keep from the main process only;
 - ``pathfm_checkpoint.json``: backbone config, card facts and the teacher's file + key prefix, so that
   ``training/export.py --checkpoint`` never guesses which file holds the teacher;
 - ``train_complete.json``: written last; folders without it are ignored by ``latest``.
@@ -136,6 +138,7 @@ def save_checkpoint(
     save_total_limit: int,
     teacher_config: dict[str, Any] | None = None,
     card_info: dict[str, Any] | None = None,
+    rank_objects: dict[str, Any] | None = None,
 ) -> Path:
     """``save_state`` to ``<output_dir>/checkpoints/checkpoint-<step>`` plus each rank's data-stream state.
 
@@ -148,6 +151,8 @@ def save_checkpoint(
     ckpt = output_dir / CHECKPOINTS_DIR / f"{CHECKPOINT_PREFIX}{state.step}"
     accelerator.save_state(str(ckpt))  # models, optimizer, RNG of every process, registered objects
     (ckpt / f"data_state_rank{accelerator.process_index}.json").write_text(json.dumps(stream.state_dict()))
+    for name, obj in (rank_objects or {}).items():
+        (ckpt / f"{name}_state_rank{accelerator.process_index}.json").write_text(json.dumps(obj.state_dict()))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if teacher_config is not None:
@@ -164,8 +169,15 @@ def save_checkpoint(
     return ckpt
 
 
-def load_checkpoint(accelerator: Accelerator, spec: str, output_dir: Path, stream: Any) -> Path:
-    """Restore a checkpoint (``latest`` or a folder): registered objects, RNG, and this rank's stream.
+def load_checkpoint(
+    accelerator: Accelerator,
+    spec: str,
+    output_dir: Path,
+    stream: Any,
+    rank_objects: dict[str, Any] | None = None,
+) -> Path:
+    """Restore a checkpoint (``latest`` or a folder): registered objects, RNG, this rank's stream and
+    ``rank_objects`` (same names as given to :func:`save_checkpoint`).
 
     Raises:
         FileNotFoundError: No such checkpoint, or it was written with another number of processes.
@@ -178,5 +190,12 @@ def load_checkpoint(accelerator: Accelerator, spec: str, output_dir: Path, strea
             f"{data_state_file} missing: the checkpoint was written by a run with another number of processes"
         )
     stream.load_state_dict(json.loads(data_state_file.read_text()))
+    for name, obj in (rank_objects or {}).items():
+        path = ckpt / f"{name}_state_rank{accelerator.process_index}.json"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} missing: the checkpoint was written by another objective or number of processes"
+            )
+        obj.load_state_dict(json.loads(path.read_text()))
     return ckpt
 

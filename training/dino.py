@@ -9,13 +9,16 @@ Usage::
     accelerate launch --num_machines 2 --machine_rank 0 --main_process_ip HOST --main_process_port 29500 \\
         --num_processes 16 training/dino.py vitb8_kaiko ...      # several machines: standard accelerate flags
     accelerate launch training/dino.py --resume_from_checkpoint latest
+    accelerate launch training/dino.py vitl14_reg4_dinov2 --slides /data/tcga   # DINOv2 (--objective dinov2)
 
 ``train`` follows facebookresearch/dino ``main_dino.py`` (``train_dino`` / ``train_one_epoch``, Caron et al.
 2021) section by section: data, networks, loss, optimizer, schedules, resume, loop, export. Each section is
-one module of ``training/``: ``launch`` (Accelerator), ``data`` + ``tile_batches`` (slides -> tile batches),
-``augmentations`` (multi-crop), ``networks`` + ``heads`` (student/teacher), ``losses/``, ``optim``,
-``schedules``, ``checkpointing`` (save/resume layout), ``step`` (one optimizer step; teacher EMA in
-``teacher``), ``loop`` (steps, logging, checkpoints), ``run_card`` + ``export`` (the exported teacher).
+one module of ``training/``: ``launch`` (Accelerator), ``data`` + ``tile_batches`` (slides -> tile
+batches), ``augmentations`` (multi-crop), ``objectives/`` (what ``--objective dino|dinov2`` changes: networks,
+loss, optimizer, step), ``networks`` + ``heads`` (student/teacher), ``losses/``, ``optim`` / ``param_groups``,
+``schedules``, ``checkpointing`` (save/resume layout), ``step`` / ``step_dinov2`` (one optimizer step;
+teacher EMA in ``teacher``), ``loop`` (steps, logging, checkpoints), ``run_card`` + ``export`` (the exported
+teacher).
 
 Differences, each on purpose: (1) tiles are streamed from slides (online patching, kaiko arXiv 2404.15217)
 and an *epoch* is ``steps_per_epoch`` optimizer steps; (2) multi-crop augmentation runs batched on the
@@ -58,10 +61,9 @@ from pathfm.training.fast_paths import compile_dino_modules, resolve_fast_paths
 from pathfm.training.interrupt import TrainingInterrupted
 from pathfm.training.launch import WorldSizeMismatchError, make_accelerator, trackers, use_cuda
 from pathfm.training.loop import Loop, run_loop
-from pathfm.training.losses.dino import DINOLoss
 from pathfm.training.mfu import dino_flops_per_image, measure_matmul_peak
-from pathfm.training.networks import build_student_teacher, param_digest
-from pathfm.training.optim import build_optimizer
+from pathfm.training.networks import param_digest
+from pathfm.training.objectives import build_objective
 from pathfm.training.run_card import RunCard
 from pathfm.training.schedules import build_schedules
 from pathfm.training.step import NonFiniteLossError
@@ -117,13 +119,12 @@ def train(
     ).to(device)
     logger.info("rank %d/%d reads %s", rank, world_size, slides_summary(data))
 
-    # ============ networks, loss, optimizer ============
-    student, teacher = build_student_teacher(m_args)
+    # ============ networks, loss, optimizer (of --objective: objectives/) ============
+    objective = build_objective(m_args, d_args, t_args, rank)
+    student, teacher = objective.build_networks()
     teacher.to(device)
-    dino_loss = DINOLoss(
-        m_args.out_dim, augment.ncrops, t_args.student_temp, t_args.center_momentum, t_args.centering
-    )
-    dino_loss.to(device)
+    loss = objective.build_loss(augment.ncrops)
+    loss.to(device)
     fast = resolve_fast_paths(
         use_cuda(), t_args.torch_compile, t_args.optim, t_args.sync_free_step, t_args.torch_compile_backend
     )
@@ -135,7 +136,7 @@ def train(
         flops_per_image / 1e9,
         peak_flops / 1e12,
     )
-    optimizer = build_optimizer(student, fused=fast.fused_adamw)
+    optimizer = objective.build_optimizer(student, fused=fast.fused_adamw)
     if fast.torch_compile:
         compile_dino_modules([student, teacher], backend=fast.compile_backend)
     # prepare: wraps the student in DDP when several processes run (gradients all-reduced in backward) and
@@ -149,10 +150,12 @@ def train(
     # ============ resume ============
     state = TrainState()
     # save_state/load_state hold the prepared student and optimizer, RNG of every process, and these:
-    register(accelerator, teacher=teacher, loss=dino_loss, state=state)
+    register(accelerator, teacher=teacher, loss=loss, state=state)
     resumed_from = None
     if t_args.resume_from_checkpoint:
-        ckpt = load_checkpoint(accelerator, t_args.resume_from_checkpoint, output_dir, data.stream)
+        ckpt = load_checkpoint(
+            accelerator, t_args.resume_from_checkpoint, output_dir, data.stream, objective.rank_objects()
+        )
         resumed_from = str(ckpt)
         logger.info("resumed from %s at step %d", resumed_from, state.step)
     card = RunCard(
@@ -185,9 +188,10 @@ def train(
     # ============ training loop ============
     loop = Loop(
         accelerator,
+        objective,
         student,
         teacher,
-        dino_loss,
+        loss,
         optimizer,
         data.stream,
         augment,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,12 +39,15 @@ class StepOutput:
         teacher_entropy: Entropy of the teacher's centred, sharpened output (last micro-batch, nats); None
             when monitors were not read.
         teacher_output: Teacher logits of the last micro-batch, (2 * B, out_dim).
+        terms: The objective's loss terms (mean over micro-batches of this rank), logged by name; empty for
+            DINO.
     """
 
     loss: float | Tensor
     grad_norm: float | Tensor | None
     teacher_entropy: float | None
     teacher_output: Tensor
+    terms: dict[str, float | Tensor] = field(default_factory=dict)
 
 
 def train_step(
