@@ -9,8 +9,9 @@ against the device's peak measured in the same run with a matmul (fp32 1024^3 on
 before and after the runs, the mean is used).
 
 Then the same tiny recipe (``cpu_tiny``: backbone, heads, crops, batch) under ``--objective dino`` and
-``--objective dinov2`` (iBOT masks and loss, KoLeo, parameter groups), run alternately ``--repeats`` times each in
-the same process, and prints their step times side by side with the DINOv2 / DINO ratio (median over repeats).
+``--objective dinov2`` (iBOT masks and loss, KoLeo, parameter groups), run alternately ``--repeats`` times
+each in the same process, and prints their step times side by side with the DINOv2 / DINO ratio (median
+over repeats).
 
     python benchmarks/train.py                      # tiny and ViT-S/16 (batch 8), then DINO vs DINOv2 (tiny)
     python benchmarks/train.py --models vits16 --batch_size 64 --steps 20   # e.g. on a GPU
@@ -135,11 +136,12 @@ def main() -> None:
 def compare_objectives(args: argparse.Namespace, device: str) -> None:
     """Step time of ``cpu_tiny`` under DINO and DINOv2, runs alternating so that machine noise hits both.
 
-    Prints the whole step (data wait included) and its compute part (``1 - data_wait_share`` of it), the median
-    over ``--repeats`` runs each, and the DINOv2 / DINO ratios. FLOPs per image count the CLS path only (the
-    iBOT head on the masked patches is not in ``training/mfu.py``'s count).
+    Prints the whole step (data wait included) and its compute part (``1 - data_wait_share`` of it), the
+    median over ``--repeats`` runs each, and the DINOv2 / DINO ratios. FLOPs per image count the CLS path only
+    (the iBOT head on the masked patches is not in ``training/mfu.py``'s count).
     """
-    base = ["cpu_tiny", "--per_device_batch_size", str(args.batch_size), "--num_workers", str(args.num_workers)]
+    base = ["cpu_tiny", "--per_device_batch_size", str(args.batch_size)]
+    base += ["--num_workers", str(args.num_workers)]
     step: dict[str, list[float]] = {"dino": [], "dinov2": []}
     compute: dict[str, list[float]] = {"dino": [], "dinov2": []}
     flops = {}
@@ -151,12 +153,13 @@ def compare_objectives(args: argparse.Namespace, device: str) -> None:
             compute[objective].append(seconds * (1 - result["data_wait_share"]))
             flops[objective] = result["flops"]
     med = {o: (statistics.median(step[o]), statistics.median(compute[o])) for o in step}
-    print(f"\nDINO vs DINOv2 step time on {device}, preset cpu_tiny (2x128+4x64 crops, batch {args.batch_size}),")
-    print(f"{args.steps} timed steps per run, {args.repeats} alternating runs each (median; all runs listed):")
+    batch, runs = args.batch_size, args.repeats
+    print(f"\nDINO vs DINOv2 step time on {device}, preset cpu_tiny (2x128+4x64 crops, batch {batch}),")
+    print(f"{args.steps} timed steps per run, {runs} alternating runs each (median; all runs listed):")
     print(f"{'objective':9s} {'s/step':>8s} {'compute s/step':>15s} {'GFLOP/img':>10s}  runs (s/step)")
     for objective, (total, comp) in med.items():
-        runs = " ".join(f"{t:.3f}" for t in step[objective])
-        print(f"{objective:9s} {total:8.3f} {comp:15.3f} {flops[objective] / 1e9:10.3f}  {runs}")
+        listed = " ".join(f"{t:.3f}" for t in step[objective])
+        print(f"{objective:9s} {total:8.3f} {comp:15.3f} {flops[objective] / 1e9:10.3f}  {listed}")
     print(
         f"ratio DINOv2 / DINO: step {med['dinov2'][0] / med['dino'][0]:.2f}x, "
         f"compute {med['dinov2'][1] / med['dino'][1]:.2f}x"

@@ -91,7 +91,8 @@ def resolve_fast_paths(
 
 
 def compile_dino_modules(modules: Iterable[nn.Module], backend: str = "inductor") -> None:
-    """Compile each ``MultiCropWrapper``'s backbone and head (``DINOv2Wrapper``: backbone) in place, static shapes.
+    """Compile each ``MultiCropWrapper``'s backbone and head in place with static shapes (``DINOv2Wrapper``:
+    the backbone only).
 
     The wrapper itself stays eager: it groups crops by resolution on the host, which would break the graph.
 

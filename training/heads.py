@@ -161,11 +161,12 @@ class DINOv2Output(NamedTuple):
     """What :class:`DINOv2Wrapper` returns for one batch of crops (B images).
 
     Attributes:
-        cls_logits: DINO head logits of every crop's CLS token, crop-major (n_crops * B, K); the 2 global crops
-            come first.
+        cls_logits: DINO head logits of every crop's CLS token, crop-major (n_crops * B, K); the 2 global
+            crops come first.
         patch_logits: iBOT head logits of the masked patch tokens of the global crops, (M, K_ibot) in
             ``masks.flatten().nonzero()`` order, or None without masks.
-        cls_tokens: Backbone CLS tokens (after the final LayerNorm) of the 2 global crops, (2 * B, D), for KoLeo.
+        cls_tokens: Backbone CLS tokens (after the final LayerNorm) of the 2 global crops, (2 * B, D), for
+            KoLeo.
     """
 
     cls_logits: Tensor
@@ -176,8 +177,8 @@ class DINOv2Output(NamedTuple):
 class DINOv2Wrapper(nn.Module):
     """Backbone + DINO head + iBOT head (or the DINO head shared), as ``SSLMetaArch``'s student / teacher.
 
-    After facebookresearch/dinov2 ``dinov2/train/ssl_meta_arch.py`` (``forward_backward``): the global crops run
-    through the backbone with their masked patches replaced by the backbone's ``mask_token`` (student) or
+    After facebookresearch/dinov2 ``dinov2/train/ssl_meta_arch.py`` (``forward_backward``): the global crops
+    run through the backbone with their masked patches replaced by the backbone's ``mask_token`` (student) or
     unmasked (teacher); the DINO head sees the CLS tokens of all crops, the iBOT head the patch tokens at the
     masked positions only (registers are skipped: patch tokens start at ``config.num_prefix_tokens``). Heads
     are applied row-wise, so one call per head on the concatenated rows equals upstream's block-diagonal call.

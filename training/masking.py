@@ -146,7 +146,8 @@ class MaskSampler:
     """This rank's iBOT mask source: a block generator for the global-crop grid and its own ``random.Random``.
 
     The generator state is what a resumed run needs to draw the same masks again: ``state_dict`` /
-    ``load_state_dict`` (JSON-safe) are saved per rank with each checkpoint (``checkpointing.save_checkpoint``).
+    ``load_state_dict`` (JSON-safe) are saved per rank with each checkpoint
+    (``checkpointing.save_checkpoint``).
 
     Args:
         grid: (rows, cols) patch grid of a global crop.
@@ -167,7 +168,8 @@ class MaskSampler:
         self.mask_ratio_min_max = tuple(mask_ratio_min_max)
 
     def __call__(self, n_crops: int) -> MaskBatch:
-        """Masks of ``n_crops`` global-crop images (2 * B), on the CPU (the step moves what the device needs)."""
+        """Masks of ``n_crops`` global-crop images (2 * B), on the CPU (the step moves what the device
+        needs)."""
         return sample_masks(n_crops, self.generator, self.rng, self.mask_probability, self.mask_ratio_min_max)
 
     def state_dict(self) -> dict:

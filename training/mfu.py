@@ -90,7 +90,8 @@ def dino_flops_per_image(
     are restored afterwards.
 
     Args:
-        student: The student (``MultiCropWrapper``, unwrapped from DDP; any device).
+        student: The student (``MultiCropWrapper``, unwrapped from DDP; any device). A ``DINOv2Wrapper`` is
+            counted without masks: its iBOT head on the masked patches (a few percent) is left out.
         teacher: The teacher (same interface).
         global_crop_size: Side of a global crop in px.
         local_crop_size: Side of a local crop in px.

@@ -71,19 +71,19 @@ DINOV2_CITATION = """@article{oquab2024dinov2,
 #: Per ``--objective``: method named in the card, training-procedure paragraph, citation heading and entry.
 OBJECTIVE_TEXT = {
     "dino": (
-        "DINO (Caron et al.\n2021)",
-        "DINO self-distillation: a student and an EMA teacher of the same architecture, each with a DINO "
-        "projection\nhead; multi-crop (2 global + several local crops per tile) with the DINO augmentations; "
-        "the teacher sees\nonly the global crops. Only the teacher backbone is released.",
+        "DINO (Caron et al. 2021)",
+        "DINO self-distillation: a student and an EMA teacher of the same architecture, each with a DINO\n"
+        "projection head; multi-crop (2 global + several local crops per tile) with the DINO augmentations;\n"
+        "the teacher sees only the global crops. Only the teacher backbone is released.",
         "DINO",
         DINO_CITATION,
     ),
     "dinov2": (
-        "DINOv2 (Oquab et al.\n2024)",
-        "DINOv2: a student and an EMA teacher of the same architecture with DINO and iBOT projection heads; the "
-        "DINO loss\non the CLS token of 2 global + several local crops per tile, the iBOT loss on patch tokens "
-        "masked in the\nstudent's global crops, and the KoLeo regulariser on the student CLS tokens; the teacher "
-        "sees only the\nunmasked global crops. Only the teacher backbone is released.",
+        "DINOv2 (Oquab et al. 2024)",
+        "DINOv2: a student and an EMA teacher of the same architecture with DINO and iBOT projection heads;\n"
+        "the DINO loss on the CLS token of 2 global + several local crops per tile, the iBOT loss on patch\n"
+        "tokens masked in the student's global crops, and the KoLeo regulariser on the student CLS tokens;\n"
+        "the teacher sees only the unmasked global crops. Only the teacher backbone is released.",
         "DINOv2",
         DINOV2_CITATION,
     ),
@@ -360,16 +360,19 @@ def build_model_card(
     compute_rows = sorted(info.compute.items())
     notes = f"\n{info.notes}\n" if info.notes else ""
     if info.objective not in OBJECTIVE_TEXT:
-        raise ValueError(f"model card: objective must be one of {sorted(OBJECTIVE_TEXT)}, got {info.objective!r}")
+        raise ValueError(
+            f"model card: objective must be one of {sorted(OBJECTIVE_TEXT)}, got {info.objective!r}"
+        )
     method, procedure, method_name, citation = OBJECTIVE_TEXT[info.objective]
 
     body = f"""
 # {info.model_name}
 
-{_architecture_text(model_config, info.architecture)} Pretrained with self-supervised {method} on tiles read on the fly from H&E whole-slide images at several resolutions, following
-"Towards Large-Scale Training of Pathology Foundation Models" (kaiko.ai, arXiv 2404.15217), with the
-pathfm training code. This repository holds the {method_name} **teacher backbone only** (no projection head, no
-student) in fp32 safetensors, its image processor and the modeling code.
+{_architecture_text(model_config, info.architecture)} Pretrained with self-supervised {method} on tiles
+read on the fly from H&E whole-slide images at several resolutions, following "Towards Large-Scale Training
+of Pathology Foundation Models" (kaiko.ai, arXiv 2404.15217), with the pathfm training code. This repository
+holds the {method_name} **teacher backbone only** (no projection head, no student) in fp32 safetensors, its
+image processor and the modeling code.
 
 ## How to load
 
@@ -415,8 +418,8 @@ hidden_size) for dense tasks; inputs of any size that is a multiple of the patch
 - Not a medical device and not validated for diagnosis or any clinical decision.
 - The features reflect the slides, stains, scanners and resolutions seen in training (see above); expect
   weaker features on other stains (IHC), on cytology, or at resolutions far from the training ones.
-- The label-free monitors above ({method_name} loss, RankMe) are not downstream accuracies. Evaluate on your task
-  (e.g. with eva's protocols) and report the protocol with the number.
+- The label-free monitors above ({method_name} loss, RankMe) are not downstream accuracies. Evaluate on your
+  task (e.g. with eva's protocols) and report the protocol with the number.
 - The licence of the weights does not override the terms of the slide collections they were trained on.
 
 ## Citation

@@ -106,8 +106,8 @@ def _teacher_backbone(student_backbone: PathFMViTModel, model_args: DINOModelArg
 def build_dinov2_student_teacher(model_args: DINOModelArguments) -> tuple[DINOv2Wrapper, DINOv2Wrapper]:
     """DINOv2 student (backbone with mask token and drop path, DINO head, iBOT head if separate) and teacher.
 
-    Heads follow dinov2's ``DINOHead`` sizes (``dino.head_*``, ``ibot.head_*``); with ``norm_last_layer`` False
-    the weight-norm magnitude is trained, as in dinov2 (whose head has no such option).
+    Heads follow dinov2's ``DINOHead`` sizes (``dino.head_*``, ``ibot.head_*``); with ``norm_last_layer``
+    False the weight-norm magnitude is trained, as in dinov2 (whose head has no such option).
     """
     student_backbone = build_backbone(model_args, model_args.drop_path_rate, use_mask_token=True)
     dim = student_backbone.config.hidden_size  # DINOv2 heads read the CLS token (and patch tokens) only
@@ -131,7 +131,8 @@ def build_student_teacher(model_args: DINOModelArguments) -> tuple[MultiCropWrap
     )
     student = MultiCropWrapper(student_backbone, build_head(model_args, embed_dim))
     teacher = make_teacher(
-        student, MultiCropWrapper(_teacher_backbone(student_backbone, model_args), build_head(model_args, embed_dim))
+        student,
+        MultiCropWrapper(_teacher_backbone(student_backbone, model_args), build_head(model_args, embed_dim)),
     )
     if model_args.gradient_checkpointing:
         student_backbone.gradient_checkpointing_enable()
@@ -140,8 +141,13 @@ def build_student_teacher(model_args: DINOModelArguments) -> tuple[MultiCropWrap
 
 def param_digest(module: torch.nn.Module) -> str:
     """sha256 of all parameters (fp32 bytes, name order) — equal across DDP ranks when they are in sync."""
+    return state_digest(module.state_dict())
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's tensors (fp32 bytes, name order)."""
     h = hashlib.sha256()
-    for name, p in sorted(module.state_dict().items()):
+    for name, p in sorted(state.items()):
         h.update(name.encode())
         h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()

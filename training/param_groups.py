@@ -124,12 +124,19 @@ def clip_grad_norm_per_module(modules: Mapping[str, nn.Module], max_norm: float)
     for name, module in modules.items():
         params = [p for p in module.parameters() if p.grad is not None]
         limit = max_norm if max_norm > 0 else float("inf")
-        norms[name] = torch.nn.utils.clip_grad_norm_(params, limit).float()
+        norm = torch.nn.utils.clip_grad_norm_(params, limit)
+        # sharded (FSDP2) gradients give a DTensor norm: the full value, as every rank logs the same number
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        norms[name] = norm.float()
     return norms
 
 
 def build_dinov2_optimizer(
-    student: nn.Module, num_layers: int, layerwise_decay: float, patch_embed_lr_mult: float, fused: bool = False
+    student: nn.Module,
+    num_layers: int,
+    layerwise_decay: float,
+    patch_embed_lr_mult: float,
+    fused: bool = False,
 ) -> torch.optim.AdamW:
     """AdamW (betas 0.9, 0.999 as dinov2's ``adamw_beta1/2``) over the fused DINOv2 parameter groups.
 
@@ -143,11 +150,14 @@ def build_dinov2_optimizer(
     Returns:
         The optimizer; :func:`apply_optim_schedule` sets each group's lr and weight decay per step.
     """
-    groups = fuse_params_groups(params_groups_with_decay(student, num_layers, layerwise_decay, patch_embed_lr_mult))
+    groups = params_groups_with_decay(student, num_layers, layerwise_decay, patch_embed_lr_mult)
+    groups = fuse_params_groups(groups)
     return torch.optim.AdamW(groups, betas=(0.9, 0.999), **({"fused": True} if fused else {}))
 
 
-def apply_optim_schedule(optimizer: torch.optim.Optimizer, lr: float, wd: float, freeze_last_layer: bool) -> None:
+def apply_optim_schedule(
+    optimizer: torch.optim.Optimizer, lr: float, wd: float, freeze_last_layer: bool
+) -> None:
     """This step's lr and weight decay per group, as dinov2's ``apply_optim_scheduler``.
 
     ``lr * lr_multiplier`` (0 for the head's last layer while frozen: dinov2's ``last_layer_lr`` schedule) and

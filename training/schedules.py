@@ -152,9 +152,10 @@ def build_schedules(t_args: Any, world_size: int) -> RunSchedules:
 def run_teacher_temp(t_args: Any, total: int, steps_per_epoch: int) -> np.ndarray:
     """(total,) teacher temperature per optimizer step.
 
-    With ``teacher_temp_per_epoch`` the warm-up is facebookresearch/dino's per-epoch array (``DINOLoss.__init__``:
-    one value per epoch, linear over ``warmup_teacher_temp_epochs`` epochs) held for the ``steps_per_epoch``
-    steps of each epoch; otherwise the same ramp is spread over optimizer steps, which is what
+    With ``teacher_temp_per_epoch`` the warm-up is facebookresearch/dino's per-epoch array
+    (``DINOLoss.__init__``: one value per epoch, linear over ``warmup_teacher_temp_epochs`` epochs) held for
+    the ``steps_per_epoch`` steps of each epoch; otherwise the same ramp is spread over optimizer steps, which
+    is what
     facebookresearch/dinov2 does (``train.py`` ``build_schedulers``: a linear warm-up over
     ``warmup_teacher_temp_epochs * OFFICIAL_EPOCH_LENGTH`` iterations, then constant).
     """

@@ -3,11 +3,11 @@ clipping, AdamW, centers, teacher EMA over backbone and heads.
 
 Follows ``SSLMetaArch.forward_backward`` and the body of ``do_train`` in facebookresearch/dinov2
 (``dinov2/train/ssl_meta_arch.py``, ``dinov2/train/train.py``): the teacher sees the 2 unmasked global crops,
-the student the masked global crops and the local crops; the loss is ``losses/dinov2_loss.py``; gradients are
-clipped per submodule (backbone, dino_head, ibot_head) to ``clip_grad``; the last layer is frozen through its lr
-(``param_groups.apply_optim_schedule``, set by the caller). As ``step.py`` for DINO, the centers are updated
-once per optimizer step from the teacher outputs of all micro-batches, after the targets were computed, and the
-EMA runs once per optimizer step.
+the student the masked global crops and the local crops; the loss is ``losses/dinov2_loss.py``; gradients
+are clipped per submodule (backbone, dino_head, ibot_head) to ``clip_grad``; the last layer is frozen through
+its lr (``param_groups.apply_optim_schedule``, set by the caller). As ``step.py`` for DINO, the centers are
+updated once per optimizer step from the teacher outputs of all micro-batches, after the targets were
+computed, and the EMA runs once per optimizer step.
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ def test_sinkhorn_knopp_is_finite_where_upstream_exp_overflows():
 
 
 def test_sinkhorn_knopp_prototypes_that_underflow_get_no_mass_not_nan():
-    # temperature 0.01, logits spread over 2: after the shift most prototypes are exp(-200) = 0 for every sample
+    # temperature 0.01, logits spread over 2: after the shift many prototypes are exp(-200) = 0 for every
+    # sample
     logits = wave(2, 32, 0.0, 1.0)
     logits[:, 0] = 1.5  # both samples share the top prototype
     targets = sinkhorn_knopp(logits, 0.01)

@@ -23,9 +23,24 @@ pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 # the cpu_tiny test sizes plus the dinov2 objective with a separate iBOT head and Sinkhorn-Knopp centering
 DINOV2 = [
-    "--objective", "dinov2", "--centering", "sinkhorn_knopp", "--norm_last_layer", "false",
-    "--ibot_separate_head", "true", "--ibot_head_n_prototypes", "32", "--ibot_head_hidden_dim", "16",
-    "--ibot_head_bottleneck_dim", "8", "--lr_scaling_rule", "sqrt_wrt_1024", "--lr", "0.004",
+    "--objective",
+    "dinov2",
+    "--centering",
+    "sinkhorn_knopp",
+    "--norm_last_layer",
+    "false",
+    "--ibot_separate_head",
+    "true",
+    "--ibot_head_n_prototypes",
+    "32",
+    "--ibot_head_hidden_dim",
+    "16",
+    "--ibot_head_bottleneck_dim",
+    "8",
+    "--lr_scaling_rule",
+    "sqrt_wrt_1024",
+    "--lr",
+    "0.004",
 ]
 TERMS = ("dino_local_crops_loss", "dino_global_crops_loss", "koleo_loss", "ibot_loss")
 
@@ -37,9 +52,21 @@ def _rows(out: Path) -> dict[int, dict]:
 
 def test_dinov2_run_logs_terms_exports_and_resumes_exactly(cmu_svs, tmp_path):
     full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
-    common = [*DINOV2, "--max_steps", "3", "--save_steps", "2", "--gradient_accumulation_steps", "2",
-              "--global_crop_size", "48",  # a 3 x 3 patch grid, room for mask blocks
-              "--warmup_epochs", "1", "--tiles_per_slide", "5"]
+    common = [
+        *DINOV2,
+        "--max_steps",
+        "3",
+        "--save_steps",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
+        "--global_crop_size",
+        "48",  # a 3 x 3 patch grid, room for mask blocks
+        "--warmup_epochs",
+        "1",
+        "--tiles_per_slide",
+        "5",
+    ]
     full = _run(_args(cmu_svs, full_dir, *common, "--export", "true"))  # the later flag wins
     rows = _rows(full_dir)
     assert sorted(rows) == [1, 2, 3]
@@ -49,8 +76,9 @@ def test_dinov2_run_logs_terms_exports_and_resumes_exactly(cmu_svs, tmp_path):
 
     # the export is the teacher backbone of the last checkpoint, loadable with AutoModel
     model = AutoModel.from_pretrained(full_dir / "model").eval()
-    teacher = torch.load(full_dir / "checkpoints" / "checkpoint-3" / "custom_checkpoint_0.pkl",
-                         weights_only=True)
+    teacher = torch.load(
+        full_dir / "checkpoints" / "checkpoint-3" / "custom_checkpoint_0.pkl", weights_only=True
+    )
     exported = model.state_dict()
     assert {f"backbone.{k}" for k in exported} == {k for k in teacher if k.startswith("backbone.")}
     for key, value in exported.items():
@@ -69,8 +97,10 @@ def test_dinov2_run_logs_terms_exports_and_resumes_exactly(cmu_svs, tmp_path):
     assert len(resumed["losses"]) == 1
     for a, b in zip(full["losses"][2:], resumed["losses"], strict=True):
         assert abs(a - b) <= 1e-6, (full["losses"], resumed["losses"])
-    masks = [json.loads((d / "checkpoints" / "checkpoint-3" / "masks_state_rank0.json").read_text())
-             for d in (full_dir, resumed_dir)]
+    masks = [
+        json.loads((d / "checkpoints" / "checkpoint-3" / "masks_state_rank0.json").read_text())
+        for d in (full_dir, resumed_dir)
+    ]
     assert masks[0] == masks[1]
     assert masks[0] != json.loads((ckpt / "masks_state_rank0.json").read_text())
 
@@ -99,7 +129,9 @@ def test_dinov2_loss_kde_option_and_no_local_crops():
     from pathfm.training.losses.kde import kde_per_crop
     from tests.training.dinov2_inputs import wave
 
-    loss_fn = DINOv2Loss(8, 8, weights={"koleo_loss_weight": 0.0, "kde_loss_weight": 0.05, "ibot_loss_weight": 0})
+    loss_fn = DINOv2Loss(
+        8, 8, weights={"koleo_loss_weight": 0.0, "kde_loss_weight": 0.05, "ibot_loss_weight": 0}
+    )
     teacher = DINOv2Output(wave(4, 8, 0.1), None, wave(4, 6, 0.2))
     student = DINOv2Output(wave(4, 8, 0.5), None, wave(4, 6, 0.9))
     cls_targets, patch_targets = loss_fn.targets(teacher, 0.04)
@@ -121,8 +153,15 @@ def _launch(repo_root: Path, out: Path, *extra: str, nproc: int = 1) -> subproce
     else:
         cmd += ["--num_processes", "1"]
     cmd += ["training/dino.py", "cpu_tiny_dinov2", *SMALL, *DINOV2, "--output_dir", str(out), *extra]
-    return subprocess.Popen(cmd, cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=repo_root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""The DINOv2 objective's loss: DINO CLS terms + iBOT masked-patch term + KoLeo (or KDE), weighted as upstream.
+"""The DINOv2 objective's loss: DINO CLS terms + iBOT masked-patch term + KoLeo (or KDE), weighted as
+upstream.
 
 The sum that facebookresearch/dinov2 ``dinov2/train/ssl_meta_arch.py`` (``SSLMetaArch.forward_backward``)
 back-propagates, with its config names as weights (``dinov2/configs/ssl_default_config.yaml``):
@@ -77,7 +78,11 @@ class DINOv2Loss(nn.Module):
         return cls, patches
 
     def forward(
-        self, student: Any, cls_targets: Tensor, patch_targets: Tensor | None, masks: Tensor | None,
+        self,
+        student: Any,
+        cls_targets: Tensor,
+        patch_targets: Tensor | None,
+        masks: Tensor | None,
         masks_weight: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The weighted loss and its terms.
@@ -98,8 +103,10 @@ class DINOv2Loss(nn.Module):
         s_global, s_local = student.cls_logits[:n_global], student.cls_logits[n_global:]
         local, global_ = self.dino(s_global, s_local if s_local.shape[0] else None, cls_targets)
         w = self.weights
-        terms = {"dino_local_crops_loss": w["dino_loss_weight"] * local,
-                 "dino_global_crops_loss": w["dino_loss_weight"] * global_}
+        terms = {
+            "dino_local_crops_loss": w["dino_loss_weight"] * local,
+            "dino_global_crops_loss": w["dino_loss_weight"] * global_,
+        }
         if w["koleo_loss_weight"]:
             terms["koleo_loss"] = w["koleo_loss_weight"] * koleo_per_crop(student.cls_tokens)
         if w["kde_loss_weight"]:

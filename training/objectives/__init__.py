@@ -1,4 +1,5 @@
-"""Training objectives, chosen by ``--objective``: each builds its networks, loss and optimizer and runs a step.
+"""Training objectives, chosen by ``--objective``: each builds its networks, loss and optimizer and runs a
+step.
 
 An objective is what differs between DINO and DINOv2; everything else (data, augmentation, schedules,
 checkpoints, the loop, export) is shared. ``dino.train`` calls, in order: ``build_networks`` ->
@@ -19,7 +20,9 @@ __all__ = ["OBJECTIVES", "DINOObjective", "DINOv2Objective", "build_objective"]
 OBJECTIVES = {"dino": DINOObjective, "dinov2": DINOv2Objective}
 
 
-def build_objective(model_args: Any, data_args: Any, training_args: Any, rank: int) -> DINOObjective | DINOv2Objective:
+def build_objective(
+    model_args: Any, data_args: Any, training_args: Any, rank: int
+) -> DINOObjective | DINOv2Objective:
     """The objective named by ``model_args.objective`` (``dino`` or ``dinov2``).
 
     Raises:

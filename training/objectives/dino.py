@@ -50,9 +50,18 @@ class DINOObjective:
         return {}
 
     def step(
-        self, accelerator: Accelerator, student: nn.Module, teacher: nn.Module, loss: nn.Module,
-        optimizer: torch.optim.Optimizer, next_crops: Any, schedules: RunSchedules, it: int,
-        last_good: Path | None = None, sync_free: bool = False, read_monitors: bool = True,
+        self,
+        accelerator: Accelerator,
+        student: nn.Module,
+        teacher: nn.Module,
+        loss: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        next_crops: Any,
+        schedules: RunSchedules,
+        it: int,
+        last_good: Path | None = None,
+        sync_free: bool = False,
+        read_monitors: bool = True,
     ) -> StepOutput:
         """Set step ``it``'s lr / weight decay, then ``step.train_step``."""
         set_lr_wd(optimizer, float(schedules.lr[it]), float(schedules.weight_decay[it]))

@@ -74,7 +74,8 @@ class DINOv2Objective:
         return DINOv2Loss(m.out_dim, patch_dim, t.centering, t.student_temp, t.center_momentum, weights)
 
     def build_optimizer(self, student: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
-        """AdamW over dinov2's parameter groups (layer-wise decay, patch-embed lr multiplier, wd multipliers)."""
+        """AdamW over dinov2's parameter groups (layer-wise decay, patch-embed lr multiplier, wd
+        multipliers)."""
         t = self.t_args
         num_layers = self.num_layers or student.backbone.config.num_hidden_layers
         return build_dinov2_optimizer(student, num_layers, t.layerwise_decay, t.patch_embed_lr_mult, fused)
@@ -84,9 +85,18 @@ class DINOv2Objective:
         return {"masks": self.masks}
 
     def step(
-        self, accelerator: Accelerator, student: nn.Module, teacher: nn.Module, loss: nn.Module,
-        optimizer: torch.optim.Optimizer, next_crops: Any, schedules: RunSchedules, it: int,
-        last_good: Path | None = None, sync_free: bool = False, read_monitors: bool = True,
+        self,
+        accelerator: Accelerator,
+        student: nn.Module,
+        teacher: nn.Module,
+        loss: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        next_crops: Any,
+        schedules: RunSchedules,
+        it: int,
+        last_good: Path | None = None,
+        sync_free: bool = False,
+        read_monitors: bool = True,
     ) -> StepOutput:
         """Set step ``it``'s per-group lr / weight decay (last layer at lr 0 while frozen), then the step."""
         apply_optim_schedule(
