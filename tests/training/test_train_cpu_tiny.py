@@ -65,11 +65,13 @@ def test_default_job_loss_falls_and_stays_down_without_collapse(default_job):
     summary = json.loads((out / "train_summary.json").read_text())
     losses = summary["losses"]
     assert summary["steps"] == len(losses) and len(losses) >= 100
-    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
-    late = [np.mean(losses[i : i + 10]) for i in range(len(losses) // 2, len(losses) - 9)]
-    print(f"cpu_tiny wall {wall:.0f} s; loss first10 {first:.4f} last10 {last:.4f}, late max {max(late):.4f}")
-    assert first - last > 0.3, (first, last)
-    assert max(late) < first - 0.2, "the loss climbed back in the second half of the run"
+    windows = [np.mean(losses[i : i + 10]) for i in range(len(losses) - 9)]  # 10-step means
+    first, last, low = windows[0], windows[-1], min(windows)
+    print(f"cpu_tiny wall {wall:.0f} s; loss first10 {first:.4f} lowest10 {low:.4f} last10 {last:.4f}")
+    assert first - last > 0.25, (first, last)  # falls (the measured run: 4.99 -> 4.61)
+    # and stays down: gives back less than 40 % of its fall (measured 24 %; the previous preset, which fell
+    # 6.6 -> 3.4 and climbed back to 5.1, gave back 54 %)
+    assert last - low < 0.4 * (first - low), (first, low, last)
     assert "collapse" not in log
 
 
