@@ -34,6 +34,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pathfm
+
+if __name__ == "__main__" and pathfm.help_only(sys.argv):  # the parser alone: no torch / accelerate import
+    from pathfm.training.config import parse_config
+
+    parse_config(sys.argv[1:])  # prints the help (with the chosen preset's values) and exits 0
+
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 
