@@ -51,7 +51,9 @@ from pathfm.evaluation.cohort_slides import SlideManifest, SlideTiles, is_slide_
 from pathfm.evaluation.probe_runner import METRICS, RunOptions, get_embeddings, probe_embeddings, summarize
 from pathfm.evaluation.protocol import PROTOCOLS, KnnConfig
 from pathfm.evaluation.splits import (
+    SplitError,
     SplitPlan,
+    check_scored_splits,
     given_split,
     grouped_kfold,
     split_report,
@@ -63,6 +65,7 @@ def make_plans(cohort: Cohort, folds: int, seeds: list[int]) -> tuple[dict[int, 
     """``({split seed: plans}, leaking groups, kind)``; kind is ``given``, ``holdout`` or ``{K}-fold``."""
     if cohort.splits is not None and not folds:
         plan, leaks = given_split(cohort.splits, cohort.groups)
+        check_scored_splits(plan, cohort.labels, cohort.class_names, cohort.source)
         if leaks:
             shown = ", ".join(f"{g} ({'/'.join(s)})" for g, s in list(leaks.items())[:5])
             print(
@@ -71,9 +74,15 @@ def make_plans(cohort: Cohort, folds: int, seeds: list[int]) -> tuple[dict[int, 
                 flush=True,
             )
         return {0: [plan]}, leaks, "given"
-    if folds:
-        return {s: grouped_kfold(cohort.labels, cohort.groups, folds, s) for s in seeds}, {}, f"{folds}-fold"
-    return {s: [stratified_group_split(cohort.labels, cohort.groups, seed=s)] for s in seeds}, {}, "holdout"
+    names = cohort.class_names
+    try:
+        if folds:
+            plans = {s: grouped_kfold(cohort.labels, cohort.groups, folds, s, names) for s in seeds}
+            return plans, {}, f"{folds}-fold"
+        split = {s: stratified_group_split(cohort.labels, cohort.groups, None, s, names) for s in seeds}
+        return {s: [plan] for s, plan in split.items()}, {}, "holdout"
+    except SplitError as err:
+        raise SplitError(f"{cohort.source}: {err}") from None
 
 
 def _slug(text: str) -> str:
