@@ -227,9 +227,12 @@ def train(
 
 
 def slides_summary(data: Any) -> str:
-    """``"<n> slide(s): [ids] (<k> unreadable skipped overall)"`` for this rank's part of the data."""
+    """``"<n> slide(s): [ids] (skipped overall: <k> unreadable, <m> catalogued as <status>, ...)"`` for this
+    rank's part of the data: the slides that failed to open plus those a catalogue left out."""
     ids = [r.slide_id for r in data.my_slides]
-    return f"{len(ids)} slide(s): {ids} ({len(data.failed)} unreadable skipped overall)"
+    skips = [f"{len(data.failed)} unreadable"] if data.failed else []
+    skips += [f"{n} catalogued as {status}" for status, n in sorted(data.catalogue_skipped.items())]
+    return f"{len(ids)} slide(s): {ids} (skipped overall: {', '.join(skips) or 'none'})"
 
 
 def measure_mfu_terms(
