@@ -1,6 +1,7 @@
 """The ``pathfm`` console script: one command with a subcommand per entry point.
 
-    pathfm train [preset] [--flags]    # = python training/dino.py (several processes: accelerate launch ...)
+    pathfm train [preset] [--flags]    # = python training/dino.py
+    pathfm train --num_processes N ... # = accelerate launch --multi_gpu --num_processes N training/dino.py ...
     pathfm export --checkpoint DIR --output_dir DIR
     pathfm probe --model DIR --task NAME --output_dir DIR
     pathfm catalogue ...               # = python datasets_scripts/catalogue.py
@@ -25,7 +26,12 @@ import sys
 from collections.abc import Callable
 
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "train": ("pathfm.training.dino", "cli", "training/dino.py", "DINO pretraining on whole-slide images"),
+    "train": (
+        "pathfm.training.train_command",
+        "main",
+        "training/dino.py",
+        "DINO pretraining on whole-slide images (--num_processes N: under accelerate launch)",
+    ),
     "export": (
         "pathfm.training.export",
         "main",
@@ -146,7 +152,8 @@ def _dispatch(argv: list[str]) -> int:
         )
         return 2
     module_name, function_name, script, _ = COMMANDS[name]
-    if not {"-h", "--help"} & set(rest):  # models will be loaded: make the Auto classes know pathfm_vit
+    # models will be loaded: make the Auto classes know pathfm_vit (train does it in the process that trains)
+    if name != "train" and not {"-h", "--help"} & set(rest):
         from pathfm.modeling import register_auto_classes
 
         register_auto_classes()

@@ -72,6 +72,7 @@ from pathfm.training.optim import build_optimizer
 from pathfm.training.run_card import RunCard
 from pathfm.training.schedules import build_schedules
 from pathfm.training.step import NonFiniteLossError
+from pathfm.training.user_error import report_user_error
 
 __all__ = ["NonFiniteLossError", "WorldSizeMismatchError", "checkpoint_dirs", "cli", "main", "train"]
 
@@ -346,9 +347,8 @@ def cli(argv: list[str]) -> int:
             print(stopped.message, file=sys.stderr)
         return 128 + stopped.signum
     except USER_ERRORS as err:
-        # every rank reaches the same error; under a launcher (RANK set) only rank 0 prints it
-        if os.environ.get("RANK", "0") == "0":
-            print(f"training/dino.py: error: {err}", file=sys.stderr)
+        # every rank reaches the same error: rank 0 prints it, and the launcher's report names it
+        report_user_error(f"training/dino.py: error: {err}")
         return 2
     return 0
 
