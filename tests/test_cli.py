@@ -89,6 +89,15 @@ def test_subcommand_errors_exit_like_the_script(tmp_path):
     ]
 
 
+@pytest.mark.slow  # imports the whole training stack: ~15 s on 2 idle cores
+def test_train_in_one_process_is_training_dino(tmp_path):
+    """``pathfm train`` without --num_processes runs training/dino.py's cli in this process (same line)."""
+    done = run(console(), "train", "cpu_tniy", "--output_dir", str(tmp_path / "run"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("training/dino.py: error: preset 'cpu_tniy' not found")
+    assert not (tmp_path / "run").exists()
+
+
 def test_help_imports_no_torch():
     code = (
         "import sys\n"
