@@ -20,7 +20,7 @@ if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then
   PY=.venv/bin/python
 fi
 SITE=${PATHFM_SITE:-/tmp/pathfm_site}
-if ! "$PY" -c "import pathfm.training.dino" 2>/dev/null; then
+if ! "$PY" -P -c "import pathfm.training.dino" 2>/dev/null; then
   if ! compgen -G "benchmarks/wheels/*.whl" >/dev/null; then
     echo "gpu.sh: pathfm does not import with $PY and benchmarks/wheels is empty: run" \
       "benchmarks/gpu_wheels.sh on a machine with network and bring that folder" >&2
@@ -33,7 +33,7 @@ if ! "$PY" -c "import pathfm.training.dino" 2>/dev/null; then
   PYTHONPATH="$SITE" "$PY" -m pip install --quiet --disable-pip-version-check --no-index --no-deps \
     --no-build-isolation --no-compile --target "$SITE/pathfm_pkg" .
   export PYTHONPATH="$SITE/pathfm_pkg:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-  if ! "$PY" -c "import pathfm.training.dino" 2>/tmp/pathfm_import_error.txt; then
+  if ! "$PY" -P -c "import pathfm.training.dino" 2>/tmp/pathfm_import_error.txt; then
     echo "gpu.sh: pathfm still does not import after installing benchmarks/wheels:" \
       "$(tail -1 /tmp/pathfm_import_error.txt)" >&2
     exit 1
