@@ -8,14 +8,21 @@ step. It also prints FLOPs per image (counted with ``FlopCounterMode`` by ``trai
 against the device's peak measured in the same run with a matmul (fp32 1024^3 on CPU, bf16 8192^3 on a GPU;
 before and after the runs, the mean is used).
 
-    python benchmarks/train.py                      # tiny and ViT-S/16 (batch 8) on this machine
+Then the same tiny recipe (``cpu_tiny``: backbone, heads, crops, batch) under ``--objective dino`` and
+``--objective dinov2`` (iBOT masks and loss, KoLeo, parameter groups), run alternately ``--repeats`` times
+each in the same process, and prints their step times side by side with the DINOv2 / DINO ratio (median
+over repeats).
+
+    python benchmarks/train.py                      # tiny and ViT-S/16 (batch 8), then DINO vs DINOv2 (tiny)
     python benchmarks/train.py --models vits16 --batch_size 64 --steps 20   # e.g. on a GPU
+    python benchmarks/train.py --models --repeats 3  # only DINO vs DINOv2 on the tiny preset
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -25,13 +32,13 @@ from accelerate.state import AcceleratorState, GradientState, PartialState
 from pathfm.training import dino
 from pathfm.training.config import parse_config
 from pathfm.training.mfu import dino_flops_per_image, lookup_peak, measure_matmul_peak, mfu
-from pathfm.training.networks import build_student_teacher
+from pathfm.training.objectives import build_objective
 
-def flops_per_image(m, d) -> float:
+def flops_per_image(m, d, t) -> float:
     """FLOPs of one training image of this recipe, counted by ``training/mfu.py`` (FlopCounterMode on meta):
     student forward + backward on all crops, teacher forward on the 2 globals."""
     with torch.device("meta"):
-        student, teacher = build_student_teacher(m)
+        student, teacher = build_objective(m, d, t, 0).build_networks()
     counted = dino_flops_per_image(
         student, teacher, d.global_crop_size, d.local_crop_size, d.local_crops_number
     )
@@ -88,16 +95,19 @@ def run(name: str, argv: list[str], steps: int) -> dict:
         "images_per_s": last["images_per_s"],
         "data_wait_share": last["data_wait_share"],
     }
-    result["flops"] = flops_per_image(m, d)
+    result["flops"] = flops_per_image(m, d, t)
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["tiny", "vits16"], choices=["tiny", "vits16"])
+    parser.add_argument("--models", nargs="*", default=["tiny", "vits16"], choices=["tiny", "vits16"])
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps after one warm-up step")
     parser.add_argument("--num_workers", type=int, default=1)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="alternating DINO / DINOv2 runs each (0: skip the comparison)"
+    )
     args = parser.parse_args()
     name_peak, peak_before, sheet = device_peak()
     results = []
@@ -117,7 +127,43 @@ def main() -> None:
         argv += ["--num_workers", str(args.num_workers)]
         results.append(run(name, argv, args.steps))
     peak_after = device_peak()[1]
-    print_table(results, name_peak, (peak_before + peak_after) / 2, (peak_before, peak_after), sheet)
+    if results:
+        print_table(results, name_peak, (peak_before + peak_after) / 2, (peak_before, peak_after), sheet)
+    if args.repeats > 0:
+        compare_objectives(args, name_peak)
+
+
+def compare_objectives(args: argparse.Namespace, device: str) -> None:
+    """Step time of ``cpu_tiny`` under DINO and DINOv2, runs alternating so that machine noise hits both.
+
+    Prints the whole step (data wait included) and its compute part (``1 - data_wait_share`` of it), the
+    median over ``--repeats`` runs each, and the DINOv2 / DINO ratios. FLOPs per image count the CLS path only
+    (the iBOT head on the masked patches is not in ``training/mfu.py``'s count).
+    """
+    base = ["cpu_tiny", "--per_device_batch_size", str(args.batch_size)]
+    base += ["--num_workers", str(args.num_workers)]
+    step: dict[str, list[float]] = {"dino": [], "dinov2": []}
+    compute: dict[str, list[float]] = {"dino": [], "dinov2": []}
+    flops = {}
+    for _ in range(args.repeats):
+        for objective in step:
+            result = run(objective, [*base, "--objective", objective], args.steps)
+            seconds = result["batch"] / result["images_per_s"]  # one process: seconds per optimizer step
+            step[objective].append(seconds)
+            compute[objective].append(seconds * (1 - result["data_wait_share"]))
+            flops[objective] = result["flops"]
+    med = {o: (statistics.median(step[o]), statistics.median(compute[o])) for o in step}
+    batch, runs = args.batch_size, args.repeats
+    print(f"\nDINO vs DINOv2 step time on {device}, preset cpu_tiny (2x128+4x64 crops, batch {batch}),")
+    print(f"{args.steps} timed steps per run, {runs} alternating runs each (median; all runs listed):")
+    print(f"{'objective':9s} {'s/step':>8s} {'compute s/step':>15s} {'GFLOP/img':>10s}  runs (s/step)")
+    for objective, (total, comp) in med.items():
+        listed = " ".join(f"{t:.3f}" for t in step[objective])
+        print(f"{objective:9s} {total:8.3f} {comp:15.3f} {flops[objective] / 1e9:10.3f}  {listed}")
+    print(
+        f"ratio DINOv2 / DINO: step {med['dinov2'][0] / med['dino'][0]:.2f}x, "
+        f"compute {med['dinov2'][1] / med['dino'][1]:.2f}x"
+    )
 
 
 def print_table(

@@ -75,6 +75,35 @@ class DINOModelArguments:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Activation checkpointing in the student."}
     )
+    objective: str = field(
+        default="dino",
+        metadata={
+            "help": "dino (facebookresearch/dino: CLS self-distillation) or dinov2 (facebookresearch/dinov2: "
+            "DINO CLS loss + iBOT masked-patch loss + KoLeo, layer-wise lr decay; training/objectives/)."
+        },
+    )
+    drop_path_uniform: bool = field(
+        default=False,
+        metadata={
+            "help": "Same drop path rate in every block (dinov2 student.drop_path_uniform) instead of a ramp."
+        },
+    )
+    ibot_separate_head: bool = field(
+        default=False,
+        metadata={
+            "help": "dinov2: a separate iBOT head (ibot.separate_head; ViT-L/g configs) instead of sharing "
+            "the DINO head."
+        },
+    )
+    ibot_head_n_prototypes: int = field(
+        default=65536,
+        metadata={"help": "dinov2: iBOT head prototypes when separate (ibot.head_n_prototypes)."},
+    )
+    ibot_head_hidden_dim: int = field(default=2048, metadata={"help": "dinov2: iBOT head MLP hidden size."})
+    ibot_head_bottleneck_dim: int = field(
+        default=256, metadata={"help": "dinov2: iBOT head bottleneck size."}
+    )
+    ibot_head_nlayers: int = field(default=3, metadata={"help": "dinov2: iBOT head MLP layers."})
     attn_implementation: str = field(
         default="sdpa",
         metadata={
@@ -100,6 +129,27 @@ class DINODataArguments:
         default_factory=lambda: [0.25, 0.5, 1.0, 2.0],
         metadata={"help": "Magnifications (µm/px) sampled at random per tile (kaiko: 0.25, 0.5, 1, 2)."},
     )
+    mpp_override: float | None = field(
+        default=None,
+        metadata={
+            "help": "Level-0 µm/px for every slide: wins over a manifest/catalogue mpp and the slide "
+            "metadata (a scanner that writes a wrong resolution)."
+        },
+    )
+    default_mpp: float | None = field(
+        default=None,
+        metadata={
+            "help": "Level-0 µm/px for slides whose metadata has none (after OpenSlide, vendor properties "
+            "and TIFF resolution tags with their unit); without it such slides are skipped as 'no mpp'."
+        },
+    )
+    icc_profile: str = field(
+        default="ignore",
+        metadata={
+            "help": "Embedded ICC colour profiles: ignore (default: stored RGB values, as the tile "
+            "benchmarks probes use) or apply (convert every region to sRGB with Pillow's ImageCms)."
+        },
+    )
     tile_size: int = field(default=256, metadata={"help": "Tile side in px read from the slide."})
     min_tissue: float = field(default=0.4, metadata={"help": "Minimum tissue fraction of a kept tile."})
     tiles_per_slide: int = field(
@@ -108,6 +158,17 @@ class DINODataArguments:
     )
     num_workers: int = field(
         default=2, metadata={"help": "DataLoader workers per process (read + decode only)."}
+    )
+    reader: str = field(
+        default="auto",
+        metadata={
+            "help": "Pixel reader: auto (stored JPEG tiles of TIFF/SVS pyramids decoded directly, OpenSlide for "
+            "every other format), tiff (the fast reader or an error naming why not) or openslide (reference).",
+            "choices": ["auto", "openslide", "tiff"],
+        },
+    )
+    reader_threads: int = field(
+        default=1, metadata={"help": "Decoder threads per region inside each DataLoader worker."}
     )
     global_crop_size: int = field(default=224, metadata={"help": "Global crop side in px (DINO 224)."})
     local_crop_size: int = field(default=96, metadata={"help": "Local crop side in px (DINO 96)."})
@@ -156,6 +217,45 @@ class DINOTrainingArguments:
     weight_decay: float = field(default=0.04, metadata={"help": "Initial weight decay (DINO 0.04)."})
     weight_decay_end: float = field(default=0.4, metadata={"help": "Final weight decay, cosine (DINO 0.4)."})
     clip_grad: float = field(default=3.0, metadata={"help": "Max gradient norm; 0 disables (DINO 3.0)."})
+    lr_scaling_rule: str = field(
+        default="linear_wrt_256",
+        metadata={
+            "help": "Peak lr from --lr and the global batch: linear_wrt_256 (DINO: lr * batch / 256) or "
+            "sqrt_wrt_1024 (dinov2 optim.scaling_rule: lr * sqrt(batch / 1024))."
+        },
+    )
+    layerwise_decay: float = field(
+        default=0.9,
+        metadata={"help": "dinov2: layer-wise lr decay per block (optim.layerwise_decay; 1 = off)."},
+    )
+    patch_embed_lr_mult: float = field(
+        default=0.2,
+        metadata={"help": "dinov2: lr multiplier of the patch embedding (optim.patch_embed_lr_mult)."},
+    )
+    dino_loss_weight: float = field(
+        default=1.0, metadata={"help": "dinov2: DINO CLS loss weight (dino.loss_weight)."}
+    )
+    ibot_loss_weight: float = field(
+        default=1.0, metadata={"help": "dinov2: iBOT loss weight (ibot.loss_weight)."}
+    )
+    koleo_loss_weight: float = field(
+        default=0.1, metadata={"help": "dinov2: KoLeo weight on the student CLS (dino.koleo_loss_weight)."}
+    )
+    kde_loss_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "dinov2: KDE regulariser weight (Midnight / OpenMidnight dino.kde_loss_weight, 0.05 "
+            "with KoLeo off); 0 = off."
+        },
+    )
+    mask_sample_probability: float = field(
+        default=0.5,
+        metadata={"help": "dinov2: share of global crops masked for iBOT (ibot.mask_sample_probability)."},
+    )
+    mask_ratio_min_max: list[float] = field(
+        default_factory=lambda: [0.1, 0.5],
+        metadata={"help": "dinov2: masked-patch ratio range (ibot.mask_ratio_min_max)."},
+    )
     freeze_last_layer: float = field(
         default=1, metadata={"help": "Epochs during which the head's last layer is not updated (DINO 1)."}
     )
@@ -195,6 +295,14 @@ class DINOTrainingArguments:
     )
     torch_compile_backend: str = field(
         default="inductor", metadata={"help": "torch.compile backend (inductor; aot_eager for debugging)."}
+    )
+    fsdp: str = field(
+        default="",
+        metadata={
+            "help": "Shard student and teacher with FSDP2 through Accelerate (GPU launches): full_shard or "
+            "shard_grad_op (transformers.TrainingArguments names; auto_wrap accepted, always on). Empty: "
+            "DDP. accelerate launch --use_fsdp --fsdp_version 2 means full_shard. See training/sharding.py."
+        },
     )
     optim: str = field(
         default="auto",
@@ -397,12 +505,56 @@ def _check_crops(m: DINOModelArguments, d: DINODataArguments) -> list[str]:
     return problems
 
 
+def _check_fsdp(t: DINOTrainingArguments) -> list[str]:
+    """``--fsdp`` words, and the fast paths that sharding does not support yet."""
+    from pathfm.training.sharding import fsdp_mode
+
+    try:
+        mode = fsdp_mode(t.fsdp)
+    except ValueError as err:
+        return [str(err)]
+    if mode is None:
+        return []
+    problems = []
+    if t.torch_compile:
+        problems.append("--fsdp with --torch_compile true is not supported yet; pass --torch_compile false")
+    if t.mixed_precision == "fp16":
+        problems.append("--fsdp with --mixed_precision fp16 is not supported; use bf16")
+    return problems
+
+
+def _check_dinov2(m: DINOModelArguments, t: DINOTrainingArguments) -> list[str]:
+    """The objective and the dinov2-only fields (checked for every run: a preset may set them)."""
+    problems = []
+    if m.objective not in ("dino", "dinov2"):
+        problems.append(f"--objective must be dino or dinov2, got {m.objective!r}")
+    if t.lr_scaling_rule not in ("linear_wrt_256", "sqrt_wrt_1024"):
+        problems.append(
+            f"--lr_scaling_rule must be linear_wrt_256 or sqrt_wrt_1024, got {t.lr_scaling_rule!r}"
+        )
+    if not 0.0 <= t.mask_sample_probability <= 1.0:
+        problems.append(
+            f"--mask_sample_probability must be in [0, 1] (dinov2 0.5), got {t.mask_sample_probability}"
+        )
+    ratios = t.mask_ratio_min_max
+    if len(ratios) != 2 or not 0.0 <= ratios[0] <= ratios[1] <= 1.0:
+        problems.append(
+            f"--mask_ratio_min_max takes two ratios 0 <= min <= max <= 1 (dinov2 0.1 0.5), got {ratios}"
+        )
+    weights = ("dino_loss_weight", "ibot_loss_weight", "koleo_loss_weight", "kde_loss_weight")
+    negative = [f"--{name} {getattr(t, name)}" for name in weights if getattr(t, name) < 0]
+    if negative:
+        problems.append(f"loss weights must be >= 0, got {', '.join(negative)}")
+    return problems
+
+
 def _validate(m: DINOModelArguments, d: DINODataArguments, t: DINOTrainingArguments) -> None:
     problems = _check_crops(m, d)
     if t.max_steps == 0 or t.max_steps < -1:
         problems.append(f"max_steps must be >= 1 (or -1: epochs * steps_per_epoch), got {t.max_steps}")
     elif t.total_steps < 1:
         problems.append(f"total steps must be >= 1 (max_steps={t.max_steps}, epochs={t.epochs})")
+    problems += _check_dinov2(m, t)
     if t.centering not in ("centering", "sinkhorn_knopp"):
         problems.append(f"centering must be centering or sinkhorn_knopp, got {t.centering!r}")
     if t.steps_per_epoch < 1:
@@ -421,10 +573,17 @@ def _validate(m: DINOModelArguments, d: DINODataArguments, t: DINOTrainingArgume
         problems.append("mpps must list at least one magnification")
     elif any(not 0.05 <= mpp <= 20 for mpp in d.mpps):
         problems.append(f"--mpps must be µm/px between 0.05 and 20 (kaiko: 0.25 0.5 1 2), got {d.mpps}")
+    for name in ("mpp_override", "default_mpp"):
+        value = getattr(d, name)
+        if value is not None and not 0.05 <= value <= 10:
+            problems.append(f"--{name} is a level-0 µm/px between 0.05 and 10 (0.25 at 40x), got {value}")
+    if d.icc_profile not in ("ignore", "apply"):
+        problems.append(f"--icc_profile must be ignore or apply, got {d.icc_profile!r}")
     if not 0.0 <= d.min_tissue <= 1.0:
         problems.append(f"--min_tissue is a tissue fraction in [0, 1] (default 0.4), got {d.min_tissue}")
     if t.lr <= 0:
         problems.append(f"--lr must be > 0, got {t.lr}")
+    problems += _check_fsdp(t)
     if t.push_to_hub and not t.hub_model_id:
         problems.append("--push_to_hub needs --hub_model_id")
     if problems:

@@ -14,10 +14,12 @@ BatchNorm in the MLP is kept (default off, as upstream).
 from __future__ import annotations
 
 import torch
+from typing import NamedTuple
+
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-__all__ = ["DINOHead", "LAST_LAYER_PREFIX"]
+__all__ = ["DINOHead", "DINOv2Output", "DINOv2Wrapper", "LAST_LAYER_PREFIX", "MultiCropWrapper"]
 
 #: Parameter-name prefix of the head's weight-normalised last layer (frozen during the first epoch).
 LAST_LAYER_PREFIX = "last_layer"
@@ -143,3 +145,94 @@ class MultiCropWrapper(nn.Module):
             features.append(out.pooler_output)
             start = end
         return self.head(torch.cat(features))
+
+
+def _cls_by_size(backbone: nn.Module, crops: list[Tensor]) -> list[Tensor]:
+    """Final-norm CLS tokens of ``crops``, one backbone pass per run of equal crop sizes (crop-major)."""
+    out, start = [], 0
+    sizes = torch.tensor([c.shape[-1] for c in crops])
+    for end in torch.cumsum(torch.unique_consecutive(sizes, return_counts=True)[1], 0).tolist():
+        out.append(backbone(pixel_values=torch.cat(crops[start:end])).last_hidden_state[:, 0])
+        start = end
+    return out
+
+
+class DINOv2Output(NamedTuple):
+    """What :class:`DINOv2Wrapper` returns for one batch of crops (B images).
+
+    Attributes:
+        cls_logits: DINO head logits of every crop's CLS token, crop-major (n_crops * B, K); the 2 global
+            crops come first.
+        patch_logits: iBOT head logits of the masked patch tokens of the global crops, (M, K_ibot) in
+            ``masks.flatten().nonzero()`` order, or None without masks.
+        cls_tokens: Backbone CLS tokens (after the final LayerNorm) of the 2 global crops, (2 * B, D), for
+            KoLeo.
+    """
+
+    cls_logits: Tensor
+    patch_logits: Tensor | None
+    cls_tokens: Tensor
+
+
+class DINOv2Wrapper(nn.Module):
+    """Backbone + DINO head + iBOT head (or the DINO head shared), as ``SSLMetaArch``'s student / teacher.
+
+    After facebookresearch/dinov2 ``dinov2/train/ssl_meta_arch.py`` (``forward_backward``): the global crops
+    run through the backbone with their masked patches replaced by the backbone's ``mask_token`` (student) or
+    unmasked (teacher); the DINO head sees the CLS tokens of all crops, the iBOT head the patch tokens at the
+    masked positions only (registers are skipped: patch tokens start at ``config.num_prefix_tokens``). Heads
+    are applied row-wise, so one call per head on the concatenated rows equals upstream's block-diagonal call.
+
+    Args:
+        backbone: A ``PathFMViTModel`` with ``use_mask_token=True``.
+        dino_head: Head for CLS tokens.
+        ibot_head: Head for masked patch tokens; None shares ``dino_head`` (dinov2 ``ibot.separate_head``).
+    """
+
+    def __init__(self, backbone: nn.Module, dino_head: nn.Module, ibot_head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.dino_head = dino_head
+        self.ibot_head = ibot_head
+
+    def head_modules(self) -> dict[str, nn.Module]:
+        """Submodules clipped separately (dinov2 ``clip_grad`` per backbone / dino_head / ibot_head)."""
+        modules = {"backbone": self.backbone, "dino_head": self.dino_head}
+        if self.ibot_head is not None:
+            modules["ibot_head"] = self.ibot_head
+        return modules
+
+    def forward(
+        self, crops: list[Tensor], masks: Tensor | None = None, mask_input: bool = True,
+        mask_indices: Tensor | None = None,
+    ) -> DINOv2Output:
+        """Run the crops.
+
+        Args:
+            crops: [(B, 3, G, G) x 2 global, (B, 3, L, L) x n local] crop batches (n may be 0).
+            masks: Bool (2 * B, num_patches) iBOT masks of the global crops (crop-major), or None.
+            mask_input: Replace the masked patches by the mask token (student) or only gather the patch tokens
+                at the masked positions (teacher, which sees the whole crops).
+            mask_indices: (M,) int64 ``masks.flatten().nonzero()``, if known: the gather then needs no
+                host-device sync (boolean indexing does).
+
+        Returns:
+            A :class:`DINOv2Output`.
+        """
+        if isinstance(crops, Tensor):
+            crops = [crops]
+        global_crops = torch.cat(crops[:2])
+        masked = masks if (mask_input and masks is not None) else None
+        tokens = self.backbone(pixel_values=global_crops, bool_masked_pos=masked).last_hidden_state
+        cls_tokens = tokens[:, 0]
+        local_cls = _cls_by_size(self.backbone, crops[2:]) if len(crops) > 2 else []
+        cls_logits = self.dino_head(torch.cat([cls_tokens, *local_cls]))
+        patch_logits = None
+        if masks is not None:
+            patch_tokens = tokens[:, self.backbone.config.num_prefix_tokens :]
+            if mask_indices is None:
+                patches = patch_tokens[masks]
+            else:
+                patches = patch_tokens.flatten(0, 1).index_select(0, mask_indices)
+            patch_logits = (self.dino_head if self.ibot_head is None else self.ibot_head)(patches)
+        return DINOv2Output(cls_logits, patch_logits, cls_tokens)

@@ -24,25 +24,28 @@ from pathfm.training.checkpointing import TrainState, checkpoint_dirs, save_chec
 from pathfm.training.config import DINOModelArguments, DINOTrainingArguments
 from pathfm.training.fast_paths import StepMeter
 from pathfm.training.interrupt import StopFlag, TrainingInterrupted, should_save
-from pathfm.training.losses.dino import DINOLoss
 from pathfm.training.mfu import throughput_logs
 from pathfm.training.monitoring import check_collapse, rankme
-from pathfm.training.optim import set_lr_wd
 from pathfm.training.run_card import RunCard
 from pathfm.training.schedules import RunSchedules
-from pathfm.training.step import NonFiniteLossError, StepOutput, train_step
+from pathfm.training.step import NonFiniteLossError, StepOutput
 
 logger = logging.getLogger("pathfm.dino")
 
 
 @dataclass
 class Loop:
-    """Everything the loop touches, built by ``dino.train`` (prepared student and optimizer)."""
+    """Everything the loop touches, built by ``dino.train`` (prepared student and optimizer).
+
+    ``objective`` (``objectives.DINOObjective`` / ``DINOv2Objective``) runs the step and names the per-rank
+    state saved with each checkpoint; ``loss`` is its loss module (holding the center(s)).
+    """
 
     accelerator: Accelerator
+    objective: Any
     student: nn.Module
     teacher: nn.Module
-    dino_loss: DINOLoss
+    loss: nn.Module
     optimizer: torch.optim.Optimizer
     stream: Any
     augment: nn.Module
@@ -124,20 +127,16 @@ def _steps(
         save_now = (t_args.save_steps > 0 and (it + 1) % t_args.save_steps == 0) or (
             it + 1 == total and t_args.save_steps >= 0
         )
-        set_lr_wd(loop.optimizer, float(sched.lr[it]), float(sched.weight_decay[it]))
         t_step, data_before = time.perf_counter(), timer.data
-        out = train_step(
+        out = loop.objective.step(
             acc,
             loop.student,
             loop.teacher,
-            loop.dino_loss,
+            loop.loss,
             loop.optimizer,
             next_crops,
-            teacher_temp=float(sched.teacher_temp[it]),
-            momentum=float(sched.momentum[it]),
-            freeze_last_layer=it < sched.freeze_last_layer_steps,
-            clip_grad=t_args.clip_grad,
-            step_index=it,
+            sched,
+            it,
             last_good=loop.last_good,
             sync_free=loop.sync_free_step,
             read_monitors=log_now or not loop.sync_free_step,
@@ -157,20 +156,27 @@ def _steps(
             log_step(loop, it, out, timer, metrics_path, progress)
             timer.reset()
         if save_now:
-            loop.last_good = save_checkpoint(
-                acc,
-                loop.output_dir,
-                state,
-                loop.stream,
-                t_args.save_total_limit,
-                loop.teacher.backbone.config.to_dict(),
-                loop.card.info(state, out.loss, dict(loop.last_metrics)),
-            )
+            loop.last_good = _save(loop, out.loss)
         signum = _stop_requested(acc, stop)
         if signum:
             if loop.sync_free_step and not (log_now or save_now):  # never save an unchecked NaN
                 out = read_window(loop, meter, out, it)
             _stop(loop, signum, out.loss)
+
+
+def _save(loop: Loop, loss: float | Tensor) -> Path:
+    """A checkpoint of the loop's state now (``checkpointing.save_checkpoint``)."""
+    return save_checkpoint(
+        loop.accelerator,
+        loop.output_dir,
+        loop.state,
+        loop.stream,
+        loop.t_args.save_total_limit,
+        loop.teacher.backbone.config.to_dict(),
+        loop.card.info(loop.state, loss, dict(loop.last_metrics)),
+        rank_objects=loop.objective.rank_objects(),
+        networks=(loop.student, loop.teacher, loop.optimizer),
+    )
 
 
 def _stop(loop: Loop, signum: int, loss: float) -> None:
@@ -179,15 +185,7 @@ def _stop(loop: Loop, signum: int, loss: float) -> None:
     name = signal.Signals(signum).name
     saved_now = loop.last_good is not None and loop.last_good.name.endswith(f"-{state.step}")
     if should_save(signum, t_args.save_on_interrupt) and not saved_now:
-        loop.last_good = save_checkpoint(
-            loop.accelerator,
-            loop.output_dir,
-            state,
-            loop.stream,
-            t_args.save_total_limit,
-            loop.teacher.backbone.config.to_dict(),
-            loop.card.info(state, loss, dict(loop.last_metrics)),
-        )
+        loop.last_good = _save(loop, loss)
     if loop.last_good is None:
         where = "none (nothing to resume; --save_on_interrupt saves one at the stop)"
         resume = "start again"
@@ -247,6 +245,7 @@ def log_step(loop: Loop, it: int, out: StepOutput, timer: _Timer, metrics_path: 
         "teacher_temp": float(sched.teacher_temp[it]),
         "grad_norm": out.grad_norm,
         "teacher_entropy": out.teacher_entropy,
+        **{name: float(value) for name, value in out.terms.items()},
         **throughput_logs(
             timer.images,
             elapsed,
@@ -259,6 +258,8 @@ def log_step(loop: Loop, it: int, out: StepOutput, timer: _Timer, metrics_path: 
         "tiles_seen": state.tiles_seen,
         "epoch": it / loop.t_args.steps_per_epoch,
     }
+    if acc.device.type == "cuda":  # this rank's peak since the start (DDP vs FSDP2: benchmarks/fsdp_gpu.py)
+        logs["peak_memory_gib"] = torch.cuda.max_memory_allocated(acc.device) / 2**30
     collapse = check_collapse(out.teacher_entropy, loop.m_args.out_dim)
     if collapse and acc.is_main_process:
         logger.warning("step %d: %s", state.step, collapse)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .losses.ibot import masked_patch_weights
 
-__all__ = ["BlockMaskGenerator", "MaskBatch", "sample_masks"]
+__all__ = ["BlockMaskGenerator", "MaskBatch", "MaskSampler", "sample_masks"]
 
 
 class BlockMaskGenerator:
@@ -140,3 +140,44 @@ def sample_masks(
     rng.shuffle(masks)
     flat = torch.stack(masks).flatten(1)
     return MaskBatch(flat, flat.flatten().nonzero().flatten(), masked_patch_weights(flat), upperbound)
+
+
+class MaskSampler:
+    """This rank's iBOT mask source: a block generator for the global-crop grid and its own ``random.Random``.
+
+    The generator state is what a resumed run needs to draw the same masks again: ``state_dict`` /
+    ``load_state_dict`` (JSON-safe) are saved per rank with each checkpoint
+    (``checkpointing.save_checkpoint``).
+
+    Args:
+        grid: (rows, cols) patch grid of a global crop.
+        seed: Run seed; the stream is seeded from (seed, rank) so ranks draw different masks.
+        rank: Process index.
+        mask_probability: ``ibot.mask_sample_probability`` (0.5).
+        mask_ratio_min_max: ``ibot.mask_ratio_min_max`` (0.1, 0.5).
+    """
+
+    def __init__(
+        self, grid: tuple[int, int], seed: int, rank: int, mask_probability: float = 0.5,
+        mask_ratio_min_max: tuple[float, float] = (0.1, 0.5),
+    ) -> None:
+        # dinov2 train.py: max_num_patches = half the grid
+        self.generator = BlockMaskGenerator(grid, max_num_patches=0.5 * grid[0] * grid[1])
+        self.rng = random.Random(seed * 1_000_003 + rank)
+        self.mask_probability = mask_probability
+        self.mask_ratio_min_max = tuple(mask_ratio_min_max)
+
+    def __call__(self, n_crops: int) -> MaskBatch:
+        """Masks of ``n_crops`` global-crop images (2 * B), on the CPU (the step moves what the device
+        needs)."""
+        return sample_masks(n_crops, self.generator, self.rng, self.mask_probability, self.mask_ratio_min_max)
+
+    def state_dict(self) -> dict:
+        """The generator's ``random.Random`` state as JSON-safe lists."""
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))

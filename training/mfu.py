@@ -90,7 +90,8 @@ def dino_flops_per_image(
     are restored afterwards.
 
     Args:
-        student: The student (``MultiCropWrapper``, unwrapped from DDP; any device).
+        student: The student (``MultiCropWrapper``, unwrapped from DDP; any device). A ``DINOv2Wrapper`` is
+            counted without masks: its iBOT head on the masked patches (a few percent) is left out.
         teacher: The teacher (same interface).
         global_crop_size: Side of a global crop in px.
         local_crop_size: Side of a local crop in px.
@@ -128,7 +129,9 @@ def dino_flops_per_image(
                 functional_call(teacher, teacher_state, (views[:global_crops_number],))
 
         def student_step() -> None:
-            functional_call(student, student_state, (views,)).float().sum().backward()
+            out = functional_call(student, student_state, (views,))
+            # DINO: logits tensor; DINOv2: DINOv2Output, whose first field holds the CLS logits of all crops
+            (out if isinstance(out, torch.Tensor) else out[0]).float().sum().backward()
 
         teacher_flops = count_flops(teacher_step)
         student_flops = count_flops(student_step)

@@ -20,7 +20,16 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-__all__ = ["DEFAULT_TAGS", "DINO_CITATION", "PAPER_CITATION", "ModelCardInfo", "build_model_card", "slide_name"]
+__all__ = [
+    "DEFAULT_TAGS",
+    "DINOV2_CITATION",
+    "DINO_CITATION",
+    "OBJECTIVE_TEXT",
+    "PAPER_CITATION",
+    "ModelCardInfo",
+    "build_model_card",
+    "slide_name",
+]
 
 DEFAULT_TAGS = (
     "pathfm",
@@ -50,6 +59,35 @@ DINO_CITATION = """@inproceedings{caron2021emerging,
     booktitle={Proceedings of the International Conference on Computer Vision (ICCV)},
     year={2021}
 }"""
+
+DINOV2_CITATION = """@article{oquab2024dinov2,
+    title={{DINOv2}: Learning Robust Visual Features without Supervision},
+    author={Oquab, Maxime and Darcet, Timoth\\'ee and Moutakanni, Th\\'eo and Vo, Huy V. and Szafraniec, Marc
+        and others},
+    journal={Transactions on Machine Learning Research},
+    year={2024}
+}"""
+
+#: Per ``--objective``: method named in the card, training-procedure paragraph, citation heading and entry.
+OBJECTIVE_TEXT = {
+    "dino": (
+        "DINO (Caron et al. 2021)",
+        "DINO self-distillation: a student and an EMA teacher of the same architecture, each with a DINO\n"
+        "projection head; multi-crop (2 global + several local crops per tile) with the DINO augmentations;\n"
+        "the teacher sees only the global crops. Only the teacher backbone is released.",
+        "DINO",
+        DINO_CITATION,
+    ),
+    "dinov2": (
+        "DINOv2 (Oquab et al. 2024)",
+        "DINOv2: a student and an EMA teacher of the same architecture with DINO and iBOT projection heads;\n"
+        "the DINO loss on the CLS token of 2 global + several local crops per tile, the iBOT loss on patch\n"
+        "tokens masked in the student's global crops, and the KoLeo regulariser on the student CLS tokens;\n"
+        "the teacher sees only the unmasked global crops. Only the teacher backbone is released.",
+        "DINOv2",
+        DINOV2_CITATION,
+    ),
+}
 
 _SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 
@@ -101,7 +139,8 @@ class ModelCardInfo:
         epochs: (pseudo-)epochs, if the loop counts them.
         hyperparameters: json-serialisable settings (lr, batch size, temperatures, crops, ...).
         compute: json-serialisable compute description (device, processes, precision, wall time in s).
-        final_loss: DINO loss at the end of training.
+        final_loss: Training loss at the end of training (of ``objective``).
+        objective: ``"dino"`` or ``"dinov2"`` (``--objective``): names the method, procedure and citation.
         metrics: label-free monitors at the end (e.g. ``{"rankme": 21.3}``).
         tags: extra Hub tags (the `DEFAULT_TAGS` are always added).
         notes: free text appended to the training section.
@@ -128,6 +167,7 @@ class ModelCardInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
     notes: str | None = None
+    objective: str = "dino"
 
     def __post_init__(self) -> None:
         # A card is public: never let a credential from the run config (e.g. training.hub_token) into it.
@@ -313,21 +353,26 @@ def build_model_card(
         ("initialisation", info.init),
         ("optimizer steps", info.steps),
         ("epochs", info.epochs),
-        ("final DINO loss", info.final_loss),
+        (f"final {OBJECTIVE_TEXT[info.objective][2]} loss", info.final_loss),
         *[(f"{name} (end of training)", value) for name, value in sorted(info.metrics.items())],
     ]
     hyper_rows = sorted(_flatten(info.hyperparameters).items())
     compute_rows = sorted(info.compute.items())
     notes = f"\n{info.notes}\n" if info.notes else ""
+    if info.objective not in OBJECTIVE_TEXT:
+        raise ValueError(
+            f"model card: objective must be one of {sorted(OBJECTIVE_TEXT)}, got {info.objective!r}"
+        )
+    method, procedure, method_name, citation = OBJECTIVE_TEXT[info.objective]
 
     body = f"""
 # {info.model_name}
 
-{_architecture_text(model_config, info.architecture)} Pretrained with self-supervised DINO (Caron et al.
-2021) on tiles read on the fly from H&E whole-slide images at several resolutions, following
-"Towards Large-Scale Training of Pathology Foundation Models" (kaiko.ai, arXiv 2404.15217), with the
-pathfm training code. This repository holds the DINO **teacher backbone only** (no projection head, no
-student) in fp32 safetensors, its image processor and the modeling code.
+{_architecture_text(model_config, info.architecture)} Pretrained with self-supervised {method} on tiles
+read on the fly from H&E whole-slide images at several resolutions, following "Towards Large-Scale Training
+of Pathology Foundation Models" (kaiko.ai, arXiv 2404.15217), with the pathfm training code. This repository
+holds the {method_name} **teacher backbone only** (no projection head, no student) in fp32 safetensors, its
+image processor and the modeling code.
 
 ## How to load
 
@@ -354,9 +399,7 @@ hidden_size) for dense tasks; inputs of any size that is a multiple of the patch
 
 ## Training procedure
 
-DINO self-distillation: a student and an EMA teacher of the same architecture, each with a DINO projection
-head; multi-crop (2 global + several local crops per tile) with the DINO augmentations; the teacher sees
-only the global crops. Only the teacher backbone is released.
+{procedure}
 
 {_table(run_rows)}
 {notes}
@@ -375,8 +418,8 @@ only the global crops. Only the teacher backbone is released.
 - Not a medical device and not validated for diagnosis or any clinical decision.
 - The features reflect the slides, stains, scanners and resolutions seen in training (see above); expect
   weaker features on other stains (IHC), on cytology, or at resolutions far from the training ones.
-- The label-free monitors above (DINO loss, RankMe) are not downstream accuracies. Evaluate on your task
-  (e.g. with eva's protocols) and report the protocol with the number.
+- The label-free monitors above ({method_name} loss, RankMe) are not downstream accuracies. Evaluate on your
+  task (e.g. with eva's protocols) and report the protocol with the number.
 - The licence of the weights does not override the terms of the slide collections they were trained on.
 
 ## Citation
@@ -387,10 +430,10 @@ The training recipe:
 {PAPER_CITATION}
 ```
 
-DINO:
+{method_name}:
 
 ```bibtex
-{DINO_CITATION}
+{citation}
 ```
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")

@@ -26,7 +26,14 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-__all__ = ["layer_id", "params_groups_with_decay", "fuse_params_groups", "clip_grad_norm_per_module"]
+__all__ = [
+    "apply_optim_schedule",
+    "build_dinov2_optimizer",
+    "clip_grad_norm_per_module",
+    "fuse_params_groups",
+    "layer_id",
+    "params_groups_with_decay",
+]
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 _TOKENS = ("cls_token", "register_tokens", "mask_token", "position_embeddings")
@@ -117,5 +124,46 @@ def clip_grad_norm_per_module(modules: Mapping[str, nn.Module], max_norm: float)
     for name, module in modules.items():
         params = [p for p in module.parameters() if p.grad is not None]
         limit = max_norm if max_norm > 0 else float("inf")
-        norms[name] = torch.nn.utils.clip_grad_norm_(params, limit).float()
+        norm = torch.nn.utils.clip_grad_norm_(params, limit)
+        # sharded (FSDP2) gradients give a DTensor norm: the full value, as every rank logs the same number
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        norms[name] = norm.float()
     return norms
+
+
+def build_dinov2_optimizer(
+    student: nn.Module,
+    num_layers: int,
+    layerwise_decay: float,
+    patch_embed_lr_mult: float,
+    fused: bool = False,
+) -> torch.optim.AdamW:
+    """AdamW (betas 0.9, 0.999 as dinov2's ``adamw_beta1/2``) over the fused DINOv2 parameter groups.
+
+    Args:
+        student: The student wrapper (backbone + heads), not yet prepared by Accelerate.
+        num_layers: Backbone blocks L.
+        layerwise_decay: ``optim.layerwise_decay``.
+        patch_embed_lr_mult: ``optim.patch_embed_lr_mult``.
+        fused: One kernel per group (``--optim adamw_torch_fused``).
+
+    Returns:
+        The optimizer; :func:`apply_optim_schedule` sets each group's lr and weight decay per step.
+    """
+    groups = params_groups_with_decay(student, num_layers, layerwise_decay, patch_embed_lr_mult)
+    groups = fuse_params_groups(groups)
+    return torch.optim.AdamW(groups, betas=(0.9, 0.999), **({"fused": True} if fused else {}))
+
+
+def apply_optim_schedule(
+    optimizer: torch.optim.Optimizer, lr: float, wd: float, freeze_last_layer: bool
+) -> None:
+    """This step's lr and weight decay per group, as dinov2's ``apply_optim_scheduler``.
+
+    ``lr * lr_multiplier`` (0 for the head's last layer while frozen: dinov2's ``last_layer_lr`` schedule) and
+    ``wd * wd_multiplier``.
+    """
+    for group in optimizer.param_groups:
+        frozen = freeze_last_layer and group["is_last_layer"]
+        group["lr"] = (0.0 if frozen else lr) * group["lr_multiplier"]
+        group["weight_decay"] = wd * group["wd_multiplier"]

@@ -36,8 +36,11 @@ class RunCard:
         self.start = time.perf_counter()
         self.steps_per_epoch = t_args.steps_per_epoch
         self.configured_mpps = [float(m) for m in d_args.mpps]
+        objective = getattr(m_args, "objective", "dino")
         self.facts: dict[str, Any] = {
             "repo_id": t_args.hub_model_id,
+            "objective": objective,
+            "model_name": f"pathfm ViT ({'DINOv2' if objective == 'dinov2' else 'DINO'})",
             "architecture": m_args.backbone_preset,
             "init": f"imagenet ({m_args.pretrained_weights})" if m_args.pretrained_weights else "random",
             "datasets": list(d_args.slides),

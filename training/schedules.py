@@ -114,7 +114,7 @@ class RunSchedules:
     """Per-optimizer-step values of a run (DINO ``main_dino.py`` "init schedulers" section).
 
     Attributes:
-        lr: (total,) learning rate, peak = ``lr * global_batch / 256``.
+        lr: (total,) learning rate, peak = ``scaled_lr(lr, global_batch, lr_scaling_rule)``.
         weight_decay: (total,) weight decay.
         momentum: (total,) teacher EMA momentum.
         teacher_temp: (total,) teacher temperature.
@@ -136,7 +136,7 @@ def build_schedules(t_args: Any, world_size: int) -> RunSchedules:
     global_batch = t_args.per_device_batch_size * world_size * t_args.gradient_accumulation_steps
     return RunSchedules(
         lr=cosine_scheduler(
-            t_args.lr * global_batch / 256.0,
+            scaled_lr(t_args.lr, global_batch, getattr(t_args, "lr_scaling_rule", "linear_wrt_256")),
             t_args.min_lr,
             total,
             warmup_steps=round(t_args.warmup_epochs * spe),
@@ -152,10 +152,12 @@ def build_schedules(t_args: Any, world_size: int) -> RunSchedules:
 def run_teacher_temp(t_args: Any, total: int, steps_per_epoch: int) -> np.ndarray:
     """(total,) teacher temperature per optimizer step.
 
-    With ``teacher_temp_per_epoch`` the warm-up is the references' per-epoch array (facebookresearch/dino
-    ``DINOLoss.__init__``, dinov2 ``SSLMetaArch`` teacher_temp schedule: one value per epoch, linear over
-    ``warmup_teacher_temp_epochs`` epochs) held for the ``steps_per_epoch`` steps of each epoch; otherwise the
-    same ramp is spread over optimizer steps.
+    With ``teacher_temp_per_epoch`` the warm-up is facebookresearch/dino's per-epoch array
+    (``DINOLoss.__init__``: one value per epoch, linear over ``warmup_teacher_temp_epochs`` epochs) held for
+    the ``steps_per_epoch`` steps of each epoch; otherwise the same ramp is spread over optimizer steps, which
+    is what
+    facebookresearch/dinov2 does (``train.py`` ``build_schedulers``: a linear warm-up over
+    ``warmup_teacher_temp_epochs * OFFICIAL_EPOCH_LENGTH`` iterations, then constant).
     """
     if not t_args.teacher_temp_per_epoch:
         warmup = round(t_args.warmup_teacher_temp_epochs * steps_per_epoch)

@@ -146,3 +146,48 @@ def test_one_step_equals_dinov2_ssl_meta_arch(centering):
     for name in expected["student"]:
         for tensor, which in ((params[name], "student"), (teacher_params[name], "teacher")):
             assert _projection(tensor, name) == pytest.approx(expected[which][name], abs=1e-5), (which, name)
+
+
+@pytest.mark.parametrize("centering", ["centering", "sinkhorn_knopp"])
+def test_wired_train_step_equals_dinov2_ssl_meta_arch(centering):
+    """The step the training loop runs for ``--objective dinov2`` (``DINOv2Wrapper``, ``DINOv2Loss``,
+    ``build_dinov2_optimizer`` / ``apply_optim_schedule``, ``train_step_dinov2`` under Accelerate) reproduces
+    the same reference step: logged losses, student after AdamW, teacher after the EMA."""
+    from accelerate import Accelerator
+
+    from pathfm.training.heads import DINOv2Wrapper
+    from pathfm.training.losses.dinov2_loss import DINOv2Loss
+    from pathfm.training.masking import MaskBatch
+    from pathfm.training.losses.ibot import masked_patch_weights
+    from pathfm.training.param_groups import apply_optim_schedule, build_dinov2_optimizer
+    from pathfm.training.step_dinov2 import train_step_dinov2
+    from pathfm.training.teacher import make_teacher
+
+    expected = json.loads((DATA / f"dinov2_step_{centering}.json").read_text())
+    parts = _student()
+    student = DINOv2Wrapper(parts["backbone"], parts["dino_head"])
+    teacher = make_teacher(student)
+    accelerator = Accelerator(cpu=True)
+    loss_fn = DINOv2Loss(16, 16, centering, weights={"koleo_loss_weight": 0.1})
+    optimizer = build_dinov2_optimizer(student, 2, layerwise_decay=0.9, patch_embed_lr_mult=0.2)
+    student, optimizer = accelerator.prepare(student, optimizer)
+    apply_optim_schedule(optimizer, 1e-3, 0.04, freeze_last_layer=True)
+    masks = torch.tensor(expected["masks"])
+    flat = masks.flatten()
+    batch = MaskBatch(masks, flat.nonzero().flatten(), masked_patch_weights(masks), 0)
+    global_crops, local_crops = _batch()
+    crops = [*global_crops.chunk(2), *local_crops.chunk(2)]
+
+    out = train_step_dinov2(
+        accelerator, student, teacher, loss_fn, optimizer, lambda: crops, lambda n: batch,
+        teacher_temp=TEACHER_TEMP, momentum=0.992, clip_grad=3.0, step_index=0,
+    )
+    logged = {**out.terms, "koleo_loss": out.terms["koleo_loss"] / 2, "ibot_loss": out.terms["ibot_loss"] / 2}
+    for key, value in expected["losses"].items():
+        assert logged[key] == pytest.approx(value, abs=1e-6), key
+    unwrapped = accelerator.unwrap_model(student)
+    params = _upstream_names({"backbone": unwrapped.backbone, "dino_head": unwrapped.dino_head})
+    teacher_params = _upstream_names({"backbone": teacher.backbone, "dino_head": teacher.dino_head})
+    for name in expected["student"]:
+        for tensor, which in ((params[name], "student"), (teacher_params[name], "teacher")):
+            assert _projection(tensor, name) == pytest.approx(expected[which][name], abs=1e-5), (which, name)

@@ -118,6 +118,18 @@ def test_sinkhorn_knopp_is_finite_where_upstream_exp_overflows():
     torch.testing.assert_close(targets.sum(-1), torch.ones(4), rtol=0, atol=1e-5)
 
 
+def test_sinkhorn_knopp_prototypes_that_underflow_get_no_mass_not_nan():
+    # temperature 0.01, logits spread over 2: after the shift many prototypes are exp(-200) = 0 for every
+    # sample
+    logits = wave(2, 32, 0.0, 1.0)
+    logits[:, 0] = 1.5  # both samples share the top prototype
+    targets = sinkhorn_knopp(logits, 0.01)
+    assert torch.isfinite(targets).all()
+    underflowed = torch.exp(logits / 0.01 - logits.max() / 0.01).sum(0) == 0
+    assert underflowed.sum() >= 8 and (targets[:, underflowed] == 0).all()
+    torch.testing.assert_close(targets.sum(-1), torch.ones(2), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("local", [True, False], ids=["local_crops", "no_local_crops"])
 def test_dino_cls_loss_sinkhorn_equals_dinov2(local):
     loss = DINOv2CLSLoss(K)

@@ -11,7 +11,11 @@ the
   sample count unconditionally and fails in a single process; fixed upstream in PR #590);
 - the logits are shifted by their global maximum before ``exp``: the result is mathematically unchanged (the
   first normalisation divides the shift out) but stays finite for teacher logits / temperature above ~88,
-  where upstream's float32 ``exp`` overflows to ``inf`` and returns NaN.
+  where upstream's float32 ``exp`` overflows to ``inf`` and returns NaN;
+- a prototype (or sample) whose every entry underflowed to 0 after the shift (logit range over temperature
+  above ~100, e.g. temperature 0.01 or a grown weight-norm magnitude) keeps mass 0 instead of becoming 0 / 0
+  = NaN: the normalising sums are floored at the smallest normal float32, which leaves every other value
+  bit-identical.
 """
 
 from __future__ import annotations
@@ -63,13 +67,14 @@ def sinkhorn_knopp(
     k = q.shape[0]
     local = q.shape[1] if n_samples is None else n_samples
     b = _all_reduce(torch.as_tensor(local, dtype=torch.float32, device=q.device).clone())
-    q /= _all_reduce(q.sum())
+    tiny = torch.finfo(q.dtype).tiny
+    q /= _all_reduce(q.sum()).clamp_min(tiny)
     for _ in range(n_iterations):
         # every prototype gets total mass 1 / K over the global batch
-        q /= _all_reduce(q.sum(dim=1, keepdim=True))
+        q /= _all_reduce(q.sum(dim=1, keepdim=True)).clamp_min(tiny)
         q /= k
         # every sample gets total mass 1 / B
-        q /= q.sum(dim=0, keepdim=True)
+        q /= q.sum(dim=0, keepdim=True).clamp_min(tiny)
         q /= b
     q *= b
     return q.t()
