@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from pathfm.training.checkpointing import TrainState, load_checkpoint, register, save_checkpoint
@@ -102,11 +103,13 @@ def probe_batch() -> torch.Tensor:
     return torch.randn(2, 3, GLOBAL, GLOBAL, generator=torch.Generator().manual_seed(7))
 
 
-def shard(module: torch.nn.Module) -> torch.nn.Module:
-    """TEST-ONLY SHIM (see the module docstring): ``fully_shard`` per unit, then the root."""
+def shard(module: torch.nn.Module, world_size: int) -> torch.nn.Module:
+    """TEST-ONLY SHIM (see the module docstring): ``fully_shard`` per unit, then the root, on a CPU mesh
+    (``fully_shard``'s default mesh is CUDA where a GPU is present)."""
+    mesh = init_device_mesh("cpu", (world_size,))
     for unit in wrap_units(module):
-        fully_shard(unit)
-    return fully_shard(module)
+        fully_shard(unit, mesh=mesh)
+    return fully_shard(module, mesh=mesh)
 
 
 class Run:
@@ -118,7 +121,7 @@ class Run:
         self.recipe = build_objective(*config(objective), acc.process_index)
         student, teacher = self.recipe.build_networks()
         if sharded:
-            student, teacher = shard(student), shard(teacher)
+            student, teacher = shard(student, acc.num_processes), shard(teacher, acc.num_processes)
             check_same_sharding(student, teacher)
             self.optimizer = self.recipe.build_optimizer(student)
         else:
