@@ -11,7 +11,8 @@ batched multi-crop on the GPU -> student / teacher -> loss, EMA, center):
    tile among its slide-mates, ``evaluation/tasks/retrieval.py``: random init scores well below 1.0).
 
 Data: a TCGA-like pyramid (JPEG tiles 256 px, levels at downsample 1 / ~4 / ~16, 0.25 µm/px tags) written
-from the embedded CMU-1-Small-Region H&E tissue, linked 16 times so that every data worker has a shard.
+from the embedded CMU-1-Small-Region H&E tissue by ``benchmarks/pyramid.py`` (shared with ``tiles.py``),
+linked 16 times so that every data worker has a shard.
 FLOPs per image are counted with ``training/mfu.py`` (FlopCounterMode, meta device); the peak is a measured
 bf16 8192^3 matmul, with the datasheet value printed beside it.
 
@@ -34,11 +35,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from pyramid import make_pyramid  # benchmarks/pyramid.py: this script's folder is on sys.path
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-TISSUE_SLIDE = REPO / "data" / "slides" / "CMU-1-Small-Region.svs"
 
 # name -> flags that switch one fast path off (every other one stays at its CUDA default: on)
 FAST_PATHS_OFF = {
@@ -62,56 +64,6 @@ class Log:
     def __call__(self, line: str = "") -> None:
         print(line, flush=True)
         self.lines.append(line)
-
-
-def make_pyramid(folder: Path, side: int, links: int) -> Path:
-    """Write a TCGA-like pyramid of real H&E tissue and ``links`` symlinks to it (one shard each).
-
-    Level 0 is ``side`` x ``side`` px tiled from CMU-1-Small-Region's tissue at level 0; levels 1 and 2
-    are its floor(side / 4) and floor(side / 16) px box-filter reductions (with an odd side, non-integer
-    downsamples such as 4.0002 / 16.004, as in Aperio files);
-    256 px JPEG tiles (quality 85); resolution tags for 0.25 µm/px. The mpp is a tag: the pixels are the
-    embedded slide's 0.5 µm/px tissue, so this measures reading and decoding, not histology at 40x.
-
-    Returns:
-        The folder holding the links.
-    """
-    import numpy as np
-    import openslide
-    import tifffile
-    from PIL import Image
-
-    with openslide.OpenSlide(str(TISSUE_SLIDE)) as slide:
-        # the tissue-dense strip of the slide (x 512-1792 px, y >= 512: ~60 % tissue) repeated
-        width, height = slide.dimensions
-        region = slide.read_region((512, 512), 0, (min(1280, width - 512), height - 512))
-        tissue = np.asarray(region.convert("RGB"))
-    reps = (-(-side // tissue.shape[0]), -(-side // tissue.shape[1]), 1)
-    level0 = np.tile(tissue, reps)[:side, :side]
-    levels = [level0]
-    for factor in (4, 16):
-        small = side // factor
-        levels.append(np.asarray(Image.fromarray(level0).resize((small, small), Image.Resampling.BOX)))
-    path = folder / "tcga_like_pyramid.tiff"
-    with tifffile.TiffWriter(path, bigtiff=side > 16_000) as tw:
-        for i, arr in enumerate(levels):
-            res = 1e4 / (0.25 * side / arr.shape[1])  # px per cm
-            tw.write(
-                arr,
-                tile=(256, 256),
-                photometric="rgb",
-                compression="jpeg",
-                compressionargs={"level": 85},
-                subfiletype=0 if i == 0 else 1,
-                resolution=(res, res),
-                resolutionunit="CENTIMETER",
-                metadata=None,
-            )
-    shards = folder / "shards"
-    shards.mkdir(exist_ok=True)
-    for k in range(links):
-        (shards / f"slide_{k:02d}.tiff").symlink_to(path)
-    return shards
 
 
 def row_argv(preset: str, slides: str, batch: int, steps: int, workers: int, dry_run: bool) -> list[str]:

@@ -33,9 +33,10 @@ from typing import Any
 
 import datasets
 import numpy as np
+from pathfm.datasets_scripts.colour import DEFAULT_ICC, check_icc_option
 from pathfm.datasets_scripts.open_slides import SlidePool, slide_pool
 from pathfm.datasets_scripts.samplers import GridTileSampler, RandomTileSampler
-from pathfm.datasets_scripts.slide import DEFAULT_MPP_TOLERANCE, SlideError, SlideReader
+from pathfm.datasets_scripts.slide import DEFAULT_MPP_TOLERANCE, READERS, MissingMppError, SlideError, SlideReader
 from pathfm.datasets_scripts.resolve import resolve_sources, unique_slide_ids
 from pathfm.datasets_scripts.sources import SlideRecord
 from pathfm.datasets_scripts.tissue import TissueMask, compute_tissue_mask
@@ -69,6 +70,13 @@ class SlideTilesConfig:
             (``datasets.Image``: PIL images; compact parquet for fixed datasets).
         max_region_failures: failed region reads after which a slide is dropped (each failure is counted in
             ``failed_regions`` and costs that tile only).
+        mpp_override: level-0 µm/px for every slide (wins over manifest / catalogue values and metadata).
+        default_mpp: level-0 µm/px for slides whose metadata has none (:mod:`pathfm.datasets_scripts.mpp`).
+        icc_profile: ``"ignore"`` (default) or ``"apply"`` embedded ICC profiles (:mod:`.colour`).
+        reader: pixel reader, ``"auto"`` (stored JPEG tiles of TIFF/SVS pyramids decoded directly, OpenSlide
+            for everything else), ``"tiff"`` (the fast reader or an error naming why not) or ``"openslide"``
+            (the reference); see :data:`pathfm.datasets_scripts.slide.READERS`.
+        reader_threads: decoder threads per region inside one worker (``auto`` / ``tiff``).
     """
 
     slides: Any = None
@@ -90,6 +98,11 @@ class SlideTilesConfig:
     mask_cache_dir: str | None = None
     image_encoding: str = "array"
     max_region_failures: int = 3
+    mpp_override: float | None = None
+    default_mpp: float | None = None
+    icc_profile: str = DEFAULT_ICC
+    reader: str = "auto"
+    reader_threads: int = 1
 
     def __post_init__(self) -> None:
         if self.sampler not in ("random", "grid"):
@@ -98,9 +111,14 @@ class SlideTilesConfig:
             raise ValueError(f"image_encoding must be 'array' or 'png', got {self.image_encoding!r}")
         if self.tile_size <= 0 or self.tiles_per_slide <= 0 or self.max_open_slides <= 0:
             raise ValueError("tile_size, tiles_per_slide and max_open_slides must be positive")
+        if self.reader not in READERS:
+            raise ValueError(f"reader must be one of {', '.join(READERS)}, got {self.reader!r}")
+        if self.reader_threads <= 0:
+            raise ValueError(f"reader_threads must be positive, got {self.reader_threads}")
         if self.max_region_failures <= 0:
             raise ValueError(f"max_region_failures must be positive, got {self.max_region_failures}")
         self.mpps = tuple(float(m) for m in self.mpps)
+        check_icc_option(self.icc_profile)
 
 
 def resolve_slides(spec: Any) -> list[SlideRecord]:
@@ -158,14 +176,22 @@ def coord_features() -> datasets.Features:
 COORD_ONLY_COLUMNS = ["path", "slide_mpp", "tile_size"]
 
 # ----------------------------------------------------------------------------------------------------- counters
-STAT_NAMES = ("slides_done", "corrupt_slides", "no_tissue_slides", "unsupported_mpp_slides", "failed_regions")
+STAT_NAMES = (
+    "slides_done",
+    "corrupt_slides",
+    "no_mpp_slides",
+    "no_tissue_slides",
+    "unsupported_mpp_slides",
+    "failed_regions",
+)
 
 
 class SlideStats:
     """Per-stream counters shared with DataLoader workers (a torch tensor in shared memory).
 
-    ``corrupt_slides``: could not be opened or read (includes missing files and missing mpp), or dropped after
-    ``max_region_failures`` failed regions; ``no_tissue_slides``: empty tissue mask or no tile passing the
+    ``corrupt_slides``: could not be opened or read (includes missing files), or dropped after
+    ``max_region_failures`` failed regions; ``no_mpp_slides``: no level-0 mpp anywhere in the chain (and no
+    ``default_mpp``), or non-square pixels; ``no_tissue_slides``: empty tissue mask or no tile passing the
     threshold; ``unsupported_mpp_slides``: none of the requested magnifications is servable without upsampling;
     ``failed_regions``: tiles whose region failed to decode (skipped). Increments from different workers are not
     atomic; they are rare events (per slide or per failure), so collisions are practically impossible.
@@ -217,7 +243,13 @@ def open_slide_for_tiles(
 ) -> tuple[SlideReader, TissueMask] | None:
     """Open slide ``rec`` from the worker's pool and compute its mask; None (warned, counted) when unusable."""
     try:
-        reader = pool.get(rec.path, mpp=rec.mpp, mpp_tolerance=config.mpp_tolerance)
+        reader = pool.get(
+            rec.path, mpp=rec.mpp, mpp_tolerance=config.mpp_tolerance, **reader_options(config)
+        )
+    except MissingMppError as err:  # "no mpp" is not "unreadable": its own counter
+        stats.add("no_mpp_slides")
+        _warn(f"skipping slide {rec.slide_id}: {err}")
+        return None
     except SlideError as err:
         stats.add("corrupt_slides")
         _warn(f"skipping slide {rec.slide_id}: {err}")
@@ -316,15 +348,15 @@ def slide_tile_coords(groups: list[str], config: SlideTilesConfig, stats: SlideS
     Yields:
         coordinate examples (see :func:`coord_features`); no pixels are read here.
     """
-    group = [item for g in groups for item in decode_group(g)]
+    columns = decode_groups(groups)
     pool = slide_pool(config.max_open_slides)
     width = 1 if config.sampler == "grid" else config.max_open_slides
     active: list[tuple[SlideRecord, Iterator]] = []
     nxt = cursor = 0
     try:
         while True:
-            while len(active) < width and nxt < len(group):
-                index, path, slide_id, mpp = group[nxt]
+            while len(active) < width and nxt < len(columns[0]):
+                index, path, slide_id, mpp = (column[nxt] for column in columns)
                 rec = SlideRecord(path=path, slide_id=slide_id, mpp=mpp)
                 nxt += 1
                 opened = open_slide_for_tiles(index, rec, config, stats, pool)
@@ -362,6 +394,17 @@ def slide_tile_coords(groups: list[str], config: SlideTilesConfig, stats: SlideS
             pool.release(rec.path)
 
 
+def reader_options(config: SlideTilesConfig) -> dict:
+    """:meth:`SlidePool.get` keyword arguments besides the path, mpp and tolerance: the pixel reader of
+    ``config``, its default mpp and its ICC option."""
+    return {
+        "reader_kind": config.reader,
+        "threads": config.reader_threads,
+        "default_mpp": config.default_mpp,
+        "icc_profile": config.icc_profile,
+    }
+
+
 def read_tile_pixels(example: dict, config: SlideTilesConfig, stats: SlideStats) -> dict:
     """``.map()`` function: read the tile of a coordinate example.
 
@@ -371,7 +414,10 @@ def read_tile_pixels(example: dict, config: SlideTilesConfig, stats: SlideStats)
     """
     pool = slide_pool(config.max_open_slides)
     try:
-        reader = pool.get(example["path"], mpp=example["slide_mpp"], mpp_tolerance=config.mpp_tolerance)
+        reader = pool.get(
+            example["path"], mpp=example["slide_mpp"], mpp_tolerance=config.mpp_tolerance,
+            **reader_options(config),
+        )
         tile = reader.read_tile(example["x"], example["y"], example["tile_size"], example["mpp"])
     except SlideError as err:
         n = pool.failed(example["path"])
@@ -394,18 +440,32 @@ def has_image(example: dict) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- the stream
-def encode_group(group: list[tuple[int, SlideRecord]]) -> str:
-    """A slide group as one JSON string: ``datasets`` fingerprints ``gen_kwargs`` by pickling them, and one
-    string per group keeps that cheap for 30,000 slides (records as objects take seconds)."""
-    return json.dumps([[i, r.path, r.slide_id, r.mpp] for i, r in group])
+def encode_group(records: list[SlideRecord], indices: range, mpp_override: float | None = None) -> str:
+    """Slides ``records[i] for i in indices`` as one JSON string of four columns (index, path, slide_id, mpp).
+
+    ``datasets`` fingerprints ``gen_kwargs`` by pickling them: one string per group keeps that cheap for
+    30,000 slides (records as objects take seconds). Columns of plain strings and numbers, rather than one
+    small list per slide, also keep start-up from triggering full garbage collections, whose cost grows with the
+    whole heap (torch, datasets), not with the slides. ``mpp_override`` replaces every record's mpp.
+    """
+    mpps = [records[i].mpp for i in indices] if mpp_override is None else [float(mpp_override)] * len(indices)
+    return json.dumps(
+        [list(indices), [records[i].path for i in indices], [records[i].slide_id for i in indices], mpps]
+    )
 
 
-def decode_group(text: str) -> list[list]:
-    """Inverse of :func:`encode_group`: ``[index, path, slide_id, mpp]`` lists (records are made lazily)."""
-    return json.loads(text)
+def decode_groups(texts: list[str]) -> list[list]:
+    """Inverse of :func:`encode_group` for one or more groups: the four columns, groups concatenated."""
+    columns: list[list] = [[], [], [], []]
+    for text in texts:
+        for column, values in zip(columns, json.loads(text), strict=True):
+            column.extend(values)
+    return columns
 
 
-def slide_groups(records: list[SlideRecord], world_size: int, num_workers: int) -> list[str]:
+def slide_groups(
+    records: list[SlideRecord], world_size: int, num_workers: int, mpp_override: float | None = None
+) -> list[str]:
     """Split slides into shards: one group per consumer (rank x worker), a multiple of ``world_size``.
 
     Slides are dealt round robin, so group sizes differ by at most one. With fewer slides than consumers there
@@ -423,8 +483,7 @@ def slide_groups(records: list[SlideRecord], world_size: int, num_workers: int) 
         n_groups = n - n % world_size
     else:
         n_groups = n
-    indexed = list(enumerate(records))
-    return [encode_group(indexed[g::n_groups]) for g in range(n_groups)]
+    return [encode_group(records, range(g, n, n_groups), mpp_override) for g in range(n_groups)]
 
 
 def tile_stream(
@@ -466,7 +525,7 @@ def tile_stream(
         slide_tile_coords,
         features=coord_features(),
         gen_kwargs={
-            "groups": slide_groups(records, world_size, num_workers),
+            "groups": slide_groups(records, world_size, num_workers, config.mpp_override),
             "config": config,
             "stats": stats,
         },

@@ -7,10 +7,13 @@ CLI::
 ``SLIDES`` are anything :func:`pathfm.datasets_scripts.resolve.resolve_sources` accepts (folders, manifests,
 GDC manifests, slide files, another catalogue). Row columns: ``path`` (absolute), ``slide_id``, ``bytes``,
 ``mtime_ns``, ``vendor``, ``level_dimensions`` ([[w, h], ...] px), ``level_downsamples``, ``mpp_x``, ``mpp_y``
-(level-0 µm/px) and ``mpp_source`` (``openslide`` / ``manifest`` / ``mpp_override`` / ``default_mpp``),
+(level-0 µm/px) and ``mpp_source`` (``mpp_override`` / ``manifest`` / ``openslide`` / ``vendor`` /
+``tiff-resolution`` / ``default_mpp``: the chain of :mod:`pathfm.datasets_scripts.mpp`),
 ``objective_power``, ``bounds`` ([x, y, w, h] level-0 px), ``background`` ([r, g, b]), ``mask`` (tissue mask,
 ``numpy.packbits`` rows then zlib), ``mask_shape`` ([h, w]), ``mask_mpp`` (µm/px), ``mask_threshold``,
-``mask_method``, ``tissue_mm2``, ``group`` (manifest group or TCGA patient barcode), ``status`` (``ok`` /
+``mask_method``, ``tissue_mm2``, ``icc_profile`` (description of the embedded ICC profile, or null),
+``icc_option`` (``ignore`` / ``apply``, see :mod:`pathfm.datasets_scripts.colour`), ``group`` (manifest
+group or TCGA patient barcode), ``status`` (``ok`` /
 ``no-mpp`` / ``unreadable`` / ``no-tissue``) and ``reason`` (words).
 
 Re-running skips files whose size and mtime are unchanged; a killed run resumes: finished rows are appended to
@@ -23,7 +26,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import math
 import os
 import sys
 import zlib
@@ -36,7 +38,9 @@ from typing import Any
 import numpy as np
 
 from pathfm.datasets_scripts.resolve import resolve_sources
-from pathfm.datasets_scripts.slide import MAX_LEVEL0_MPP, MIN_LEVEL0_MPP, MissingMppError, SlideError, open_slide
+from pathfm.datasets_scripts.colour import DEFAULT_ICC, check_icc_option
+from pathfm.datasets_scripts.mpp import check_square, resolve_level0_mpp
+from pathfm.datasets_scripts.slide import MissingMppError, SlideError, add_reading_arguments, open_slide
 from pathfm.datasets_scripts.sources import SlideRecord, parse_tcga_barcode
 
 __all__ = ["build_catalogue", "catalogue_row", "decode_mask", "main"]
@@ -64,24 +68,11 @@ def _group(rec: SlideRecord) -> str | None:
         return None
 
 
-def _mpp_xy(
-    props: dict[str, str], rec: SlideRecord, mpp_override: float | None, default_mpp: float | None
-) -> tuple[float | None, float | None, str | None]:
-    """Level-0 (mpp_x, mpp_y, source): override flag, manifest, OpenSlide metadata, then the default."""
+def _given_mpp(rec: SlideRecord, mpp_override: float | None) -> tuple[float | None, str]:
+    """The value given for this slide and its source: the flag wins over the manifest column."""
     if mpp_override is not None:
-        return mpp_override, mpp_override, "mpp_override"
-    if rec.mpp is not None:
-        return rec.mpp, rec.mpp, rec.extra.get("mpp_source", "manifest")
-    try:
-        mx = float(props["openslide.mpp-x"])
-        my = float(props.get("openslide.mpp-y", mx))
-        if math.isfinite(mx) and math.isfinite(my) and mx > 0 and my > 0:
-            return mx, my, "openslide"
-    except (KeyError, ValueError):
-        pass
-    if default_mpp is not None:
-        return default_mpp, default_mpp, "default_mpp"
-    return None, None, None
+        return mpp_override, "mpp_override"
+    return rec.mpp, rec.extra.get("mpp_source", "manifest")
 
 
 def catalogue_row(
@@ -91,8 +82,12 @@ def catalogue_row(
     mpp_override: float | None = None,
     default_mpp: float | None = None,
     min_object_um2: float = 10_000.0,
+    icc_profile: str = DEFAULT_ICC,
 ) -> dict[str, Any]:
     """Open one slide and describe it (never raises for a bad slide: the status and reason say what is wrong).
+
+    A slide without a usable mpp is ``no-mpp`` (its levels, vendor and ICC profile are still recorded), never
+    ``unreadable``; ``mpp_source`` says which link of the chain (:mod:`pathfm.datasets_scripts.mpp`) answered.
 
     Returns:
         a catalogue row (see the module docstring).
@@ -105,7 +100,8 @@ def catalogue_row(
         "level_dimensions": None, "level_downsamples": None, "mpp_x": None, "mpp_y": None, "mpp_source": None,
         "objective_power": None, "bounds": None, "background": None, "mask": None, "mask_shape": None,
         "mask_mpp": None, "mask_threshold": None, "mask_method": None, "tissue_mm2": None,
-        "group": _group(rec), "status": "unreadable", "reason": "",
+        "icc_profile": None, "icc_option": icc_profile, "group": _group(rec), "status": "unreadable",
+        "reason": "",
     }  # fmt: skip
     try:
         st = os.stat(path)
@@ -114,7 +110,8 @@ def catalogue_row(
         return row
     row["bytes"], row["mtime_ns"] = int(st.st_size), int(st.st_mtime_ns)
     try:
-        reader = open_slide(path, mpp=1.0)  # a placeholder mpp: metadata is judged below, by axis
+        # a placeholder mpp: the chain is followed below, per axis, so that a slide without one is "no-mpp"
+        reader = open_slide(path, mpp=1.0, icc_profile=icc_profile)
     except SlideError as err:
         row["reason"] = str(err)
         return row
@@ -127,24 +124,18 @@ def catalogue_row(
         row["objective_power"] = float(power) if power not in (None, "") else None
         row["bounds"] = list(map(int, reader.bounds))
         row["background"] = list(map(int, reader.background_color))
-        mx, my, source = _mpp_xy(props, rec, mpp_override, default_mpp)
-        row["mpp_x"], row["mpp_y"], row["mpp_source"] = mx, my, source
-        if mx is None:
-            row["status"] = "no-mpp"
-            row["reason"] = "no mpp in the slide metadata: add an mpp manifest column or pass --mpp_override"
+        row["icc_profile"] = reader.colour.description if reader.colour is not None else None
+        given, given_source = _given_mpp(rec, mpp_override)
+        try:
+            found = resolve_level0_mpp(
+                props, path, rec.slide_id, given, given_source, default_mpp, require_square=False
+            )
+            row["mpp_x"], row["mpp_y"], row["mpp_source"] = found.x, found.y, found.source
+            check_square(found, rec.slide_id, path)
+        except SlideError as err:  # MissingMppError, or an implausible given value (MppError)
+            row["status"], row["reason"] = "no-mpp", str(err)
             return row
-        for axis, value in (("x", mx), ("y", my)):
-            if not MIN_LEVEL0_MPP <= value <= MAX_LEVEL0_MPP:
-                row["status"] = "no-mpp"
-                row["reason"] = (
-                    f"implausible level-0 mpp {axis} = {value:.4g} µm/px from {source} (expected "
-                    f"{MIN_LEVEL0_MPP}-{MAX_LEVEL0_MPP}); pass --mpp_override"
-                )
-                return row
-        if abs(mx - my) > 0.01 * max(mx, my):
-            row["status"] = "no-mpp"
-            row["reason"] = f"non-square pixels (mpp x {mx:.4g}, y {my:.4g} µm/px) are not supported"
-            return row
+        mx = found.x
         reader.mpp = float(mx)
         try:
             mask = compute_tissue_mask(
@@ -221,6 +212,7 @@ def build_catalogue(
     mpp_override: float | None = None,
     default_mpp: float | None = None,
     min_object_um2: float = 10_000.0,
+    icc_profile: str = DEFAULT_ICC,
 ) -> dict[str, int]:
     """Build or update a catalogue parquet file.
 
@@ -233,6 +225,7 @@ def build_catalogue(
         mpp_override: level-0 µm/px for every slide (wins over metadata).
         default_mpp: level-0 µm/px for slides without one.
         min_object_um2: smallest tissue piece kept in the mask, µm² (needle biopsies, TMA cores: lower it).
+        icc_profile: ``"ignore"`` or ``"apply"`` embedded ICC profiles for the tissue mask (recorded per row).
 
     Returns:
         counts: ``{"rows", "opened", "reused", <status>: n}``.
@@ -248,7 +241,9 @@ def build_catalogue(
     todo = [r for r, p in zip(records, paths) if not _unchanged(previous.get(p), p)]
     todo_paths = {os.path.abspath(r.path) for r in todo}
     rows = {p: previous[p] for p in paths if p not in todo_paths}
-    jobs = [(r, mask_mpp, saturation_floor, mpp_override, default_mpp, min_object_um2) for r in todo]
+    check_icc_option(icc_profile)
+    options = (mask_mpp, saturation_floor, mpp_override, default_mpp, min_object_um2, icc_profile)
+    jobs = [(r, *options) for r in todo]
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(partial, "a") as log:
         for row in _run(jobs, num_proc):
@@ -283,8 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num_proc", type=int, default=1)
     ap.add_argument("--mask_mpp", type=float, default=8.0)
     ap.add_argument("--saturation_floor", type=float, default=20.0)
-    ap.add_argument("--mpp_override", type=float, default=None, help="level-0 µm/px for every slide")
-    ap.add_argument("--default_mpp", type=float, default=None, help="level-0 µm/px for slides without one")
+    add_reading_arguments(ap)
     ap.add_argument("--min_object_um2", type=float, default=10_000.0, help="smallest tissue piece kept, µm²")
     args = ap.parse_args(argv)
     if not args.output.endswith(".parquet"):
@@ -293,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         counts = build_catalogue(
             args.slides, args.output, args.num_proc, args.mask_mpp, args.saturation_floor,
-            args.mpp_override, args.default_mpp, args.min_object_um2,
+            args.mpp_override, args.default_mpp, args.min_object_um2, args.icc_profile,
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -17,7 +17,7 @@ __all__ = ["SlidePool", "slide_pool"]
 
 
 class SlidePool:
-    """LRU pool of open :class:`SlideReader` objects keyed by (path, mpp override, mpp tolerance).
+    """LRU pool of open :class:`SlideReader` objects keyed by (path, mpp, reading options).
 
     Args:
         capacity: most slides open at once (>= 1).
@@ -34,19 +34,34 @@ class SlidePool:
         self.region_failures: dict[str, int] = {}
 
     def get(
-        self, path: str | os.PathLike, mpp: float | None = None, mpp_tolerance: float = DEFAULT_MPP_TOLERANCE
+        self,
+        path: str | os.PathLike,
+        mpp: float | None = None,
+        mpp_tolerance: float = DEFAULT_MPP_TOLERANCE,
+        default_mpp: float | None = None,
+        icc_profile: str = "ignore",
+        reader_kind: str = "openslide",
+        threads: int = 1,
     ) -> SlideReader:
         """The open reader of ``path`` (opened now if needed, evicting the least recently used).
+
+        Args:
+            path, mpp, mpp_tolerance, default_mpp, icc_profile: as :func:`open_slide`.
+            reader_kind, threads: see :func:`open_slide` (``reader``, ``threads``).
 
         Raises:
             SlideError: the slide cannot be opened (see :func:`open_slide`).
         """
-        key = (str(path), None if mpp is None else float(mpp), float(mpp_tolerance))
+        override = None if mpp is None else float(mpp)
+        key = (str(path), override, float(mpp_tolerance), reader_kind, int(threads), default_mpp, icc_profile)
         reader = self.readers.get(key)
         if reader is not None:
             self.readers.move_to_end(key)
             return reader
-        reader = open_slide(path, mpp=mpp, mpp_tolerance=mpp_tolerance)
+        reader = open_slide(
+            path, mpp=mpp, mpp_tolerance=mpp_tolerance, reader=reader_kind, threads=threads,
+            default_mpp=default_mpp, icc_profile=icc_profile,
+        )  # fmt: skip
         self.readers[key] = reader
         while len(self.readers) > self.capacity:
             _, old = self.readers.popitem(last=False)

@@ -28,6 +28,7 @@ from typing import Any
 import datasets
 import pyarrow.parquet as pq
 from pathfm.datasets_scripts.builder import SlideTilesConfig, resolve_slides, tile_features, tile_stream
+from pathfm.datasets_scripts.slide import add_reading_arguments
 
 CARD_TEMPLATE = """---
 {yaml}---
@@ -146,7 +147,13 @@ def build_tile_dataset(
     for r in records:
         source = r.extra.get("source", r.path) if r.extra else Path(r.path).name
         licence = r.extra.get("licence", "") if r.extra else ""
-        mpp_text = f"override {r.mpp} µm/px" if r.mpp is not None else "slide metadata"
+        if config.mpp_override is not None:
+            mpp_text = f"--mpp_override {config.mpp_override} µm/px"
+        elif r.mpp is not None:
+            mpp_text = f"override {r.mpp} µm/px"
+        else:
+            default = f" (else --default_mpp {config.default_mpp})" if config.default_mpp else ""
+            mpp_text = "slide metadata" + default
         rows.append(f"| {r.slide_id} | {counts.get(r.slide_id, 0)} | {mpp_text} | {licence} {source} |")
     card_data = DatasetCardData(
         license=license_id,
@@ -232,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid_mpp", type=float, default=1.0)
     ap.add_argument("--tile_size", type=int, default=256)
     ap.add_argument("--min_tissue", type=float, default=0.4)
+    add_reading_arguments(ap)
     ap.add_argument("--push_to_hub", default=None, metavar="REPO_ID")
     ap.add_argument("--private", action="store_true")
     args = ap.parse_args(argv)
@@ -248,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         tile_size=args.tile_size,
         min_tissue=args.min_tissue,
         image_encoding="png",
+        mpp_override=args.mpp_override,
+        default_mpp=args.default_mpp,
+        icc_profile=args.icc_profile,
     )
     out = build_tile_dataset(cfg, args.output_dir)
     print(f"wrote {out}")

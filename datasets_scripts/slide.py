@@ -2,9 +2,10 @@
 
 A reader answers "give me T x T px of this slide at m µm/px, starting at level-0 pixel (x, y)":
 
-* the slide's level-0 mpp comes from ``openslide.mpp-x/y`` or an explicit override; a slide with no mpp or an
-  absurd one (coarser than ``MAX_LEVEL0_MPP``) is refused with :class:`MissingMppError`, which says how to
-  override;
+* the slide's level-0 mpp comes from the chain of :mod:`pathfm.datasets_scripts.mpp` (a given value,
+  OpenSlide, vendor properties, TIFF resolution tags with their unit, a default), per axis, with its source;
+  a slide with no mpp or an absurd one is refused with :class:`MissingMppError`, which says how to override;
+* an embedded ICC profile is applied or ignored by an explicit option (:mod:`pathfm.datasets_scripts.colour`);
 * the tile is read from the coarsest pyramid level that is still at least as fine as m (within
   ``mpp_tolerance``), using the level's *measured* downsample (never assuming 2/4/8...), covering
   ``T * m / mpp_level`` level px with sub-pixel precision, and resized to T px with an antialiasing filter;
@@ -23,32 +24,42 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 from PIL import Image
 
-MAX_LEVEL0_MPP = 10.0
-NON_SQUARE_TOLERANCE = 0.01  # relative difference of mpp x and y still treated as square pixels
-MIN_LEVEL0_MPP = 0.05  # finer than any scanner (0.1 µm/px at 100x oil): a wrong unit or tag
-"""Level 0 coarser than this (µm/px) is treated as a wrong resolution tag, not a real slide."""
+from pathfm.datasets_scripts.colour import ICC_OPTIONS, IccTransform
+from pathfm.datasets_scripts.mpp import (
+    MAX_LEVEL0_MPP,
+    MIN_LEVEL0_MPP,
+    NON_SQUARE_TOLERANCE,
+    OVERRIDE_HINT,
+    Level0Mpp,
+    MissingMppError,
+    MppError,
+    SlideError,
+    resolve_level0_mpp,
+)
 
 DEFAULT_MPP_TOLERANCE = 0.05
 """Relative tolerance on mpp: a level up to 5 % coarser than the target still counts as fine enough (the tile
 is then upsampled by at most 5 %), e.g. a 0.2631 µm/px scan serves the 0.25 µm/px magnification."""
 
-OVERRIDE_HINT = (
-    "pass an explicit mpp: `open_slide(path, mpp=0.5)`, an `mpp` column in the CSV/TSV manifest, or "
-    "`SlideRecord(..., mpp=0.5)` in `SlideTilesConfig.slides`"
-)
-
-
-class SlideError(ValueError):
-    """A slide cannot be opened or read (missing, corrupt, unsupported); the message names the path."""
-
-
-class MissingMppError(SlideError):
-    """A slide has no usable level-0 resolution (µm/px); the message names the slide and how to override."""
+__all__ = [
+    "DEFAULT_MPP_TOLERANCE",
+    "MAX_LEVEL0_MPP",
+    "MIN_LEVEL0_MPP",
+    "NON_SQUARE_TOLERANCE",
+    "OVERRIDE_HINT",
+    "MissingMppError",
+    "MppError",
+    "OpenSlideReader",
+    "SlideError",
+    "SlideReader",
+    "add_reading_arguments",
+    "open_slide",
+]
 
 
 def _parse_hex_color(value: str | None) -> tuple[int, int, int]:
@@ -110,6 +121,79 @@ def composite_on_background(rgba: np.ndarray, background: tuple[int, int, int]) 
     return np.array(composite_image(Image.fromarray(np.ascontiguousarray(rgba), "RGBA"), background))
 
 
+RESIZE_SKIP_PX = 0.01
+"""A region within this many output px of the tile size (or of twice it) is cut (or 2x box-reduced), not
+resampled: the tile is then off by at most this much, and the sub-pixel offset is rounded (<= 0.5 px)."""
+
+
+def resize_mode(
+    box: tuple[float, float, float, float], size: int, width: int, height: int
+) -> tuple[str, int, int]:
+    """Which resampling :func:`resize_region` applies to ``box`` of a ``width`` x ``height`` px region.
+
+    Returns:
+        ("crop", x, y): the box is ``size`` px within :data:`RESIZE_SKIP_PX`: cut ``size`` px at (x, y), the
+        rounded box origin; ("reduce", x, y): it is ``2 * size`` px within twice that: 2x box reduction of
+        ``2 * size`` px from (x, y); ("resample", 0, 0): anything else.
+    """
+    x0, y0, x1, y1 = box
+    ix, iy = round(x0), round(y0)
+    for factor, mode in ((1, "crop"), (2, "reduce")):
+        side, slack = factor * size, factor * RESIZE_SKIP_PX
+        near = abs(x1 - x0 - side) <= slack and abs(y1 - y0 - side) <= slack
+        if near and ix >= 0 and iy >= 0 and ix + side <= width and iy + side <= height:
+            return mode, ix, iy
+    return "resample", 0, 0
+
+
+def resize_region(
+    region: Image.Image | np.ndarray, box: tuple[float, float, float, float], size: int
+) -> np.ndarray:
+    """Resample the ``box`` of a region to a ``size`` x ``size`` tile: the one resize policy of every reader.
+
+    * box already ``size`` px wide and high (within :data:`RESIZE_SKIP_PX`): a plain crop at the rounded offset;
+    * box ``2 * size`` px (within ``2 * RESIZE_SKIP_PX``): an exact 2x box reduction (PIL ``reduce(2)``);
+    * else PIL bilinear with support scaled to the reduction (antialiased), sub-pixel box; ``reducing_gap=2``
+      first box-reduces by the integer part of large factors (~30 % faster, same antialiasing).
+
+    Args:
+        region: RGB / RGBX PIL image or C-contiguous uint8 (h, w, 3 or 4) array (4: RGBX, mapped into PIL
+            without a copy) holding the box.
+        box: (x0, y0, x1, y1) in region px (floats).
+        size: output side in px.
+
+    Returns:
+        uint8 (size, size, 3).
+    """
+    if isinstance(region, np.ndarray):
+        h, w = region.shape[:2]
+        mode, ix, iy = resize_mode(box, size, w, h)
+        if mode == "crop":
+            return np.ascontiguousarray(region[iy : iy + size, ix : ix + size, :3])
+        if region.shape[2] == 4:
+            img = Image.frombuffer("RGBX", (w, h), region, "raw", "RGBX", 0, 1)
+        else:
+            img = Image.fromarray(np.ascontiguousarray(region), "RGB")
+    else:
+        img = region
+        mode, ix, iy = resize_mode(box, size, *img.size)
+        if mode == "crop":
+            whole = (ix, iy, size, size) == (0, 0, *img.size)
+            img = img if whole else img.crop((ix, iy, ix + size, iy + size))
+    if mode == "reduce":
+        img = img.reduce(2, box=(ix, iy, ix + 2 * size, iy + 2 * size))
+    elif mode == "resample":
+        img = img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=2.0)
+    return rgb_array(img)
+
+
+def rgb_array(img: Image.Image) -> np.ndarray:
+    """A writable uint8 (h, w, 3) copy of an RGB or RGBX PIL image: one C pack of the pixels plus a memcpy
+    (``np.array(img.convert("RGB"))`` makes three passes)."""
+    w, h = img.size
+    return np.frombuffer(img.tobytes("raw", "RGB"), dtype=np.uint8).reshape(h, w, 3).copy()
+
+
 class SlideReader:
     """Backend-independent reading logic: mpp, level choice, resampling, compositing.
 
@@ -124,7 +208,10 @@ class SlideReader:
         level_count: number of pyramid levels.
         level_dimensions: per-level (width, height) px.
         level_downsamples: per-level measured downsample (float, not necessarily a power of two).
-        mpp: level-0 µm/px actually used (override, else metadata).
+        mpp: level-0 µm/px actually used (x; y agrees within ``NON_SQUARE_TOLERANCE``).
+        mpp_x, mpp_y: level-0 µm/px per axis as found; mpp_source: where (``mpp_override``, ``manifest``,
+            ``openslide``, ``vendor``, ``tiff-resolution``, ``default_mpp``; see :mod:`.mpp`).
+        colour: the ICC step (:class:`~pathfm.datasets_scripts.colour.IccTransform`) applied to every region.
         background_color: (r, g, b) used for transparent pixels.
         bounds: (x, y, width, height) level-0 px holding image data.
         mpp_tolerance: relative mpp tolerance used for level choice and for refusing upsampling.
@@ -139,37 +226,22 @@ class SlideReader:
     bounds: tuple[int, int, int, int]
     native_mpp: float | None
     mpp: float
+    mpp_x: float
+    mpp_y: float
+    mpp_source: str
+    colour: IccTransform | None = None
     mpp_tolerance: float = DEFAULT_MPP_TOLERANCE
 
     # ---------------------------------------------------------------- set-up
-    def _resolve_mpp(self, override: float | None) -> float:
-        """Pick the level-0 mpp: an explicit override wins; else metadata; refuse absent/absurd values."""
-        if override is not None:
-            override = float(override)
-            if not (math.isfinite(override) and MIN_LEVEL0_MPP <= override <= MAX_LEVEL0_MPP):
-                raise SlideError(
-                    f"{self.path}: mpp override {override!r} µm/px is not a plausible level-0 resolution "
-                    f"(expected {MIN_LEVEL0_MPP} <= mpp <= {MAX_LEVEL0_MPP})"
-                )
-            return override
-        if self.native_mpp is None:
-            raise MissingMppError(
-                f"slide '{self.slide_id}' ({self.path}) has no resolution metadata (openslide.mpp-x/y missing); "
-                f"tiles at a given magnification need it: {OVERRIDE_HINT}"
-            )
-        if math.isnan(self.native_mpp):
-            raise MissingMppError(
-                f"slide '{self.slide_id}' ({self.path}) has non-square pixels (openslide.mpp-x "
-                f"{self.properties.get('openslide.mpp-x')}, mpp-y {self.properties.get('openslide.mpp-y')} µm/px); "
-                f"tiles would cover different µm in x and y: resample the slide, or {OVERRIDE_HINT}"
-            )
-        if not (math.isfinite(self.native_mpp) and MIN_LEVEL0_MPP <= self.native_mpp <= MAX_LEVEL0_MPP):
-            raise MissingMppError(
-                f"slide '{self.slide_id}' ({self.path}) reports an implausible level-0 resolution of "
-                f"{self.native_mpp:.4g} µm/px from openslide.mpp-x/y (expected {MIN_LEVEL0_MPP}-{MAX_LEVEL0_MPP} "
-                f"µm/px: likely a wrong TIFF resolution tag or unit); {OVERRIDE_HINT}"
-            )
-        return float(self.native_mpp)
+    def _resolve_mpp(
+        self, props: dict[str, str], mpp: float | None, mpp_source: str, default_mpp: float | None
+    ) -> Level0Mpp:
+        """Level-0 mpp through the chain of :mod:`pathfm.datasets_scripts.mpp`; sets ``mpp``, ``mpp_x``,
+        ``mpp_y``, ``mpp_source`` and ``native_mpp`` (metadata's x, None without a plausible one)."""
+        found = resolve_level0_mpp(props, self.path, self.slide_id, mpp, mpp_source, default_mpp)
+        self.mpp, self.mpp_x, self.mpp_y, self.mpp_source = float(found.x), found.x, found.y, found.source
+        self.native_mpp = found.x if found.source in ("openslide", "vendor", "tiff-resolution") else None
+        return found
 
     @property
     def level_count(self) -> int:
@@ -216,6 +288,11 @@ class SlideReader:
         """Read an RGBA PIL image (straight alpha); (x, y) level-0 px, size in level px."""
         raise NotImplementedError
 
+    def _region(self, x: int, y: int, level: int, width: int, height: int) -> Image.Image:
+        """An RGB region after the colour step (ICC profile applied or ignored: :attr:`colour`)."""
+        img = self._read_rgb(x, y, level, width, height)
+        return img if self.colour is None else self.colour(img)
+
     def _read_rgb(self, x: int, y: int, level: int, width: int, height: int) -> Image.Image:
         # Kept as a PIL image until the end: every numpy round trip of a 1000 px RGBA region costs ms.
         return composite_image(self._read_level(x, y, level, width, height), self.background_color)
@@ -231,7 +308,7 @@ class SlideReader:
         Returns:
             uint8 (height, width, 3).
         """
-        return np.array(self._read_rgb(x, y, level, width, height))
+        return np.array(self._region(x, y, level, width, height))
 
     def read_tile(self, x: int, y: int, tile_size: int, mpp: float) -> np.ndarray:
         """Read a square tile at a target resolution.
@@ -266,18 +343,8 @@ class SlideReader:
         lx, ly = x / ds, y / ds
         nw = n if lx + n <= lw or lx + extent > lw + 0.5 else max(1, math.floor(lw - lx))
         nh = n if ly + n <= lh or ly + extent > lh + 0.5 else max(1, math.floor(lh - ly))
-        img = self._read_rgb(int(x), int(y), level, nw, nh)
-        if nw == nh == tile_size and abs(extent - tile_size) < 1e-6:
-            return np.array(img)
-        # reducing_gap: integer box reduction first, then bilinear with antialiasing support (PIL), ~30 % faster
-        # than plain bilinear for 4x reductions with the same antialiasing.
-        img = img.resize(
-            (tile_size, tile_size),
-            Image.Resampling.BILINEAR,
-            box=(0.0, 0.0, min(extent, nw), min(extent, nh)),
-            reducing_gap=2.0,
-        )
-        return np.array(img)
+        img = self._region(int(x), int(y), level, nw, nh)
+        return resize_region(img, (0.0, 0.0, min(extent, nw), min(extent, nh)), tile_size)
 
     def thumbnail(self, mpp: float) -> np.ndarray:
         """The :attr:`bounds` rectangle rendered at ``mpp`` (coarser than native), antialiased.
@@ -306,7 +373,7 @@ class SlideReader:
             y0, y1 = row * f, (row + rows) * f
             iy0 = math.floor(y0)
             ih = max(1, math.ceil(y1 - 1e-9) - iy0)
-            img = self._read_rgb(bx, round(by + iy0 * ds), level, rw, ih).resize(
+            img = self._region(bx, round(by + iy0 * ds), level, rw, ih).resize(
                 (out_w, rows), Image.Resampling.BILINEAR, box=(0.0, y0 - iy0, ext_w, y1 - iy0)
             )
             out[row : row + rows] = np.asarray(img)
@@ -355,22 +422,33 @@ class OpenSlideReader(SlideReader):
 
     Args:
         path: slide file (any format OpenSlide reads: SVS, generic tiled TIFF, NDPI, MRXS, ...).
-        mpp: explicit level-0 µm/px override (wins over metadata).
+        mpp: level-0 µm/px given for this slide (wins over metadata).
         mpp_tolerance: relative tolerance for level choice / upsampling refusal.
+        mpp_source: what ``mpp`` is, recorded in :attr:`mpp_source` (``manifest``, ``mpp_override``...).
+        default_mpp: level-0 µm/px when neither ``mpp`` nor the metadata give one.
+        icc_profile: ``"ignore"`` or ``"apply"`` the embedded ICC profile (:mod:`.colour`).
 
     Raises:
         SlideError: missing, unreadable or unsupported file (message names the path).
-        MissingMppError: no usable mpp and no override.
+        MissingMppError: no usable mpp (see :mod:`.mpp`); MppError: an implausible given mpp.
     """
 
     def __init__(
-        self, path: str | os.PathLike, mpp: float | None = None, mpp_tolerance: float = DEFAULT_MPP_TOLERANCE
+        self,
+        path: str | os.PathLike,
+        mpp: float | None = None,
+        mpp_tolerance: float = DEFAULT_MPP_TOLERANCE,
+        mpp_source: str = "manifest",
+        default_mpp: float | None = None,
+        icc_profile: str = "ignore",
     ) -> None:
         import openslide
 
         self.path = str(path)
         self.slide_id = Path(self.path).stem
         self.mpp_tolerance = float(mpp_tolerance)
+        if icc_profile not in ICC_OPTIONS:
+            raise ValueError(f"icc_profile must be one of {', '.join(ICC_OPTIONS)}, got {icc_profile!r}")
         if not os.path.isfile(self.path):
             raise SlideError(f"{self.path}: slide file not found")
         try:
@@ -385,33 +463,18 @@ class OpenSlideReader(SlideReader):
             self.dimensions = tuple(self._osr.dimensions)
             self.level_dimensions = tuple(tuple(d) for d in self._osr.level_dimensions)
             self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
-        except openslide.OpenSlideError as err:
+            self.colour = IccTransform(getattr(self._osr, "color_profile", None), icc_profile)
+        except (openslide.OpenSlideError, ValueError) as err:
             self._osr.close()
             raise SlideError(f"{self.path}: cannot read slide metadata ({err})") from err
         self.properties = props
         self.background_color = _parse_hex_color(props.get("openslide.background-color"))
         self.bounds = bounds_from_properties(props, self.dimensions)
-        self.native_mpp = self._metadata_mpp(props)
         try:
-            self.mpp = self._resolve_mpp(mpp)
+            self._resolve_mpp(props, mpp, mpp_source, default_mpp)
         except SlideError:
             self._osr.close()
             raise
-
-    @staticmethod
-    def _metadata_mpp(props: dict[str, str]) -> float | None:
-        try:
-            mx = float(props["openslide.mpp-x"])
-            my = float(props.get("openslide.mpp-y", mx))
-        except (KeyError, ValueError):
-            return None
-        if mx <= 0 or my <= 0:
-            return None
-        if abs(mx - my) > NON_SQUARE_TOLERANCE * max(mx, my):
-            # Tiles must cover the same µm in x and y; averaging would silently stretch them: refused in
-            # _resolve_mpp (NaN marks "present but not square").
-            return math.nan
-        return mx  # x and y agree within 1 % (scanner rounding): x is the reference
 
     def _read_level(self, x: int, y: int, level: int, width: int, height: int) -> Image.Image:
         import openslide
@@ -454,26 +517,77 @@ class OpenSlideReader(SlideReader):
     def close(self) -> None:
         """Release the OpenSlide handle (idempotent)."""
         osr = getattr(self, "_osr", None)
+        self._osr = None
         if osr is not None:
-            osr.close()
-            self._osr = None
+            try:
+                osr.close()
+            except (TypeError, ValueError):
+                # A stream's generator closed by the garbage collector or at interpreter exit may run after
+                # openslide-python finalised the handle ("Passing closed slide object"): already released.
+                pass
+
+
+def add_reading_arguments(parser: Any) -> None:
+    """The ``--mpp_override``, ``--default_mpp`` and ``--icc_profile`` flags of the catalogue and grid-tiling
+    command lines (training has the same names as ``DINODataArguments`` fields)."""
+    parser.add_argument(
+        "--mpp_override", type=float, default=None,
+        help="level-0 µm/px for every slide (wins over a manifest column and the slide metadata)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--default_mpp", type=float, default=None,
+        help="level-0 µm/px for slides whose metadata (OpenSlide, vendor, TIFF resolution tags) has none; "
+        "without it they are 'no mpp'",
+    )  # fmt: skip
+    parser.add_argument(
+        "--icc_profile", choices=ICC_OPTIONS, default="ignore",
+        help="embedded ICC colour profiles: ignore (default: stored RGB values, as eva's tile benchmarks) or "
+        "apply (convert to sRGB)",
+    )  # fmt: skip
+
+
+READERS = ("auto", "openslide", "tiff")
+"""Pixel readers: ``openslide`` (OpenSlide for every read, the reference), ``tiff`` (stored JPEG tiles decoded
+directly, :mod:`pathfm.datasets_scripts.tiff_reader`; a slide it cannot read is an error naming why) and
+``auto`` (``tiff`` for the levels it can read, OpenSlide for the rest and for every other format)."""
 
 
 def open_slide(
-    path: str | os.PathLike, mpp: float | None = None, mpp_tolerance: float = DEFAULT_MPP_TOLERANCE
+    path: str | os.PathLike,
+    mpp: float | None = None,
+    mpp_tolerance: float = DEFAULT_MPP_TOLERANCE,
+    reader: str = "openslide",
+    threads: int = 1,
+    **options: Any,
 ) -> SlideReader:
     """Open a whole-slide image.
 
     Args:
         path: slide file.
-        mpp: explicit level-0 µm/px override (manifest column / argument); None reads ``openslide.mpp-x/y``.
+        mpp: level-0 µm/px given for this slide (manifest column, ``--mpp_override``, argument); None follows
+            the metadata chain of :mod:`pathfm.datasets_scripts.mpp`.
         mpp_tolerance: relative mpp tolerance (level choice; refusing to upsample).
+        reader: one of :data:`READERS`.
+        threads: decoder threads per region of the ``tiff`` / ``auto`` reader.
+        options: further keyword arguments of :class:`OpenSlideReader`: ``mpp_source`` (what ``mpp`` is),
+            ``default_mpp`` (level-0 µm/px for a slide whose metadata has none), ``icc_profile``
+            (``"ignore"``, the default, or ``"apply"`` an embedded ICC profile, :mod:`.colour`).
 
     Returns:
         a :class:`SlideReader` (use as a context manager or call ``close()``).
 
     Raises:
         SlideError: the file is missing, corrupt or not a slide (message names the path).
-        MissingMppError: no mpp in metadata (or an absurd one) and no override.
+        MissingMppError: no mpp anywhere in the chain (or only implausible ones, named) and no default.
+        MppError: a given ``mpp`` / ``default_mpp`` is implausible.
+        ValueError: ``reader`` is not one of :data:`READERS`, or an unknown ``icc_profile``.
     """
-    return OpenSlideReader(path, mpp=mpp, mpp_tolerance=mpp_tolerance)
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {', '.join(READERS)}, got {reader!r}")
+    if reader == "openslide":
+        return OpenSlideReader(path, mpp=mpp, mpp_tolerance=mpp_tolerance, **options)
+    from pathfm.datasets_scripts.tiff_reader import TiffJpegReader
+
+    return TiffJpegReader(
+        path, mpp=mpp, mpp_tolerance=mpp_tolerance, threads=threads, require=reader == "tiff", **options
+    )

@@ -264,6 +264,7 @@ def compute_tissue_mask(
         closing_um,
         opening_um,
         min_object_um2,
+        bool(getattr(reader.colour, "active", False)),  # an applied ICC profile changes the colours
     )
     hit = _CACHE.get(key)
     if hit is not None:

@@ -129,6 +129,27 @@ class DINODataArguments:
         default_factory=lambda: [0.25, 0.5, 1.0, 2.0],
         metadata={"help": "Magnifications (µm/px) sampled at random per tile (kaiko: 0.25, 0.5, 1, 2)."},
     )
+    mpp_override: float | None = field(
+        default=None,
+        metadata={
+            "help": "Level-0 µm/px for every slide: wins over a manifest/catalogue mpp and the slide "
+            "metadata (a scanner that writes a wrong resolution)."
+        },
+    )
+    default_mpp: float | None = field(
+        default=None,
+        metadata={
+            "help": "Level-0 µm/px for slides whose metadata has none (after OpenSlide, vendor properties "
+            "and TIFF resolution tags with their unit); without it such slides are skipped as 'no mpp'."
+        },
+    )
+    icc_profile: str = field(
+        default="ignore",
+        metadata={
+            "help": "Embedded ICC colour profiles: ignore (default: stored RGB values, as the tile "
+            "benchmarks probes use) or apply (convert every region to sRGB with Pillow's ImageCms)."
+        },
+    )
     tile_size: int = field(default=256, metadata={"help": "Tile side in px read from the slide."})
     min_tissue: float = field(default=0.4, metadata={"help": "Minimum tissue fraction of a kept tile."})
     tiles_per_slide: int = field(
@@ -137,6 +158,17 @@ class DINODataArguments:
     )
     num_workers: int = field(
         default=2, metadata={"help": "DataLoader workers per process (read + decode only)."}
+    )
+    reader: str = field(
+        default="auto",
+        metadata={
+            "help": "Pixel reader: auto (stored JPEG tiles of TIFF/SVS pyramids decoded directly, OpenSlide for "
+            "every other format), tiff (the fast reader or an error naming why not) or openslide (reference).",
+            "choices": ["auto", "openslide", "tiff"],
+        },
+    )
+    reader_threads: int = field(
+        default=1, metadata={"help": "Decoder threads per region inside each DataLoader worker."}
     )
     global_crop_size: int = field(default=224, metadata={"help": "Global crop side in px (DINO 224)."})
     local_crop_size: int = field(default=96, metadata={"help": "Local crop side in px (DINO 96)."})
@@ -263,6 +295,14 @@ class DINOTrainingArguments:
     )
     torch_compile_backend: str = field(
         default="inductor", metadata={"help": "torch.compile backend (inductor; aot_eager for debugging)."}
+    )
+    fsdp: str = field(
+        default="",
+        metadata={
+            "help": "Shard student and teacher with FSDP2 through Accelerate (GPU launches): full_shard or "
+            "shard_grad_op (transformers.TrainingArguments names; auto_wrap accepted, always on). Empty: "
+            "DDP. accelerate launch --use_fsdp --fsdp_version 2 means full_shard. See training/sharding.py."
+        },
     )
     optim: str = field(
         default="auto",
@@ -465,6 +505,24 @@ def _check_crops(m: DINOModelArguments, d: DINODataArguments) -> list[str]:
     return problems
 
 
+def _check_fsdp(t: DINOTrainingArguments) -> list[str]:
+    """``--fsdp`` words, and the fast paths that sharding does not support yet."""
+    from pathfm.training.sharding import fsdp_mode
+
+    try:
+        mode = fsdp_mode(t.fsdp)
+    except ValueError as err:
+        return [str(err)]
+    if mode is None:
+        return []
+    problems = []
+    if t.torch_compile:
+        problems.append("--fsdp with --torch_compile true is not supported yet; pass --torch_compile false")
+    if t.mixed_precision == "fp16":
+        problems.append("--fsdp with --mixed_precision fp16 is not supported; use bf16")
+    return problems
+
+
 def _check_dinov2(m: DINOModelArguments, t: DINOTrainingArguments) -> list[str]:
     """The objective and the dinov2-only fields (checked for every run: a preset may set them)."""
     problems = []
@@ -515,10 +573,17 @@ def _validate(m: DINOModelArguments, d: DINODataArguments, t: DINOTrainingArgume
         problems.append("mpps must list at least one magnification")
     elif any(not 0.05 <= mpp <= 20 for mpp in d.mpps):
         problems.append(f"--mpps must be µm/px between 0.05 and 20 (kaiko: 0.25 0.5 1 2), got {d.mpps}")
+    for name in ("mpp_override", "default_mpp"):
+        value = getattr(d, name)
+        if value is not None and not 0.05 <= value <= 10:
+            problems.append(f"--{name} is a level-0 µm/px between 0.05 and 10 (0.25 at 40x), got {value}")
+    if d.icc_profile not in ("ignore", "apply"):
+        problems.append(f"--icc_profile must be ignore or apply, got {d.icc_profile!r}")
     if not 0.0 <= d.min_tissue <= 1.0:
         problems.append(f"--min_tissue is a tissue fraction in [0, 1] (default 0.4), got {d.min_tissue}")
     if t.lr <= 0:
         problems.append(f"--lr must be > 0, got {t.lr}")
+    problems += _check_fsdp(t)
     if t.push_to_hub and not t.hub_model_id:
         problems.append("--push_to_hub needs --hub_model_id")
     if problems:

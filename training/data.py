@@ -32,6 +32,15 @@ class RunData:
     stream: TileBatchStream
 
 
+def slide_options(d_args: DINODataArguments) -> dict:
+    """The reading options of ``--mpp_override``, ``--default_mpp`` and ``--icc_profile``."""
+    return {
+        "mpp_override": d_args.mpp_override,
+        "default_mpp": d_args.default_mpp,
+        "icc_profile": d_args.icc_profile,
+    }
+
+
 def build_data(
     d_args: DINODataArguments, t_args: DINOTrainingArguments, rank: int, world_size: int
 ) -> RunData:
@@ -41,7 +50,8 @@ def build_data(
         ValueError: No slide, none readable, or fewer slides than processes.
     """
     records = resolve_slides(d_args.slides)
-    readable, failed = preflight_slides(records)  # no readable slide -> ValueError before training
+    # no readable slide -> ValueError before training
+    readable, failed = preflight_slides(records, d_args.mpp_override, d_args.default_mpp)
     my_slides = partition_slides(readable, rank, world_size)
     stream = TileBatchStream(
         my_slides,
@@ -52,6 +62,9 @@ def build_data(
         min_tissue=d_args.min_tissue,
         tiles_per_slide=d_args.tiles_per_slide,
         num_workers=d_args.num_workers,
+        **slide_options(d_args),
+        reader=d_args.reader,
+        reader_threads=d_args.reader_threads,
     )
     return RunData(readable, failed, my_slides, stream)
 
@@ -81,6 +94,7 @@ def build_probe(
         tile_size=d_args.tile_size,
         min_tissue=d_args.min_tissue,
         tiles_per_slide=max(1, math.ceil(t_args.probe_size / len(readable))) + 1,
+        **slide_options(d_args),
     )
     probe = probe_pixels(next(probe_stream)["pixel_values"], d_args.global_crop_size).to(device)
     probe_stream.close()

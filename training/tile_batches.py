@@ -12,10 +12,17 @@ process, with a state that a checkpoint can hold.
   no rank reads tiles that another rank keeps.
 - The stream runs in *passes*: pass ``p`` is ``tile_stream(SlideTilesConfig(..., seed=seed_rank, epoch=p))``
   (``tiles_per_slide`` random tiles per slide, re-seeded each pass); when a pass ends the next one starts.
-- State = (pass, batches consumed in the pass, counters). Resuming rebuilds the pass and skips the consumed
-  batches, which re-reads those tiles (cost: at most one pass of this rank's tiles). The DataLoader gets its
-  own ``torch.Generator`` so building an iterator never consumes the global RNG (which drives augmentation and
-  drop path, and is restored by ``Accelerator.load_state``).
+- State = (pass, batches consumed in the pass, counters, skip counters of finished passes). Resuming
+  rebuilds the pass and skips the consumed batches, which re-reads those tiles (cost: at most one pass of this
+  rank's tiles). The DataLoader gets its own ``torch.Generator`` so building an iterator never consumes the
+  global RNG (which drives augmentation and drop path, and is restored by ``Accelerator.load_state``).
+- Why not torchdata's ``StatefulDataLoader`` (or accelerate's ``use_stateful_dataloader``, which needs it): it
+  does work with the stream's ``state_dict`` (tried with torchdata 0.11: 2 workers, a JSON state of ~1.5 KB,
+  the next batches equal) and would resume without re-reading pixels, but ``datasets`` resumes by replaying
+  only the coordinate generator, not the ``.map`` that reads pixels, and the generator drops a slide after
+  ``max_region_failures`` failures counted in that ``.map``. After a failed region a resumed stream would
+  then yield other coordinates than the uninterrupted one (and restart its ``failed_regions`` count). An
+  exact resume comes first; the replay costs at most one pass of this rank's tiles.
 """
 
 from __future__ import annotations
@@ -48,12 +55,18 @@ def resolve_slides(sources: Sequence[str]) -> list[SlideRecord]:
     return resolve_sources(list(sources), sort=True)
 
 
-def preflight_slides(records: Sequence[SlideRecord]) -> tuple[list[SlideRecord], dict[str, str]]:
+def preflight_slides(
+    records: Sequence[SlideRecord],
+    mpp_override: float | None = None,
+    default_mpp: float | None = None,
+) -> tuple[list[SlideRecord], dict[str, str]]:
     """Open every slide once; keep the readable ones. Slides from a catalogue were opened when it was built:
     they are kept without opening them (the stream's workers open them lazily, skipping and counting failures).
 
     Args:
         records: Candidate slides.
+        mpp_override: Level-0 µm/px for every slide (``--mpp_override``).
+        default_mpp: Level-0 µm/px for slides without one (``--default_mpp``).
 
     Returns:
         ``(readable_records, failures)`` where ``failures`` maps a slide path to the error message.
@@ -61,7 +74,7 @@ def preflight_slides(records: Sequence[SlideRecord]) -> tuple[list[SlideRecord],
     Raises:
         ValueError: If no slide is readable (every path and its error are listed).
     """
-    from pathfm.datasets_scripts.slide import open_slide
+    from pathfm.datasets_scripts.slide import MissingMppError, open_slide
 
     ok: list[SlideRecord] = []
     failures: dict[str, str] = {}
@@ -69,16 +82,22 @@ def preflight_slides(records: Sequence[SlideRecord]) -> tuple[list[SlideRecord],
         if rec.extra.get("catalogue"):
             ok.append(rec)
             continue
+        mpp = mpp_override if mpp_override is not None else rec.mpp
         try:
-            with open_slide(rec.path, mpp=rec.mpp) as reader:
+            with open_slide(rec.path, mpp=mpp, default_mpp=default_mpp) as reader:
                 _ = reader.dimensions
             ok.append(rec)
+        except MissingMppError as err:  # readable, but no magnification: "no mpp", not "unreadable"
+            failures[rec.path] = f"no mpp: {err}"
+            logger.warning("skipping slide without mpp %s: %s", rec.path, err)
         except Exception as err:  # noqa: BLE001 - any failure means "skip this slide", reported below
             failures[rec.path] = f"{type(err).__name__}: {err}"
             logger.warning("skipping unreadable slide %s: %s", rec.path, err)
     if not ok:
         listing = "; ".join(f"{p}: {m}" for p, m in failures.items())
-        raise ValueError(f"none of the {len(records)} slides is readable, nothing to train on: {listing}")
+        raise ValueError(
+            f"none of the {len(records)} slides is readable with an mpp, nothing to train on: {listing}"
+        )
     return ok, failures
 
 
@@ -119,6 +138,11 @@ class TileBatchStream:
         min_tissue: Minimum tissue fraction.
         tiles_per_slide: Tiles per slide per pass.
         num_workers: DataLoader workers (read + decode only).
+        mpp_override: Level-0 µm/px for every slide.
+        default_mpp: Level-0 µm/px for slides whose metadata has none.
+        icc_profile: ``"ignore"`` or ``"apply"`` embedded ICC profiles.
+        reader, reader_threads: pixel reader and its decoder threads (``SlideTilesConfig.reader`` /
+            ``reader_threads``).
     """
 
     def __init__(
@@ -131,8 +155,16 @@ class TileBatchStream:
         min_tissue: float,
         tiles_per_slide: int,
         num_workers: int = 0,
+        mpp_override: float | None = None,
+        default_mpp: float | None = None,
+        icc_profile: str = "ignore",
+        reader: str = "auto",
+        reader_threads: int = 1,
     ) -> None:
         self.records = list(records)
+        self.mpp_override, self.default_mpp, self.icc_profile = mpp_override, default_mpp, icc_profile
+        self.reader = reader
+        self.reader_threads = reader_threads
         self.batch_size = batch_size
         self.seed = seed
         self.mpps = [float(m) for m in mpps]
@@ -163,6 +195,11 @@ class TileBatchStream:
             tiles_per_slide=self.tiles_per_slide,
             seed=self.seed,
             epoch=pass_index,
+            mpp_override=self.mpp_override,
+            default_mpp=self.default_mpp,
+            icc_profile=self.icc_profile,
+            reader=self.reader,
+            reader_threads=self.reader_threads,
         )
         # This rank's slides are already partitioned: no second split by node.
         self._ds = tile_stream(config, rank=0, world_size=1, num_workers=self.num_workers)
@@ -255,10 +292,15 @@ class TileBatchStream:
             "seed": self.seed,
             "slides": [r.slide_id for r in self.records],
             "skip_stats": self.stats(),
+            # finished passes only: resuming replays the current pass, which counts its own skips again
+            "skip_stats_done": dict(self._stats_done),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a position saved by ``state_dict``; the next batch is the one after it.
+
+        The skip counters of finished passes are restored; those of the current pass are counted again as it
+        is replayed up to the saved position, so :meth:`stats` continues where the saved run was.
 
         Raises:
             ValueError: If the saved stream belongs to other slides or another seed.
@@ -275,4 +317,6 @@ class TileBatchStream:
         self.tiles_seen = int(state["tiles_seen"])
         self.slide_counts = Counter(state.get("slide_counts", {}))
         self.mpp_counts = Counter(state.get("mpp_counts", {}))
+        self._stats_done = Counter(state.get("skip_stats_done", {}))
+        self._ds = None
         self._iterator = None

@@ -27,6 +27,11 @@ def write_slide(
     level_sizes: list[tuple[int, int]] | None = None,
     mpp: float | None = 0.5,
     tile: int = 64,
+    unit: str = "CENTIMETER",
+    description: str | None = None,
+    icc: bytes | None = None,
+    compression: str = "zlib",
+    jpeg_rgb: bool = False,
 ) -> Path:
     """Write a pyramid: level 0 = ``level0`` (h, w, 3|4 uint8), further levels resized to ``level_sizes`` (w, h).
 
@@ -36,7 +41,14 @@ def write_slide(
         level_sizes: sizes of levels 1.. as (width, height); any sizes (non-integer downsamples allowed).
         mpp: level-0 µm/px written as resolution tags (None: no usable resolution).
         tile: TIFF tile side (multiple of 16).
+        unit: TIFF ResolutionUnit of the tags: INCH, CENTIMETER, MILLIMETER, MICROMETER or NONE (the value is
+            then written as px per centimetre).
+        description: ImageDescription of level 0 (e.g. an Aperio-style ``MPP = ...`` of a converted file).
+        icc: ICC profile bytes written as the InterColorProfile tag (34675) of every level.
+        compression: "zlib" or "jpeg" (quality 90; tifffile stores JPEG as YCbCr 4:2:0 with a JFIF marker).
+        jpeg_rgb: with "jpeg", store untransformed RGB without a JFIF marker, as Aperio SVS files do.
     """
+    um_per_unit = {"INCH": 25_400.0, "CENTIMETER": 1e4, "MILLIMETER": 1e3, "MICROMETER": 1.0, "NONE": 1e4}
     levels = [level0] + [downscale(level0, s) for s in (level_sizes or [])]
     _h0, w0 = level0.shape[:2]
     with tifffile.TiffWriter(path) as tw:
@@ -44,15 +56,21 @@ def write_slide(
             kw: dict = {}
             if mpp is not None:
                 ds = w0 / arr.shape[1]
-                res = 1e4 / (mpp * ds)  # px per cm
-                kw = {"resolution": (res, res), "resolutionunit": "CENTIMETER"}
+                res = um_per_unit[unit] / (mpp * ds)  # px per unit
+                kw = {"resolution": (res, res), "resolutionunit": unit}
             if arr.shape[2] == 4:
                 kw["extrasamples"] = [2]  # unassociated alpha
+            if description is not None and i == 0:
+                kw["description"] = description
+            if icc is not None:
+                kw["extratags"] = [(34675, 7, len(icc), icc, True)]  # InterColorProfile, UNDEFINED bytes
+            if compression == "jpeg":
+                kw["compressionargs"] = {"level": 90, **({"outcolorspace": "RGB"} if jpeg_rgb else {})}
             tw.write(
                 arr,
                 tile=(tile, tile),
                 photometric="rgb",
-                compression="zlib",
+                compression=compression,
                 subfiletype=0 if i == 0 else 1,
                 metadata=None,
                 **kw,
@@ -96,3 +114,51 @@ def gradient_image(width: int, height: int) -> np.ndarray:
     img[..., 1] = np.clip(np.rint(ys[:, None] / 8.0), 0, 255)
     img[..., 2] = 128
     return img
+
+
+def _s15f16(v: float) -> bytes:
+    return int(round(v * 65536)).to_bytes(4, "big", signed=True)
+
+
+def _xyz_tag(x: float, y: float, z: float) -> bytes:
+    return b"XYZ " + bytes(4) + _s15f16(x) + _s15f16(y) + _s15f16(z)
+
+
+def linear_rgb_icc(description: str = "pathfm test linear RGB") -> bytes:
+    """A small ICC v2 matrix/TRC RGB profile: Adobe RGB (1998) primaries adapted to D50 (the colorants of
+    Adobe's published profile) with *linear* tone curves (gamma 1.0), so applying it to sRGB changes colours a
+    lot: a stored grey 128 is linear 0.502, i.e. sRGB 1.055 * 0.502 ** (1 / 2.4) - 0.055 = 0.7354 -> 187.5."""
+    desc = description.encode("ascii") + b"\0"
+    tags = {
+        # textDescription: ASCII count + text, then empty Unicode (8 bytes) and ScriptCode (70 bytes) parts
+        b"desc": b"desc" + bytes(4) + len(desc).to_bytes(4, "big") + desc + bytes(8) + bytes(70),
+        b"wtpt": _xyz_tag(0.9642, 1.0, 0.8249),
+        b"rXYZ": _xyz_tag(0.6097, 0.3111, 0.0195),
+        b"gXYZ": _xyz_tag(0.2053, 0.6257, 0.0609),
+        b"bXYZ": _xyz_tag(0.1492, 0.0632, 0.7446),
+        b"rTRC": b"curv" + bytes(4) + (1).to_bytes(4, "big") + (256).to_bytes(2, "big") + bytes(2),
+    }
+    tags[b"gTRC"] = tags[b"bTRC"] = tags[b"rTRC"]
+    table, data = b"", b""
+    offset = 128 + 4 + 12 * len(tags)
+    for sig, body in tags.items():
+        body += bytes(-len(body) % 4)  # tag data starts on 4-byte boundaries
+        table += sig + (offset + len(data)).to_bytes(4, "big") + len(body).to_bytes(4, "big")
+        data += body
+    size = offset + len(data)
+    header = (
+        size.to_bytes(4, "big") + bytes(4) + bytes([2, 0x10, 0, 0]) + b"mntr" + b"RGB " + b"XYZ " + bytes(12)
+        + b"acsp" + bytes(4) + bytes(4) + bytes(4) + bytes(4) + bytes(8) + bytes(4)
+        + _s15f16(0.9642) + _s15f16(1.0) + _s15f16(0.8249) + bytes(4) + bytes(16) + bytes(28)
+    )  # fmt: skip
+    assert len(header) == 128
+    return header + len(tags).to_bytes(4, "big") + table + data
+
+
+def corrupt_tile_copy(src: Path, dst: Path) -> Path:
+    """Copy a slide and overwrite the middle of its file (level-0 tile data) with garbage."""
+    data = bytearray(Path(src).read_bytes())
+    mid = len(data) // 3
+    data[mid : mid + 2000] = bytes(range(256)) * 7 + bytes(208)
+    Path(dst).write_bytes(bytes(data))
+    return dst

@@ -133,7 +133,7 @@ def _open_readers() -> int:
 
     from pathfm.datasets_scripts.slide import OpenSlideReader
 
-    return sum(1 for o in gc.get_objects() if type(o) is OpenSlideReader and o._osr is not None)
+    return sum(1 for o in gc.get_objects() if isinstance(o, OpenSlideReader) and o._osr is not None)
 
 
 def test_slides_opened_lazily_and_bounded(eight_slides):

@@ -13,7 +13,13 @@ from pathfm.datasets_scripts.samplers import GridTileSampler, RandomTileSampler
 from pathfm.datasets_scripts.slide import MissingMppError, SlideError, composite_on_background, open_slide
 from pathfm.datasets_scripts.tissue import compute_tissue_mask
 
-from tests.datasets_scripts.synthetic import blank, gradient_image, tissue_rect_slide, write_slide
+from tests.datasets_scripts.synthetic import (
+    blank,
+    corrupt_tile_copy,
+    gradient_image,
+    tissue_rect_slide,
+    write_slide,
+)
 
 
 def expected_gradient_tile(x: float, y: float, extent: float, size: int) -> np.ndarray:
@@ -165,15 +171,6 @@ def test_missing_mpp_refused_and_override(tmp_path):
         open_slide(path, mpp=50.0)
 
 
-def _corrupt_tile_copy(src, dst):
-    """Copy a slide and overwrite the middle of its file (level-0 tile data) with garbage."""
-    data = bytearray(Path(src).read_bytes())
-    mid = len(data) // 3
-    data[mid : mid + 2000] = bytes(range(256)) * 7 + bytes(208)
-    Path(dst).write_bytes(bytes(data))
-    return dst
-
-
 def test_corrupt_and_truncated_slides_skipped_and_counted(tmp_path, eight_slides):
     good = [shutil.copy(p, tmp_path / f"good{i}.tiff") for i, p in enumerate(eight_slides[:2])]
     truncated = tmp_path / "truncated.tiff"
@@ -201,7 +198,7 @@ def test_corrupt_and_truncated_slides_skipped_and_counted(tmp_path, eight_slides
 
 
 def test_corrupt_tile_data_mid_stream(tmp_path, eight_slides):
-    bad = _corrupt_tile_copy(eight_slides[0], tmp_path / "badtiles.tiff")
+    bad = corrupt_tile_copy(eight_slides[0], tmp_path / "badtiles.tiff")
     good = shutil.copy(eight_slides[1], tmp_path / "fine.tiff")
     cfg = SlideTilesConfig(slides=[str(bad), str(good)], sampler="grid", grid_mpp=0.5, tile_size=128)
     ds = tile_stream(cfg)

@@ -64,10 +64,11 @@ CASES = {
     "mpp zero": (["--mpps", "0", "1"], "--mpps must be µm/px between 0.05 and 20", "[0.0, 1.0]"),
     "tissue fraction": (["--min_tissue", "1.5"], "--min_tissue is a tissue fraction in [0, 1]", "1.5"),
     "negative lr": (["--learning_rate", "-1"], "--lr must be > 0", "-1"),
+    "mpp override": (["--mpp_override", "30"], "--mpp_override is a level-0 µm/px between 0.05 and 10", "30"),
 }
 PARSE_ONLY = {
     "unknown preset", "unknown backbone", "unknown flag", "crop size", "preset not yaml", "mpp zero",
-    "tissue fraction", "negative lr",
+    "tissue fraction", "negative lr", "mpp override",
 }
 
 
