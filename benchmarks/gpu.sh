@@ -40,4 +40,5 @@ if ! "$PY" -P -c "import pathfm.training.dino" 2>/dev/null; then
   fi
 fi
 export PYTHONUNBUFFERED=1
-exec "$PY" benchmarks/gpu.py "$@"
+# PATHFM_GPU_SCRIPT runs another prepared check after the same install (benchmarks/fsdp_gpu.py)
+exec "$PY" "${PATHFM_GPU_SCRIPT:-benchmarks/gpu.py}" "$@"

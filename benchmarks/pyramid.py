@@ -25,7 +25,7 @@ PERIOD = (2304, 1280)  # (h, w) level-0 px of the repeated strip: whole stored t
 
 
 def _level_tiles(block, width: int, height: int):
-    """Pre-compressed tiles (row-major) of a level holding ``block`` repeated over ``width`` x ``height`` px."""
+    """Pre-compressed tiles (row-major) of a level: ``block`` repeated over ``width`` x ``height`` px."""
     import imagecodecs
     import numpy as np
 

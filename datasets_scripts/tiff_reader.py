@@ -1,17 +1,18 @@
 """Fast reader for JPEG-tiled TIFF / SVS pyramids: decode only the stored tiles a region touches.
 
-OpenSlide composites every pixel through cairo and interpolates whenever ``x / downsample`` is fractional, which
-on real Aperio downsamples (4.0001, 16.0016, ...) is every read from levels 1 and up (openslide#440, #552,
-#719). :class:`TiffJpegReader` keeps OpenSlide for everything but pixels (metadata, mpp, bounds, background,
-level downsamples: one source of truth) and reads pixels itself:
+OpenSlide composites every pixel through cairo and interpolates whenever ``x / downsample`` is fractional,
+which on real Aperio downsamples (4.0001, 16.0016, ...) is every read from levels 1 and up (openslide#440,
+#552, #719). :class:`TiffJpegReader` keeps OpenSlide for everything but pixels (metadata, mpp, bounds,
+background, level downsamples: one source of truth) and reads pixels itself:
 
 * the stored tiles of a level page are located from the TIFF's TileOffsets / TileByteCounts (read once with
   tifffile at open) and read with ``os.pread`` (thread-safe, no shared file position);
 * each tile is decoded by imagecodecs' libjpeg-turbo with the page's JPEGTables (abbreviated JPEG streams, as
   Aperio writes them) and the colour space the TIFF declares: Photometric RGB without a JFIF marker is decoded
   as RGB (Aperio stores untransformed RGB), YCbCr is converted to RGB (libjpeg's default);
-* decoded tiles live in one LRU cache per process (``PATHFM_TILE_CACHE_MB``, default 256 MiB), shared by all
-  slides a worker reads, so grid tiling reads each stored tile once and cuts many tiles from it;
+* decoded tiles (RGBX, 4 bytes per px: whole-row copies into the window PIL maps) live in one LRU cache per
+  process (``PATHFM_TILE_CACHE_MB``, default 256 MiB: ~1,000 tiles of 256 px), shared by all slides a worker
+  reads, so grid tiling reads each stored tile once and cuts many tiles from it;
 * a region's tiles can be decoded by a thread pool (``threads`` > 1): imagecodecs releases the GIL;
 * pixels outside a level (partial edge tiles, reads past the slide edge) are the slide's background colour,
   and missing tiles (byte count 0) are background, as OpenSlide composites transparent pixels.
@@ -19,8 +20,8 @@ level downsamples: one source of truth) and reads pixels itself:
 Resampling uses :func:`pathfm.datasets_scripts.slide.resize_region` (the same policy as OpenSlide's path): no
 resize when the region already is the tile size within 0.01 px, an exact 2x box reduction when it is twice
 the tile size, else PIL bilinear with antialiasing. The only difference from OpenSlide is where the sub-pixel
-offset ``x / downsample - floor(x / downsample)`` goes: OpenSlide interpolates it (cairo), this reader folds it
-into the one resize (or rounds it to the nearest pixel when no resize is needed). Level-0 reads at integer
+offset ``x / downsample - floor(x / downsample)`` goes: OpenSlide interpolates it (cairo), this reader folds
+it into the one resize (or rounds it to the nearest pixel when no resize is needed). Level-0 reads at integer
 coordinates are bit-identical to OpenSlide's; see ``tests/datasets_scripts/test_ds_tiff_reader.py`` for the
 tolerances elsewhere.
 
@@ -56,9 +57,9 @@ __all__ = ["TiffJpegReader", "TileCache", "fast_support", "tile_cache"]
 JPEG = 7
 PHOTOMETRIC_RGB, PHOTOMETRIC_YCBCR = 2, 6
 FAST_VENDORS = ("aperio", "generic-tiff")
-"""OpenSlide vendors whose levels are plain TIFF pages of abutting tiles. Others built on TIFF (Ventana/Trestle:
-overlapping tiles, Philips: sparse tiles, Leica: several images, Hamamatsu NDPI: restart-marker strips) keep
-OpenSlide's vendor backend."""
+"""OpenSlide vendors whose levels are plain TIFF pages of abutting tiles. Others built on TIFF
+(Ventana/Trestle: overlapping tiles, Philips: sparse tiles, Leica: several images, Hamamatsu NDPI:
+restart-marker strips) keep OpenSlide's vendor backend."""
 TILE_CACHE_MB = int(os.environ.get("PATHFM_TILE_CACHE_MB", "256"))
 """Decoded-tile cache of one process (MiB), shared by every slide it reads with :class:`TiffJpegReader`."""
 SPARE_MIN_TILES = 64
@@ -120,7 +121,7 @@ def read_levels(path: str, level_dimensions) -> tuple[list[TiffLevel | None], li
         level_dimensions: OpenSlide's per-level (width, height).
 
     Returns:
-        (per-level TiffLevel or None, per-level reason when None). A file tifffile cannot parse gives all None.
+        (per-level TiffLevel or None, per-level reason when None); all None for a file tifffile cannot parse.
     """
     import tifffile
 
@@ -274,7 +275,7 @@ _SCRATCH = threading.local()
 
 
 def _scratch(height: int, width: int) -> np.ndarray:
-    """A C-contiguous uint8 (height, width, 4) view of this thread's reused buffer (no page faults per tile)."""
+    """C-contiguous uint8 (height, width, 4) view of this thread's reused buffer (no page faults per tile)."""
     need = height * width * 4
     buf = getattr(_SCRATCH, "buf", None)
     if buf is None or buf.size < need:
@@ -440,8 +441,8 @@ class TiffJpegReader(OpenSlideReader):
 
     # ------------------------------------------------------------------ reading
     def _read_rgb(self, x: int, y: int, level: int, width: int, height: int) -> Image.Image:
-        """Region at integer level-0 (x, y): stored tiles when ``x / ds`` lands on a level pixel, else OpenSlide
-        (its sub-pixel interpolation is the reference there; thumbnails and masks go through here)."""
+        """Region at integer level-0 (x, y): stored tiles when ``x / ds`` lands on a level pixel, else
+        OpenSlide (its sub-pixel interpolation is the reference there); thumbnails and masks come here."""
         lv = self.fast_levels[level]
         ds = float(self.level_downsamples[level])
         lx, ly = x / ds, y / ds
@@ -450,7 +451,7 @@ class TiffJpegReader(OpenSlideReader):
         return self.window_image(level, round(lx), round(ly), width, height)
 
     def read_tile(self, x: int, y: int, tile_size: int, mpp: float) -> np.ndarray:
-        """As :meth:`SlideReader.read_tile` (same arguments, uint8 (tile_size, tile_size, 3)), from stored tiles.
+        """:meth:`SlideReader.read_tile` (same arguments, uint8 (tile_size, tile_size, 3)) from stored tiles.
 
         The window starts at the level pixel ``floor(x / ds)`` and the fractional remainder becomes the resize
         box's offset, so one resampling does both the sub-pixel shift and the reduction. A tile that needs no

@@ -11,6 +11,17 @@ Layout of ``<output_dir>/checkpoints/checkpoint-<step>/`` (``Accelerator.save_st
 - ``pathfm_checkpoint.json``: backbone config, card facts and the teacher's file + key prefix, so that
   ``training/export.py --checkpoint`` never guesses which file holds the teacher;
 - ``train_complete.json``: written last; folders without it are ignored by ``latest``.
+
+Sharded runs (FSDP2, ``training/sharding.py``) keep no full copy of any network, so the networks go to
+``torch.distributed.checkpoint`` (DCP) folders, each rank writing its own shards, and ``save_state`` holds
+only the RNG states and :data:`REGISTERED_SHARDED` (``custom_checkpoint_0.pkl`` loss, ``_1`` state):
+
+- ``sharded_student/``: ``{"model": student, "optimizer": AdamW state}`` (``get_state_dict``);
+- ``sharded_teacher/``: the teacher's ``backbone.*`` / ``head.*`` keys (``pathfm_checkpoint.json`` names it;
+  ``export.py --checkpoint`` reads it on one process).
+
+A sharded checkpoint is resumed by a sharded run; DCP reshards on load, so the number of processes may change
+only together with the data-stream files (one per rank), which it may not.
 """
 
 from __future__ import annotations
@@ -21,14 +32,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
 from accelerate import Accelerator
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+from torch.optim import Optimizer
+
+from pathfm.training.sharding import is_sharded
 
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint-"
 COMPLETE_MARKER = "train_complete.json"
 # objects passed to ``register_for_checkpointing``, in this order; accelerate names their files by position
 REGISTERED = ("teacher", "loss", "state")
+REGISTERED_SHARDED = ("loss", "state")  # sharded runs: the teacher goes to SHARDED_TEACHER
 TEACHER_PREFIX = "backbone."  # the teacher's file holds the MultiCropWrapper: backbone.* and head.* keys
+SHARDED_STUDENT = "sharded_student"
+SHARDED_TEACHER = "sharded_teacher"
 
 
 class TrainState:
@@ -59,12 +85,54 @@ def register(accelerator: Accelerator, **objects: Any) -> None:
     """
     if set(objects) != set(REGISTERED):
         raise ValueError(f"checkpointing.register: expected objects {REGISTERED}, got {sorted(objects)}")
-    accelerator.register_for_checkpointing(*(objects[name] for name in REGISTERED))
+    names = REGISTERED_SHARDED if is_sharded(objects["teacher"]) else REGISTERED
+    accelerator.register_for_checkpointing(*(objects[name] for name in names))
 
 
-def teacher_file() -> str:
-    """Name of the file ``save_state`` writes the registered teacher to."""
-    return f"custom_checkpoint_{REGISTERED.index('teacher')}.pkl"
+def teacher_file(sharded: bool = False) -> str:
+    """Name of the file (sharded: DCP folder) that holds the teacher in a checkpoint."""
+    return SHARDED_TEACHER if sharded else f"custom_checkpoint_{REGISTERED.index('teacher')}.pkl"
+
+
+def save_sharded(ckpt: Path, student: nn.Module, teacher: nn.Module, optimizer: Optimizer) -> None:
+    """Write the student + optimizer and the teacher as DCP folders, each rank its shards. Collective."""
+    model_state, optim_state = get_state_dict(student, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(ckpt / SHARDED_STUDENT))
+    dcp.save(get_model_state_dict(teacher), checkpoint_id=str(ckpt / SHARDED_TEACHER))
+
+
+def load_sharded(ckpt: Path, student: nn.Module, teacher: nn.Module, optimizer: Optimizer) -> None:
+    """Read :func:`save_sharded` folders into the sharded networks and optimizer (in place). Collective.
+
+    Raises:
+        FileNotFoundError: The checkpoint was written by a run without ``--fsdp``.
+    """
+    if not (ckpt / SHARDED_STUDENT).is_dir():
+        raise FileNotFoundError(
+            f"{ckpt}: no {SHARDED_STUDENT}/ folder: the checkpoint was written without --fsdp; resume it "
+            "without --fsdp"
+        )
+    model_state, optim_state = get_state_dict(student, optimizer)  # fills every parameter's AdamW state
+    # parameters without AdamW state when saved (the head's last layer during its freeze: grad None, so
+    # never stepped) must stay without it, as in the run that was not interrupted (AdamW's step count)
+    saved = dcp.FileSystemReader(str(ckpt / SHARDED_STUDENT)).read_metadata().state_dict_metadata
+    optim_state["state"] = {
+        fqn: value for fqn, value in optim_state["state"].items() if f"optimizer.state.{fqn}.step" in saved
+    }
+    state = {"model": model_state, "optimizer": optim_state}
+    dcp.load(state, checkpoint_id=str(ckpt / SHARDED_STUDENT))
+    # strict=False lets those parameters stay without state; dcp.load above already failed on any missing
+    # weight, so the model is complete
+    set_state_dict(
+        student,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
+        options=StateDictOptions(strict=False),
+    )
+    teacher_state = get_model_state_dict(teacher)
+    dcp.load(teacher_state, checkpoint_id=str(ckpt / SHARDED_TEACHER))
+    set_model_state_dict(teacher, teacher_state)
 
 
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
@@ -139,17 +207,22 @@ def save_checkpoint(
     teacher_config: dict[str, Any] | None = None,
     card_info: dict[str, Any] | None = None,
     rank_objects: dict[str, Any] | None = None,
+    networks: tuple[nn.Module, nn.Module, Optimizer] | None = None,
 ) -> Path:
     """``save_state`` to ``<output_dir>/checkpoints/checkpoint-<step>`` plus each rank's data-stream state.
 
     With ``teacher_config``, ``export.save_export_metadata`` also writes ``pathfm_checkpoint.json`` naming
     :func:`teacher_file` so that ``python training/export.py --checkpoint DIR`` can export any checkpoint.
+    ``networks`` (student, teacher, optimizer): when sharded, they are written by :func:`save_sharded`.
 
     Returns:
         The checkpoint folder.
     """
     ckpt = output_dir / CHECKPOINTS_DIR / f"{CHECKPOINT_PREFIX}{state.step}"
+    sharded = networks is not None and is_sharded(networks[1])
     accelerator.save_state(str(ckpt))  # models, optimizer, RNG of every process, registered objects
+    if sharded:
+        save_sharded(ckpt, *networks)
     (ckpt / f"data_state_rank{accelerator.process_index}.json").write_text(json.dumps(stream.state_dict()))
     for name, obj in (rank_objects or {}).items():
         (ckpt / f"{name}_state_rank{accelerator.process_index}.json").write_text(json.dumps(obj.state_dict()))
@@ -159,7 +232,11 @@ def save_checkpoint(
             from pathfm.training.export import save_export_metadata
 
             save_export_metadata(
-                ckpt, teacher_config, card_info, teacher_file=teacher_file(), teacher_prefix=TEACHER_PREFIX
+                ckpt,
+                teacher_config,
+                card_info,
+                teacher_file=teacher_file(sharded),
+                teacher_prefix=TEACHER_PREFIX,
             )
         (ckpt / COMPLETE_MARKER).write_text(json.dumps(state.state_dict()))
         if save_total_limit > 0:
@@ -175,14 +252,21 @@ def load_checkpoint(
     output_dir: Path,
     stream: Any,
     rank_objects: dict[str, Any] | None = None,
+    networks: tuple[nn.Module, nn.Module, Optimizer] | None = None,
 ) -> Path:
-    """Restore a checkpoint (``latest`` or a folder): registered objects, RNG, this rank's stream and
-    ``rank_objects`` (same names as given to :func:`save_checkpoint`).
+    """Restore a checkpoint (``latest`` or a folder): registered objects, RNG, this rank's stream,
+    ``rank_objects`` (same names as given to :func:`save_checkpoint`) and sharded ``networks`` (student,
+    teacher, optimizer) from :func:`save_sharded`'s folders.
 
     Raises:
-        FileNotFoundError: No such checkpoint, or it was written with another number of processes.
+        FileNotFoundError: No such checkpoint, it was written with another number of processes, or with
+            another sharding.
     """
     ckpt = resolve_checkpoint(spec, output_dir)
+    if networks is not None and is_sharded(networks[1]):
+        load_sharded(ckpt, *networks)
+    elif (ckpt / SHARDED_STUDENT).is_dir():
+        raise FileNotFoundError(f"{ckpt}: a sharded checkpoint (written with --fsdp); resume it with --fsdp")
     accelerator.load_state(str(ckpt))
     data_state_file = ckpt / f"data_state_rank{accelerator.process_index}.json"
     if not data_state_file.exists():

@@ -296,6 +296,14 @@ class DINOTrainingArguments:
     torch_compile_backend: str = field(
         default="inductor", metadata={"help": "torch.compile backend (inductor; aot_eager for debugging)."}
     )
+    fsdp: str = field(
+        default="",
+        metadata={
+            "help": "Shard student and teacher with FSDP2 through Accelerate (GPU launches): full_shard or "
+            "shard_grad_op (transformers.TrainingArguments names; auto_wrap accepted, always on). Empty: "
+            "DDP. accelerate launch --use_fsdp --fsdp_version 2 means full_shard. See training/sharding.py."
+        },
+    )
     optim: str = field(
         default="auto",
         metadata={"help": "adamw_torch_fused, adamw_torch, or auto (fused with CUDA, plain on CPU)."},
@@ -497,6 +505,24 @@ def _check_crops(m: DINOModelArguments, d: DINODataArguments) -> list[str]:
     return problems
 
 
+def _check_fsdp(t: DINOTrainingArguments) -> list[str]:
+    """``--fsdp`` words, and the fast paths that sharding does not support yet."""
+    from pathfm.training.sharding import fsdp_mode
+
+    try:
+        mode = fsdp_mode(t.fsdp)
+    except ValueError as err:
+        return [str(err)]
+    if mode is None:
+        return []
+    problems = []
+    if t.torch_compile:
+        problems.append("--fsdp with --torch_compile true is not supported yet; pass --torch_compile false")
+    if t.mixed_precision == "fp16":
+        problems.append("--fsdp with --mixed_precision fp16 is not supported; use bf16")
+    return problems
+
+
 def _check_dinov2(m: DINOModelArguments, t: DINOTrainingArguments) -> list[str]:
     """The objective and the dinov2-only fields (checked for every run: a preset may set them)."""
     problems = []
@@ -557,6 +583,7 @@ def _validate(m: DINOModelArguments, d: DINODataArguments, t: DINOTrainingArgume
         problems.append(f"--min_tissue is a tissue fraction in [0, 1] (default 0.4), got {d.min_tissue}")
     if t.lr <= 0:
         problems.append(f"--lr must be > 0, got {t.lr}")
+    problems += _check_fsdp(t)
     if t.push_to_hub and not t.hub_model_id:
         problems.append("--push_to_hub needs --hub_model_id")
     if problems:

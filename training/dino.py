@@ -10,15 +10,17 @@ Usage::
         --num_processes 16 training/dino.py vitb8_kaiko ...      # several machines: standard accelerate flags
     accelerate launch training/dino.py --resume_from_checkpoint latest
     accelerate launch training/dino.py vitl14_reg4_dinov2 --slides /data/tcga   # DINOv2 (--objective dinov2)
+    accelerate launch --use_fsdp --fsdp_version 2 --num_processes 8 training/dino.py vitl14_reg4_dinov2 \\
+        --slides /data/tcga                # FSDP2: student + teacher sharded (or: --fsdp full_shard)
 
 ``train`` follows facebookresearch/dino ``main_dino.py`` (``train_dino`` / ``train_one_epoch``, Caron et al.
 2021) section by section: data, networks, loss, optimizer, schedules, resume, loop, export. Each section is
 one module of ``training/``: ``launch`` (Accelerator), ``data`` + ``tile_batches`` (slides -> tile
 batches), ``augmentations`` (multi-crop), ``objectives/`` (what ``--objective dino|dinov2`` changes: networks,
-loss, optimizer, step), ``networks`` + ``heads`` (student/teacher), ``losses/``, ``optim`` / ``param_groups``,
-``schedules``, ``checkpointing`` (save/resume layout), ``step`` / ``step_dinov2`` (one optimizer step;
-teacher EMA in ``teacher``), ``loop`` (steps, logging, checkpoints), ``run_card`` + ``export`` (the exported
-teacher).
+loss, optimizer, step), ``networks`` + ``heads`` (student/teacher), ``sharding`` (FSDP2, ``--fsdp``),
+``losses/``, ``optim`` / ``param_groups``, ``schedules``, ``checkpointing`` (save/resume layout), ``step`` /
+``step_dinov2`` (one optimizer step; teacher EMA in ``teacher``), ``loop`` (steps, logging, checkpoints),
+``run_card`` + ``export`` (the exported teacher).
 
 Differences, each on purpose: (1) tiles are streamed from slides (online patching, kaiko arXiv 2404.15217)
 and an *epoch* is ``steps_per_epoch`` optimizer steps; (2) multi-crop augmentation runs batched on the
@@ -37,6 +39,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 
@@ -57,7 +60,7 @@ from pathfm.training.config import (
     save_config,
 )
 from pathfm.training.data import build_data, build_probe
-from pathfm.training.fast_paths import compile_dino_modules, resolve_fast_paths
+from pathfm.training.fast_paths import FastPaths, compile_dino_modules, resolve_fast_paths
 from pathfm.training.interrupt import TrainingInterrupted
 from pathfm.training.launch import WorldSizeMismatchError, make_accelerator, trackers, use_cuda
 from pathfm.training.loop import Loop, run_loop
@@ -66,6 +69,13 @@ from pathfm.training.networks import param_digest
 from pathfm.training.objectives import build_objective
 from pathfm.training.run_card import RunCard
 from pathfm.training.schedules import build_schedules
+from pathfm.training.sharding import (
+    fsdp_mode,
+    full_state_digest,
+    gather_backbone,
+    is_sharded,
+    shard_student_teacher,
+)
 from pathfm.training.step import NonFiniteLossError
 
 __all__ = ["NonFiniteLossError", "WorldSizeMismatchError", "checkpoint_dirs", "cli", "main", "train"]
@@ -125,8 +135,11 @@ def train(
     teacher.to(device)
     loss = objective.build_loss(augment.ncrops)
     loss.to(device)
+    sharded = fsdp_mode(t_args.fsdp) is not None
+    compile_ = False if sharded else t_args.torch_compile  # compile + FSDP2 not wired yet (config refuses it)
+    optim = "adamw_torch" if sharded and t_args.optim == "auto" else t_args.optim  # foreach AdamW on shards
     fast = resolve_fast_paths(
-        use_cuda(), t_args.torch_compile, t_args.optim, t_args.sync_free_step, t_args.torch_compile_backend
+        use_cuda(), compile_, optim, t_args.sync_free_step, t_args.torch_compile_backend
     )
     flops_per_image, peak_flops = measure_mfu_terms(student, teacher, d_args, device)
     logger.info(
@@ -136,13 +149,7 @@ def train(
         flops_per_image / 1e9,
         peak_flops / 1e12,
     )
-    optimizer = objective.build_optimizer(student, fused=fast.fused_adamw)
-    if fast.torch_compile:
-        compile_dino_modules([student, teacher], backend=fast.compile_backend)
-    # prepare: wraps the student in DDP when several processes run (gradients all-reduced in backward) and
-    # the optimizer so that its step is skipped on accumulation micro-batches. The teacher is not prepared: it
-    # gets no gradients and stays identical on every rank because the EMA is deterministic.
-    student, optimizer = accelerator.prepare(student, optimizer)
+    student, teacher, optimizer = prepare_networks(accelerator, objective, student, teacher, fast, sharded)
 
     # ============ schedules (one value per optimizer step) ============
     schedules = build_schedules(t_args, world_size)
@@ -153,9 +160,9 @@ def train(
     register(accelerator, teacher=teacher, loss=loss, state=state)
     resumed_from = None
     if t_args.resume_from_checkpoint:
-        ckpt = load_checkpoint(
-            accelerator, t_args.resume_from_checkpoint, output_dir, data.stream, objective.rank_objects()
-        )
+        spec, per_rank = t_args.resume_from_checkpoint, objective.rank_objects()
+        networks = (student, teacher, optimizer)  # sharded runs: read from their DCP folders
+        ckpt = load_checkpoint(accelerator, spec, output_dir, data.stream, per_rank, networks)
         resumed_from = str(ckpt)
         logger.info("resumed from %s at step %d", resumed_from, state.step)
     card = RunCard(
@@ -186,6 +193,7 @@ def train(
         accelerator.init_trackers("dino", config=_flat_for_tracker(config_dict(m_args, d_args, t_args)))
 
     # ============ training loop ============
+    is_main = accelerator.is_main_process
     loop = Loop(
         accelerator,
         objective,
@@ -202,8 +210,8 @@ def train(
         card,
         output_dir,
         unreadable_slides=len(data.failed),
-        # fixed RankMe probe batch, main process only
-        probe=build_probe(data.readable, d_args, t_args, device) if accelerator.is_main_process else None,
+        # fixed RankMe probe batch, main process only (sharded: every rank, the forward gathers weights)
+        probe=build_probe(data.readable, d_args, t_args, device) if is_main or sharded else None,
         sync_free_step=fast.sync_free_step,
         flops_per_image=flops_per_image,
         peak_flops=peak_flops,
@@ -221,6 +229,29 @@ def train(
     }
     return finish(loop, data.stream, summary)
 
+
+
+def prepare_networks(
+    accelerator: Accelerator, objective: Any, student: Any, teacher: Any, fast: FastPaths, sharded: bool
+) -> tuple[Any, Any, torch.optim.Optimizer]:
+    """Student, teacher and optimizer as the loop uses them: DDP (default) or FSDP2-sharded (``--fsdp``).
+
+    DDP: ``prepare`` wraps the student in DDP when several processes run (gradients all-reduced in backward)
+    and the optimizer so that its step is skipped on accumulation micro-batches. The teacher is not prepared:
+    it gets no gradients and stays identical on every rank because the EMA is deterministic.
+
+    The optimizer is the objective's (``objective.build_optimizer``). Sharded: both networks are sharded
+    alike (``sharding.shard_student_teacher``) and AdamW is built on the student's shards, not prepared
+    (the step runs it only when ``sync_gradients``; ``checkpointing.save_sharded`` saves the shards).
+    """
+    if sharded:
+        student, teacher = shard_student_teacher(accelerator, student, teacher)
+        return student, teacher, objective.build_optimizer(student, fused=fast.fused_adamw)
+    optimizer = objective.build_optimizer(student, fused=fast.fused_adamw)
+    if fast.torch_compile:
+        compile_dino_modules([student, teacher], backend=fast.compile_backend)
+    student, optimizer = accelerator.prepare(student, optimizer)
+    return student, teacher, optimizer
 
 
 def slides_summary(data: Any) -> str:
@@ -259,10 +290,15 @@ def finish(loop: Loop, stream: Any, summary: dict[str, Any]) -> dict[str, Any]:
     accelerator, output_dir, t_args = loop.accelerator, loop.output_dir, loop.t_args
     rank = accelerator.process_index
     student = accelerator.unwrap_model(loop.student)
-    digests = {"student": param_digest(student), "teacher": param_digest(loop.teacher)}
+    if is_sharded(loop.teacher):  # one copy of each shard: digests of the gathered networks, on rank 0
+        digests = {"student": full_state_digest(student), "teacher": full_state_digest(loop.teacher)}
+        backbone = gather_backbone(loop.teacher, loop.teacher.backbone.config) if t_args.export else None
+    else:
+        digests = {"student": param_digest(student), "teacher": param_digest(loop.teacher)}
+        backbone = loop.teacher.backbone
     (output_dir / f"param_digest_rank{rank}.json").write_text(json.dumps(digests))
     (output_dir / f"data_stats_rank{rank}.json").write_text(json.dumps(stream.state_dict(), indent=1))
-    all_digests = _gather_objects(accelerator, digests)
+    all_digests = [d for d in _gather_objects(accelerator, digests) if d["student"] is not None]
     all_streams = _gather_objects(accelerator, stream.state_dict())
     mpps_seen = sorted({float(k) for st in all_streams for k in st["mpp_counts"]})
     if any(d != all_digests[0] for d in all_digests):
@@ -274,7 +310,7 @@ def finish(loop: Loop, stream: Any, summary: dict[str, Any]) -> dict[str, Any]:
 
             final_loss = loop.losses[-1] if loop.losses else None
             card_info = loop.card.info(loop.state, final_loss, loop.last_metrics, mpps_seen)
-            summary["export"] = str(export_teacher(loop.teacher.backbone, output_dir / "model", card_info))
+            summary["export"] = str(export_teacher(backbone, output_dir / "model", card_info))
             if t_args.push_to_hub:
                 from pathfm.training.hub import push_to_hub
 

@@ -134,7 +134,8 @@ def save_export_metadata(
         card_info: facts for the model card (`ModelCardInfo` or a dict of its fields).
         teacher_backbone: the teacher's backbone module; its weights are written next to the json.
         teacher_file: instead of ``teacher_backbone``, a weights file already in ``checkpoint_dir``
-            (``.safetensors`` or a torch pickle such as accelerate's ``custom_checkpoint_0.pkl``).
+            (``.safetensors``, a torch pickle such as accelerate's ``custom_checkpoint_0.pkl``, or a sharded
+            run's ``torch.distributed.checkpoint`` folder).
         teacher_prefix: key prefix to strip from ``teacher_file`` keys (e.g. ``"backbone."``).
 
     Returns:
@@ -163,7 +164,7 @@ def save_export_metadata(
         }
         save_file(state, str(checkpoint_dir / TEACHER_WEIGHTS), metadata={"format": "pt"})
         teacher_file, teacher_prefix = TEACHER_WEIGHTS, ""
-    elif not (checkpoint_dir / teacher_file).is_file():
+    elif not (checkpoint_dir / teacher_file).exists():
         raise FileNotFoundError(f"save_export_metadata: {checkpoint_dir / teacher_file} does not exist")
     payload = {
         "format": _FORMAT,
@@ -214,6 +215,8 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 def _load_state_dict(file: Path) -> dict[str, torch.Tensor]:
+    if file.is_dir():  # a sharded run's teacher: a torch.distributed.checkpoint folder, read on one process
+        return _load_dcp(file)
     if not file.is_file():
         raise FileNotFoundError(f"{file}: teacher weights file not found")
     try:
@@ -224,6 +227,21 @@ def _load_state_dict(file: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{file}: cannot read weights ({type(err).__name__}: {err})") from err
     if not isinstance(state, dict):
         raise ValueError(f"{file}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def _load_dcp(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a ``torch.distributed.checkpoint`` folder, gathered into one CPU state dict."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            dcp_to_torch_save(str(folder), f"{tmp}/state.pt")
+            state = torch.load(f"{tmp}/state.pt", map_location="cpu", weights_only=True)
+        except Exception as err:  # corrupt or foreign folder: name it
+            raise ValueError(f"{folder}: cannot read sharded weights ({type(err).__name__}: {err})") from err
     return state
 
 

@@ -12,6 +12,7 @@ from accelerate.utils import ProjectConfiguration
 
 from pathfm.training.config import DINOTrainingArguments
 from pathfm.training.launch_check import expected_world_size
+from pathfm.training.sharding import fsdp_mode, fsdp_plugin
 
 
 class WorldSizeMismatchError(RuntimeError):
@@ -40,12 +41,23 @@ def trackers(t_args: DINOTrainingArguments) -> list[str] | None:
 def make_accelerator(t_args: DINOTrainingArguments) -> Accelerator:
     """The run's Accelerator, refusing a launch whose world size differs from the expected one.
 
+    With ``--fsdp`` (or an ``accelerate launch --use_fsdp --fsdp_version 2`` launch) the Accelerator
+    carries ``sharding.fsdp_plugin``.
+
     Raises:
+        ValueError: ``--fsdp`` on a CPU launch.
         WorldSizeMismatchError: ``accelerate launch`` started another number of processes than expected
             (``--expected_world_size``, the launch's ``--num_processes`` or ``WORLD_SIZE``).
     """
     output_dir = Path(t_args.output_dir)
+    mode = fsdp_mode(t_args.fsdp)
+    if mode and not use_cuda():
+        raise ValueError(
+            f"--fsdp {mode}: FSDP2 sharding runs on GPUs only (Accelerate keeps CPU launches on DDP); "
+            "drop --fsdp on CPU"
+        )
     accelerator = Accelerator(
+        fsdp_plugin=fsdp_plugin(mode, resolved_mixed_precision(t_args)) if mode else None,
         gradient_accumulation_steps=t_args.gradient_accumulation_steps,
         mixed_precision=resolved_mixed_precision(t_args),
         cpu=not use_cuda(),

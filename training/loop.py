@@ -175,6 +175,7 @@ def _save(loop: Loop, loss: float | Tensor) -> Path:
         loop.teacher.backbone.config.to_dict(),
         loop.card.info(loop.state, loss, dict(loop.last_metrics)),
         rank_objects=loop.objective.rank_objects(),
+        networks=(loop.student, loop.teacher, loop.optimizer),
     )
 
 
@@ -257,6 +258,8 @@ def log_step(loop: Loop, it: int, out: StepOutput, timer: _Timer, metrics_path: 
         "tiles_seen": state.tiles_seen,
         "epoch": it / loop.t_args.steps_per_epoch,
     }
+    if acc.device.type == "cuda":  # this rank's peak since the start (DDP vs FSDP2: benchmarks/fsdp_gpu.py)
+        logs["peak_memory_gib"] = torch.cuda.max_memory_allocated(acc.device) / 2**30
     collapse = check_collapse(out.teacher_entropy, loop.m_args.out_dim)
     if collapse and acc.is_main_process:
         logger.warning("step %d: %s", state.step, collapse)

@@ -141,8 +141,13 @@ def build_student_teacher(model_args: DINOModelArguments) -> tuple[MultiCropWrap
 
 def param_digest(module: torch.nn.Module) -> str:
     """sha256 of all parameters (fp32 bytes, name order) — equal across DDP ranks when they are in sync."""
+    return state_digest(module.state_dict())
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's tensors (fp32 bytes, name order)."""
     h = hashlib.sha256()
-    for name, p in sorted(module.state_dict().items()):
+    for name, p in sorted(state.items()):
         h.update(name.encode())
         h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()

@@ -21,6 +21,7 @@ from pathfm.training.fast_paths import clip_gradients_no_sync
 from pathfm.training.losses.dino import DINOLoss
 from pathfm.training.monitoring import entropy as row_entropy
 from pathfm.training.optim import cancel_gradients_last_layer, clip_gradients
+from pathfm.training.sharding import clip_gradients_sharded, is_sharded
 from pathfm.training.teacher import update_teacher
 
 
@@ -119,8 +120,7 @@ def train_step(
             if accelerator.sync_gradients:
                 if accelerator.mixed_precision == "fp16":
                     accelerator.unscale_gradients()
-                clip = clip_gradients_no_sync if sync_free else clip_gradients
-                grad_norm = clip(student, clip_grad)
+                grad_norm = clip_step_gradients(student, clip_grad, sync_free)
                 cancel_gradients_last_layer(student, frozen=freeze_last_layer)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -134,3 +134,13 @@ def train_step(
     with torch.no_grad():
         update_teacher(accelerator.unwrap_model(student), teacher, momentum)
     return StepOutput(step_loss, grad_norm, entropy, teacher_output)
+
+
+def clip_step_gradients(student: nn.Module, clip_grad: float, sync_free: bool) -> float | Tensor:
+    """Per-parameter clipping (upstream DINO) of full, DDP or FSDP2-sharded gradients; the global norm
+    before clipping as a host float, or a device tensor with ``sync_free``."""
+    if is_sharded(student):
+        norm = clip_gradients_sharded(student, clip_grad)
+        return norm if sync_free else float(norm)
+    clip = clip_gradients_no_sync if sync_free else clip_gradients
+    return clip(student, clip_grad)

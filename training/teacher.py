@@ -11,8 +11,9 @@ import copy
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
-__all__ = ["make_teacher", "update_teacher"]
+__all__ = ["local", "make_teacher", "update_teacher"]
 
 
 def make_teacher(student: nn.Module, teacher: nn.Module | None = None) -> nn.Module:
@@ -45,6 +46,11 @@ def make_teacher(student: nn.Module, teacher: nn.Module | None = None) -> nn.Mod
     return teacher
 
 
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a ``DTensor`` (a view: in-place ops change the parameter); other tensors as is."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
 @torch.no_grad()
 def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
     """EMA update ``teacher <- momentum * teacher + (1 - momentum) * student``, parameter by parameter.
@@ -68,4 +74,7 @@ def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> N
             f"only in teacher {sorted(t_params.keys() - s_params.keys())}"
         )
     for name, pt in t_params.items():
-        pt.mul_(momentum).add_(s_params[name].detach().to(pt.dtype), alpha=1.0 - momentum)
+        # sharded (FSDP2) networks: both are DTensors sharded alike (sharding.check_same_sharding), so the
+        # update runs on this rank's local shards, without a gather
+        pt, ps = local(pt), local(s_params[name].detach())
+        pt.mul_(momentum).add_(ps.to(pt.dtype), alpha=1.0 - momentum)
