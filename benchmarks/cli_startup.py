@@ -2,15 +2,19 @@
 
     python benchmarks/cli_startup.py [--repeats 3] [--target_s 3]
 
-Each command runs ``--repeats`` times, interleaved with the torch baseline so that machine noise hits all of
-them alike; the table gives the median wall time in s and its ratio to ``import torch``. The target of the
-project is <= 3 s per ``--help`` on a 2-core machine. Exit status 1 when a command fails or misses the target.
+The commands are found, not listed: every script with a ``__main__`` block under pathfm's entry folders,
+every ``python -m pathfm.<module>`` named in README.md or the sources, ``pathfm --help`` and every
+``pathfm <command> --help``. Each command runs ``--repeats`` times, interleaved with the torch baseline so
+that machine noise hits all of them alike; the table gives the median wall time in s and its ratio to
+``import torch``. The target of the project is <= 3 s per ``--help`` on a 2-core machine. Exit status 1
+when a command fails or misses the target.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import shutil
 import statistics
 import subprocess
@@ -18,22 +22,41 @@ import sys
 import time
 from pathlib import Path
 
+from pathfm import ENTRY_FOLDERS
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 BASELINE = ("python -c 'import torch'", [PYTHON, "-c", "import torch"])
+MAIN_BLOCK = re.compile(r"^if __name__ == [\"']__main__[\"']:", re.MULTILINE)
+MODULE_COMMAND = re.compile(r"python -m (pathfm(?:\.[a-z_]+)+)")
+
+
+def scripts() -> list[str]:
+    """Every script of the source tree that runs as a program (has a ``__main__`` block), repo-relative."""
+    found = []
+    for folder in sorted(ENTRY_FOLDERS - {"pathfm"}):
+        for file in sorted((REPO / folder).rglob("*.py")):
+            if MAIN_BLOCK.search(file.read_text(encoding="utf-8")):
+                found.append(file.relative_to(REPO).as_posix())
+    return found
+
+
+def documented_modules() -> list[str]:
+    """Every ``python -m pathfm.<module>`` that README.md or a source file tells users to run."""
+    texts = [REPO / "README.md"]
+    for folder in sorted(ENTRY_FOLDERS):
+        texts += sorted((REPO / folder).rglob("*.py"))
+    found: set[str] = set()
+    for file in texts:
+        found |= set(MODULE_COMMAND.findall(file.read_text(encoding="utf-8")))
+    return sorted(module.rstrip(".") for module in found)
 
 
 def entry_points() -> list[tuple[str, list[str]]]:
-    """(label, argv) of every ``--help`` measured: the scripts, then the ``pathfm`` console script."""
-    scripts = [
-        "training/dino.py",
-        "training/export.py",
-        "evaluation/linear_probe.py",
-        "datasets_scripts/publish.py",
-        "modeling/convert_timm_to_pathfm.py",
-        "spaces/app.py",
-    ]
-    commands = [(f"python {s} --help", [PYTHON, str(REPO / s), "--help"]) for s in scripts]
+    """(label, argv) of every ``--help`` measured: the scripts, the documented ``python -m`` modules, then
+    the ``pathfm`` console script and each of its subcommands."""
+    commands = [(f"python {s} --help", [PYTHON, str(REPO / s), "--help"]) for s in scripts()]
+    commands += [(f"python -m {m} --help", [PYTHON, "-m", m, "--help"]) for m in documented_modules()]
     console = shutil.which("pathfm", path=str(Path(PYTHON).parent)) or shutil.which("pathfm")
     if console:
         from pathfm.cli import COMMANDS

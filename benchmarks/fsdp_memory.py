@@ -55,6 +55,7 @@ def worker(mode: str, args: argparse.Namespace, out: Path) -> None:
     """One rank: build, shard or DDP-prepare, ``args.steps`` DINO steps; writes ``<mode>_rank<r>.json``."""
     import torch
     from accelerate import Accelerator
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     from pathfm.training.config import DINOModelArguments
@@ -77,10 +78,11 @@ def worker(mode: str, args: argparse.Namespace, out: Path) -> None:
     )
     student, teacher = build_student_teacher(m_args)
     if mode == "fsdp":
+        mesh = init_device_mesh("cpu", (acc.num_processes,))  # fully_shard's default is CUDA where present
         for net in (student, teacher):  # BENCHMARK-ONLY SHIM (module docstring): plugin's units, then root
             for unit in wrap_units(net):
-                fully_shard(unit)
-            fully_shard(net)
+                fully_shard(unit, mesh=mesh)
+            fully_shard(net, mesh=mesh)
         check_same_sharding(student, teacher)
         optimizer = build_optimizer(student)
     else:

@@ -16,6 +16,10 @@ linked 16 times so that every data worker has a shard.
 FLOPs per image are counted with ``training/mfu.py`` (FlopCounterMode, meta device); the peak is a measured
 bf16 8192^3 matmul, with the datasheet value printed beside it.
 
+``--profile``: only the first row, trained under ``torch.profiler``; its op table (most expensive ops by
+self device time, device kernel launches) goes to ``gpu_profile.txt`` in ``--out``. Run it first where MFU is
+low, before tuning anything (2026-12-04 on an H200: 3.9 %, ``benchmarks/RESULTS.md``).
+
 ``--dry-run``: the same code path on CPU with the tiny model, crops 64 / 32 px, 2 steps per row, a 1029 px
 pyramid, the all-on and all-off rows and 2 steps on the embedded slides with the retrieval score (the test
 suite runs it; the default suite with ``--real_seconds 0``, which skips the embedded-slide row). Everything
@@ -79,12 +83,14 @@ def row_argv(preset: str, slides: str, batch: int, steps: int, workers: int, dry
     return argv
 
 
-def run_row(argv: list[str], workdir: Path) -> dict:
-    """Run the loop in a fresh process (clean CUDA state and peak-memory counter); its last logged window."""
+def run_row(argv: list[str], workdir: Path, profile_to: Path | None = None) -> dict:
+    """Run the loop in a fresh process (clean CUDA state and peak-memory counter); its last logged window.
+    With ``profile_to``, the process trains under ``torch.profiler`` and writes its op table there."""
     out = workdir / f"run_{len(list(workdir.glob('run_*')))}"
     result = out / "row_result.json"
     cmd = [sys.executable, str(Path(__file__)), "_row", str(result), *argv, "--output_dir", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, **({"PATHFM_GPU_PROFILE": str(profile_to)} if profile_to else {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"error": " | ".join(tail)}
@@ -101,7 +107,11 @@ def _child(result_file: str, argv: list[str]) -> None:
     from pathfm.training.networks import build_student_teacher
 
     m, d, t, preset = parse_config(argv)
-    dino.train(m, d, t, preset)
+    profile_to = os.environ.get("PATHFM_GPU_PROFILE")
+    if profile_to:
+        _profiled_train(dino, (m, d, t, preset), Path(profile_to))
+    else:
+        dino.train(m, d, t, preset)
     rows = [json.loads(x) for x in (Path(t.output_dir) / "metrics.jsonl").read_text().splitlines()]
     with torch.device("meta"):
         student, teacher = build_student_teacher(m)
@@ -129,6 +139,24 @@ def _child(result_file: str, argv: list[str]) -> None:
             }
         )
     )
+
+
+def _profiled_train(dino, config: tuple, out: Path) -> None:
+    """``dino.train`` under ``torch.profiler`` (CPU and CUDA activities); writes the 40 most expensive ops by
+    self device time (CPU time on a CPU machine) to ``out``: where a step's time goes before anything is tuned.
+    Compilation and warm-up steps are inside the window, so compare ops, not totals."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        dino.train(*config)
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    events = prof.key_averages()
+    kernels = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    header = f"profile of {config[2].max_steps} steps (sorted by {key}); device kernel launches: {kernels}\n"
+    out.write_text(header + events.table(sort_by=key, row_limit=40, max_name_column_width=70) + "\n")
 
 
 def _augment_ms(d, batch: int, repeats: int = 5) -> float:
@@ -185,7 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--real_seconds", type=float, default=180.0, help="training s on the real slides (0: skip that row)"
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="only the first row, under torch.profiler: its op table goes to gpu_profile.txt in --out",
+    )
     args = parser.parse_args(argv)
+    if args.profile:
+        args.real_seconds = 0.0
 
     import torch
 
@@ -221,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
             plan.append((f"ViT-L/14-reg4 {method}, all fast paths on", ALL_ON))
             plan += [(f"{small} DINO, {name}", ALL_ON + flags) for name, flags in FAST_PATHS_OFF.items()]
         plan.append((f"{small} DINO, all fast paths off", ALL_OFF))
+        profile_to = None
+        if args.profile:
+            plan = plan[:1]
+            profile_to = Path(args.out or work) / "gpu_profile.txt"
+            profile_to.parent.mkdir(parents=True, exist_ok=True)
         rows = []
         for name, flags in plan:
             longest = max((r.get("wall_s", 0.0) for r in rows), default=0.0)
@@ -237,14 +277,16 @@ def main(argv: list[str] | None = None) -> int:
                 argv += ["--local_crop_size", "98"]  # a multiple of patch 14
                 argv += ["--gradient_checkpointing", "false"]  # batch 64 fits an H200; MFU without recompute
             t_row = time.perf_counter()
-            result = {"name": name, **run_row(argv, work)}
+            result = {"name": name, **run_row(argv, work, profile_to)}
             result["wall_s"] = time.perf_counter() - t_row
             if "error" not in result:
                 result["model_tflops"] = result["flops_per_image"] * result["images_per_s"] / 1e12
                 result["mfu"] = mfu(result["flops_per_image"], result["images_per_s"], peak)
             rows.append(result)
             log(f"  {name}: {json.dumps({k: v for k, v in result.items() if k != 'name'})}")
-            if len(rows) == 1:  # right after the first row: the real-slide run must not be cut by the budget
+            if profile_to is not None:
+                log(f"  op table: {profile_to}")
+            if len(rows) == 1 and not args.profile:  # right after the first row: never cut by the budget
                 rows.append(real_slide_row(work, rows[0], small, args, start))
                 log(f"  {rows[-1]['name']}: {json.dumps({k: v for k, v in rows[-1].items() if k != 'name'})}")
     table = format_table(rows)

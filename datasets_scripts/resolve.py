@@ -118,6 +118,25 @@ def read_catalogue(path: str | os.PathLike) -> list[SlideRecord]:
     return records
 
 
+def catalogue_skips(sources: Any) -> Counter[str]:
+    """How many catalogued slides :func:`read_catalogue` leaves out, by status (``unreadable``, ``no-mpp``,
+    ``no-tissue``, ...), over the catalogue ``.parquet`` files among ``sources`` (other sources count 0).
+
+    Args:
+        sources: one source or a list of them, as for :func:`resolve_sources`.
+    """
+    import pyarrow.parquet as pq
+
+    items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources or [])
+    skipped: Counter[str] = Counter()
+    for item in items:
+        if isinstance(item, (str, os.PathLike)) and Path(item).suffix.lower() == CATALOGUE_SUFFIX:
+            if Path(item).is_file():
+                statuses = pq.read_table(item, columns=["status"]).column("status").to_pylist()
+                skipped.update(status for status in statuses if status != "ok")
+    return skipped
+
+
 def _records_of(item: Any) -> list[SlideRecord]:
     if isinstance(item, SlideRecord):
         return [item]

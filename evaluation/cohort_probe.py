@@ -29,6 +29,13 @@ from pathlib import Path
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
+import pathfm
+
+if __name__ == "__main__" and pathfm.help_only(sys.argv):  # the parser alone: no torch / numpy import
+    from pathfm.evaluation.cohort_args import parse_args
+
+    parse_args(description=__doc__)  # prints the help and exits 0
+
 import argparse
 import dataclasses
 import json
@@ -38,13 +45,15 @@ import warnings
 import numpy as np
 import torch
 from pathfm.evaluation.bootstrap import paired_bootstrap
+from pathfm.evaluation.cohort_args import parse_args
 from pathfm.evaluation.cohort_data import Cohort, CohortImages, load_cohort
 from pathfm.evaluation.cohort_slides import SlideManifest, SlideTiles, is_slide_manifest
-from pathfm.evaluation.embed import POOLINGS
 from pathfm.evaluation.probe_runner import METRICS, RunOptions, get_embeddings, probe_embeddings, summarize
 from pathfm.evaluation.protocol import PROTOCOLS, KnnConfig
 from pathfm.evaluation.splits import (
+    SplitError,
     SplitPlan,
+    check_scored_splits,
     given_split,
     grouped_kfold,
     split_report,
@@ -52,35 +61,11 @@ from pathfm.evaluation.splits import (
 )
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line arguments (see module docstring)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="class-folder tree, path/label table, or embeddings file")
-    p.add_argument("--model", action="append", default=[], help="model folder or Hub id (repeat to compare)")
-    p.add_argument("--compare_random_init", action="store_true", help="also each model's random init")
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--folds", type=int, default=0, help="grouped K-fold cross-validation (K >= 3)")
-    p.add_argument("--split_seeds", default="0", help="comma-separated split seeds")
-    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="pathfm-linear-v1")
-    p.add_argument("--n_runs", type=int, default=None, help="head seeds per split (default: the protocol's)")
-    p.add_argument("--max_steps", type=int, default=None, help="head steps (default: the protocol's)")
-    p.add_argument("--classes", default=None, help="comma-separated class names in label order")
-    p.add_argument("--slide_mpp", type=float, default=1.0, help="tile µm/px for a slide manifest")
-    p.add_argument("--tiles_per_slide", type=int, default=64, help="tiles mean-pooled per slide (at most)")
-    p.add_argument("--pooling", choices=POOLINGS, default="pooler_output")
-    p.add_argument("--embeddings_dir", default=None, help="embedding cache (default <output_dir>/embeddings)")
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--num_workers", type=int, default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--n_boot", type=int, default=2000, help="bootstrap replicates")
-    p.add_argument("--no_model_card", action="store_true")
-    return p.parse_args(argv)
-
-
 def make_plans(cohort: Cohort, folds: int, seeds: list[int]) -> tuple[dict[int, list[SplitPlan]], dict, str]:
     """``({split seed: plans}, leaking groups, kind)``; kind is ``given``, ``holdout`` or ``{K}-fold``."""
     if cohort.splits is not None and not folds:
         plan, leaks = given_split(cohort.splits, cohort.groups)
+        check_scored_splits(plan, cohort.labels, cohort.class_names, cohort.source)
         if leaks:
             shown = ", ".join(f"{g} ({'/'.join(s)})" for g, s in list(leaks.items())[:5])
             print(
@@ -89,9 +74,15 @@ def make_plans(cohort: Cohort, folds: int, seeds: list[int]) -> tuple[dict[int, 
                 flush=True,
             )
         return {0: [plan]}, leaks, "given"
-    if folds:
-        return {s: grouped_kfold(cohort.labels, cohort.groups, folds, s) for s in seeds}, {}, f"{folds}-fold"
-    return {s: [stratified_group_split(cohort.labels, cohort.groups, seed=s)] for s in seeds}, {}, "holdout"
+    names = cohort.class_names
+    try:
+        if folds:
+            plans = {s: grouped_kfold(cohort.labels, cohort.groups, folds, s, names) for s in seeds}
+            return plans, {}, f"{folds}-fold"
+        split = {s: stratified_group_split(cohort.labels, cohort.groups, None, s, names) for s in seeds}
+        return {s: [plan] for s, plan in split.items()}, {}, "holdout"
+    except SplitError as err:
+        raise SplitError(f"{cohort.source}: {err}") from None
 
 
 def _slug(text: str) -> str:
@@ -332,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     from pathfm.evaluation.card_results import update_model_card
 
-    args = parse_args(argv)
+    args = parse_args(argv, __doc__)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
     manifest = None

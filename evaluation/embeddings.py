@@ -25,12 +25,10 @@ import csv
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from pathfm.evaluation.embedding_cache import CacheConflictError, CacheKey, EmbeddingCache
-from pathfm.evaluation.tasks.base import Sample
-from safetensors.torch import load_file, save_file
-from torch import Tensor
+if TYPE_CHECKING:  # torch is imported where used, so that --help returns at once
+    from torch import Tensor
 
 TO_EVA_SPLIT = {"train": "train", "validation": "val", "test": "test"}
 FROM_EVA_SPLIT = {v: k for k, v in TO_EVA_SPLIT.items()}
@@ -52,6 +50,9 @@ def _write_manifest(out: Path, rows: list[list], extra: tuple[str, ...] = ()) ->
 
 def export_patch(source: str | Path, out: str | Path) -> Path:
     """pathfm embedding cache folder -> eva patch layout. Returns the manifest path."""
+    import torch
+    from safetensors.torch import load_file
+
     source, out = Path(source), Path(out)
     meta = _json(source / "manifest.json")
     rows = []
@@ -67,6 +68,9 @@ def export_patch(source: str | Path, out: str | Path) -> Path:
 
 def export_slides(source: str | Path, out: str | Path) -> Path:
     """Slide-embedding folder (with ``slides.csv``) -> eva slide layout (one [N, D] ``.pt`` per slide)."""
+    import torch
+    from safetensors.torch import load_file
+
     source, out = Path(source), Path(out)
     labels = source / "slides.csv"
     if not labels.is_file():
@@ -97,6 +101,9 @@ def export_slides(source: str | Path, out: str | Path) -> Path:
 
 def export_segmentation(source: str | Path, out: str | Path) -> Path:
     """Patch-token cache folder -> eva segmentation layout ([D, h, w] maps + ``-0-mask.pt`` masks)."""
+    import torch
+    from safetensors.torch import load_file
+
     source, out = Path(source), Path(out)
     meta = _json(source / "manifest.json")
     rows = []
@@ -123,15 +130,17 @@ def load_pt(path: Path) -> Tensor:
     Raises:
         EmbeddingsFormatError: missing file, or content that is not tensors (names the file).
     """
+    import torch
+
     try:
         value = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as err:
         raise EmbeddingsFormatError(f"missing embeddings file {path}") from err
     except Exception as err:
         raise EmbeddingsFormatError(f"{path} holds something other than tensors: {err}") from err
-    if isinstance(value, list) and value and all(isinstance(v, Tensor) for v in value):
+    if isinstance(value, list) and value and all(isinstance(v, torch.Tensor) for v in value):
         return torch.stack(value) if len(value) > 1 else value[0]
-    if isinstance(value, Tensor):
+    if isinstance(value, torch.Tensor):
         return value
     raise EmbeddingsFormatError(
         f"{path} holds a {type(value).__name__}, expected a tensor or a list of tensors"
@@ -168,6 +177,8 @@ def read_patch(root: str | Path) -> dict[str, tuple[list[str], Tensor, Tensor]]:
     Raises:
         EmbeddingsFormatError: see :func:`manifest_rows`; a [D] tensor of another width in a split.
     """
+    import torch
+
     root = Path(root)
     rows: dict[str, list] = {}
     for row in manifest_rows(root):
@@ -192,6 +203,9 @@ def import_slides(root: str | Path, out: str | Path) -> Path:
     Writes ``<out>/<wsi_id>.safetensors`` (``embeddings`` (N, D), ``coords`` (N, 2), -1 where eva has none)
     and ``<out>/slides.csv``. Raises EmbeddingsFormatError for a slide with several targets or splits.
     """
+    import torch
+    from safetensors.torch import save_file
+
     root, out = Path(root), Path(out)
     groups: dict[str, list[dict[str, str]]] = {}
     for row in manifest_rows(root, ("wsi_id",)):
@@ -218,6 +232,9 @@ def import_slides(root: str | Path, out: str | Path) -> Path:
 
 def import_patch(root: str | Path, embeddings_dir: str | Path, task: str, model_id: str) -> Path:
     """eva patch folder -> pathfm embedding cache ``<embeddings_dir>/<task>/<model_id>/eva-import/...``."""
+    from pathfm.evaluation.embedding_cache import CacheKey, EmbeddingCache
+    from pathfm.evaluation.tasks.base import Sample
+
     key = CacheKey(
         model_id=model_id, revision="eva-import", task=task, pooling="eva", processor_hash="eva-import"
     )
@@ -232,9 +249,7 @@ EXPORTERS = {"patch": export_patch, "slide": export_slides, "segmentation": expo
 
 def main(argv: list[str] | None = None) -> int:
     """CLI; bad input -> one line on stderr naming the file, exit 2."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pathfm.evaluation.embeddings", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     exp = sub.add_parser("export", help="pathfm embeddings -> eva's layout")
     exp.add_argument("--kind", choices=sorted(EXPORTERS), default="patch")
@@ -252,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         "--output_dir", help="slide: folder to write (then --embeddings_folder of pathfm.evaluation.mil)"
     )
     args = parser.parse_args(argv)
+    from pathfm.evaluation.embedding_cache import CacheConflictError
+
     try:
         if args.command == "export":
             print(EXPORTERS[args.kind](args.source, args.output_dir))
@@ -271,4 +288,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.argv[0] = "python -m pathfm.evaluation.embeddings"  # argparse's usage line, not embeddings.py
     sys.exit(main())

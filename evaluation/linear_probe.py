@@ -25,6 +25,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import argparse
 import dataclasses
+import difflib
 import json
 import re
 import time
@@ -107,10 +108,32 @@ def resolve_tasks(spec: str, data_dir: str | None) -> list[str]:
             print(f"skipped {name}: {reason}", flush=True)
         return present_tasks(data_dir)
     names = [s.strip() for s in spec.split(",") if s.strip()]
-    unknown = [n for n in names if n not in TASKS]
-    if unknown:
-        raise SystemExit(f"error: unknown task(s) {unknown}; available: {sorted(TASKS)} or 'all'")
+    for name in names:
+        if name in TASKS:
+            continue
+        elsewhere = other_commands()
+        if name in elsewhere:
+            raise ValueError(f"--task {name} is not a probe task: {elsewhere[name]}")
+        close = difflib.get_close_matches(name, [*TASKS, *elsewhere], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown --task {name!r}; {hint}probe tasks: {', '.join(sorted(TASKS))} or 'all'")
     return names
+
+
+def other_commands() -> dict[str, str]:
+    """Task names that other pathfm commands evaluate -> why not here and the command that runs them."""
+    from pathfm.evaluation.segmentation.arguments import SEGMENTATION_TASKS
+    from pathfm.evaluation.tasks.slide_mil import SLIDE_TASKS
+
+    why = {
+        "embedded_retrieval": "it scores top-1 retrieval of perturbed tiles (no class labels to train a head "
+        "on); run python benchmarks/retrieval.py --model DIR"
+    }
+    for name in SEGMENTATION_TASKS:
+        why[name] = f"it is segmentation; run python -m pathfm.evaluation.segmentation --task {name} ..."
+    for name in SLIDE_TASKS:
+        why[name] = f"it is slide-level MIL; run python -m pathfm.evaluation.mil --task {name} ..."
+    return why
 
 
 def _probe_config(args: argparse.Namespace) -> LinearProbeConfig:
@@ -210,14 +233,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return cohort_main(cohort_argv)
     args = parse_args(argv)
+    names = resolve_tasks(args.task, args.data_dir)
+    if not names:
+        raise ValueError(f"no task data found under --data_dir {args.data_dir}")
+    if args.save_head is not None and len(names) != 1:
+        raise ValueError("--save_head needs a single --task (one head per folder)")
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    names = resolve_tasks(args.task, args.data_dir)
-    if not names:
-        raise SystemExit(f"error: no task data found under {args.data_dir}")
-    if args.save_head is not None and len(names) != 1:
-        raise SystemExit("error: --save_head needs a single --task (one head per folder)")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

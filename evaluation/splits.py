@@ -66,8 +66,17 @@ def _n_folds(fractions: dict[str, float]) -> tuple[int, dict[str, int]]:
     return m, {k: int(f * m) for k, f in exact.items()}
 
 
+def _class_name(c: object, class_names: Sequence[str] | None) -> str:
+    """How an error names class ``c``: its name when ``labels`` are indices into ``class_names``."""
+    return str(class_names[int(c)]) if class_names is not None else str(c)
+
+
 def _fold_of_groups(
-    labels: np.ndarray, groups: np.ndarray | None, n_folds: int, seed: int
+    labels: np.ndarray,
+    groups: np.ndarray | None,
+    n_folds: int,
+    seed: int,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(N,) fold id per sample and (N,) group id (str) per sample, folds group-disjoint and stratified."""
     n = len(labels)
@@ -77,9 +86,10 @@ def _fold_of_groups(
         small = classes[counts < n_folds]
         if len(small):
             c = small[0]
+            name, count = _class_name(c, class_names), int(counts[classes == c][0])
             raise SplitError(
-                f"class '{c}' has {int(counts[classes == c][0])} samples, fewer than the {n_folds} folds this "
-                f"split needs; add samples, merge the class or use fewer folds"
+                f"class '{name}' has {count} samples, fewer than the {n_folds} folds this split needs; "
+                "add samples, merge the class or use fewer folds"
             )
         rng = np.random.default_rng(seed)
         fold = np.empty(n, dtype=np.int64)
@@ -98,8 +108,9 @@ def _fold_of_groups(
     for c in classes:
         g_c = len(np.unique(group_ids[labels == c]))
         if g_c < n_folds:
+            name = _class_name(c, class_names)
             raise SplitError(
-                f"class '{c}' occurs in {g_c} groups, fewer than the {n_folds} folds this split needs; "
+                f"class '{name}' occurs in {g_c} groups, fewer than the {n_folds} folds this split needs; "
                 f"every split must see it: add groups or use fewer folds"
             )
     fold = np.empty(n, dtype=np.int64)
@@ -119,7 +130,9 @@ def _plan(
     return SplitPlan(splits, dict(zip(group_ids.tolist(), splits)), index)
 
 
-def _exact_stratified(labels: np.ndarray, fractions: dict[str, float], seed: int) -> SplitPlan:
+def _exact_stratified(
+    labels: np.ndarray, fractions: dict[str, float], seed: int, class_names: Sequence[str] | None = None
+) -> SplitPlan:
     """Per class, split sizes ``n_c * fraction`` rounded by largest remainder (each within ±1 of target)."""
     rng = np.random.default_rng(seed)
     splits = np.empty(len(labels), dtype=object)
@@ -133,8 +146,9 @@ def _exact_stratified(labels: np.ndarray, fractions: dict[str, float], seed: int
             counts[s] += 1
         short = [s for s in SPLIT_NAMES if counts[s] == 0 and fractions[s] > 0]
         if short:
+            name = _class_name(c, class_names)
             raise SplitError(
-                f"class '{c}' has {len(idx)} samples, too few for a {short[0]} share of "
+                f"class '{name}' has {len(idx)} samples, too few for a {short[0]} share of "
                 f"{fractions[short[0]]}; add samples, merge the class or change the fractions"
             )
         start = 0
@@ -150,15 +164,17 @@ def stratified_group_split(
     groups: Sequence | None = None,
     fractions: dict[str, float] | None = None,
     seed: int = 0,
+    class_names: Sequence[str] | None = None,
 ) -> SplitPlan:
     """One train/validation/test split, stratified by label, no group in two splits.
 
     Args:
-        labels: (N,) class of each sample (any hashable values).
+        labels: (N,) class of each sample (any hashable values; indices into ``class_names`` if given).
         groups: (N,) group of each sample (patient), or None (each sample its own group).
         fractions: ``{"train", "validation", "test"}`` fractions, multiples of 1/m for some m <= 20
             (default 0.6 / 0.2 / 0.2).
         seed: the shuffle seed; the same seed gives the same split in any process.
+        class_names: names of the classes ``labels`` index, used in error messages only.
 
     Raises:
         SplitError: a class has fewer samples (or groups) than the folds the fractions need.
@@ -166,10 +182,8 @@ def stratified_group_split(
     fractions = fractions or {"train": 0.6, "validation": 0.2, "test": 0.2}
     m, per_split = _n_folds(fractions)
     if groups is None:
-        return _exact_stratified(np.asarray(labels), fractions, seed)
-    fold, group_ids = _fold_of_groups(
-        np.asarray(labels), None if groups is None else np.asarray(groups), m, seed
-    )
+        return _exact_stratified(np.asarray(labels), fractions, seed, class_names)
+    fold, group_ids = _fold_of_groups(np.asarray(labels), np.asarray(groups), m, seed, class_names)
     split_of_fold, next_fold = {}, 0
     for split in ("test", "validation", "train"):
         for _ in range(per_split[split]):
@@ -178,10 +192,17 @@ def stratified_group_split(
     return _plan(fold, group_ids, split_of_fold, None)
 
 
-def grouped_kfold(labels: Sequence, groups: Sequence | None, k: int, seed: int = 0) -> list[SplitPlan]:
+def grouped_kfold(
+    labels: Sequence,
+    groups: Sequence | None,
+    k: int,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
+) -> list[SplitPlan]:
     """K cross-validation rounds: round i tests on fold i, validates on fold (i+1) mod K, trains on the rest.
 
-    The test folds partition the data (every sample is tested exactly once).
+    The test folds partition the data (every sample is tested exactly once). ``class_names``: names of the
+    classes ``labels`` index, used in error messages only.
 
     Raises:
         SplitError: k < 3, or a class has fewer samples (or groups) than k.
@@ -189,7 +210,7 @@ def grouped_kfold(labels: Sequence, groups: Sequence | None, k: int, seed: int =
     if k < 3:
         raise SplitError(f"--folds {k}: cross-validation needs at least 3 folds (train, validation, test)")
     fold, group_ids = _fold_of_groups(
-        np.asarray(labels), None if groups is None else np.asarray(groups), k, seed
+        np.asarray(labels), None if groups is None else np.asarray(groups), k, seed, class_names
     )
     plans = []
     for i in range(k):
@@ -218,6 +239,40 @@ def given_split(splits: Sequence[str], groups: Sequence | None) -> tuple[SplitPl
     for g, s in zip(group_ids, names):
         group_split[g] = "+".join(leaks[g]) if g in leaks else s
     return SplitPlan(tuple(names), group_split, None), leaks
+
+
+def check_scored_splits(
+    plan: SplitPlan, labels: Sequence[int], class_names: Sequence[str], source: str
+) -> None:
+    """Refuse a validation or test split that holds a single class of several (a user's ``split`` column).
+
+    Its balanced accuracy would be one class's recall and its AUROC undefined, both reported as if they
+    measured the model.
+
+    Args:
+        plan: the split to check.
+        labels: (N,) class index of each sample into ``class_names``.
+        class_names: the cohort's classes.
+        source: the file the split came from, named in the error.
+
+    Raises:
+        SplitError: naming ``source``, the split, its only class and the classes to add.
+    """
+    labels = np.asarray(labels)
+    if len(class_names) < 2:
+        return
+    for split in ("validation", "test"):
+        idx = plan.indices(split)
+        present = np.unique(labels[idx])
+        if len(present) == 1:
+            only = class_names[int(present[0])]
+            others = [name for i, name in enumerate(class_names) if i != int(present[0])]
+            raise SplitError(
+                f"{source}: the {split} split holds only class '{only}' ({len(idx)} rows), so its balanced "
+                f"accuracy and AUROC would not measure the model; set split={split} on some rows of "
+                f"{', '.join(repr(n) for n in others)}, or drop the split column for a stratified, "
+                "group-aware split"
+            )
 
 
 def split_report(plan: SplitPlan, labels: Sequence, groups: Sequence | None) -> dict:

@@ -39,18 +39,25 @@ import math
 import re
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
-try:
-    from .configuration_pathfm_vit import PRESETS, TIMM_ARCHITECTURES, PathFMViTConfig
-except ImportError:  # run as a script: `python modeling/convert_timm_to_pathfm.py`
-    from pathfm.modeling.configuration_pathfm_vit import PRESETS, TIMM_ARCHITECTURES, PathFMViTConfig
-
-if TYPE_CHECKING:  # torch and the model classes are imported where used, so that --help returns at once
+if TYPE_CHECKING:  # torch, transformers and the model classes are imported where used: --help is immediate
     import torch
+    from pathfm.modeling.configuration_pathfm_vit import PathFMViTConfig
     from pathfm.modeling.modeling_pathfm_vit import PathFMViTModel
 
 logger = logging.getLogger(__name__)
+
+
+def _configuration() -> ModuleType:
+    """The ``configuration_pathfm_vit`` module (PRESETS, TIMM_ARCHITECTURES, PathFMViTConfig), imported on
+    first use: it imports transformers, hence torch (relative when imported as a package module)."""
+    try:
+        from . import configuration_pathfm_vit
+    except ImportError:  # run as a script: `python modeling/convert_timm_to_pathfm.py`
+        from pathfm.modeling import configuration_pathfm_vit
+    return configuration_pathfm_vit
 
 
 def _model_class() -> type[PathFMViTModel]:
@@ -206,10 +213,10 @@ def pathfm_to_timm_state_dict(
 
 
 def _unwrap(obj: object, source: str) -> dict[str, torch.Tensor]:
-    import torch
-
     """Find the tensor dict inside a training checkpoint and strip wrapper prefixes (``module.``,
     ``backbone.``, ...)."""
+    import torch
+
     while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in _NESTED_KEYS:
             if isinstance(obj.get(key), dict):
@@ -267,9 +274,13 @@ def read_timm_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, OSError, ValueError) as err:
-            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointMismatchError(f"{path}: not a readable torch checkpoint ({text}).") from None
+        except Exception as err:  # noqa: BLE001  (bytes that are not a pickle fail anywhere in the unpickler)
+            text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            reason = f"{type(err).__name__}: {text}" if text else type(err).__name__
+            raise CheckpointMismatchError(
+                f"{path}: not a readable torch checkpoint ({reason}); "
+                "expected a timm state dict saved with torch.save (.pth/.pt/.bin) or a .safetensors file."
+            ) from None
     return _unwrap(obj, str(path))
 
 
@@ -303,8 +314,10 @@ def load_pretrained_backbone(path: str, preset: str, **overrides) -> PathFMViTMo
         FileNotFoundError: ``path`` does not exist / the folder holds no weights.
         CheckpointMismatchError: The weights do not fit ``preset`` (lists missing / unexpected keys).
     """
-    if preset not in PRESETS:
-        raise KeyError(f"Unknown PathFMViT preset {preset!r}; choose one of {sorted(PRESETS)}.")
+    configuration = _configuration()
+    config_class, presets = configuration.PathFMViTConfig, sorted(configuration.PRESETS)
+    if preset not in presets:
+        raise KeyError(f"Unknown PathFMViT preset {preset!r}; choose one of {presets}.")
     src = Path(path)
     if src.is_dir():
         config_file = src / "config.json"
@@ -320,7 +333,7 @@ def load_pretrained_backbone(path: str, preset: str, **overrides) -> PathFMViTMo
             except ImportError:  # run as a script
                 from pathfm.modeling.loading import load_checked
             model = load_checked(_model_class(), str(src), is_folder=True, **overrides)
-            reference = PathFMViTConfig.from_preset(preset)
+            reference = config_class.from_preset(preset)
             fields = (
                 "hidden_size",
                 "num_hidden_layers",
@@ -346,7 +359,7 @@ def load_pretrained_backbone(path: str, preset: str, **overrides) -> PathFMViTMo
             )
         src = candidates[0]
     timm_sd = read_timm_checkpoint(src)
-    config = PathFMViTConfig.from_preset(preset, **overrides)
+    config = config_class.from_preset(preset, **overrides)
     side = _grid_from_pos_embed(timm_sd, config)
     if "image_size" not in overrides and side is not None and (side, side) != config.grid_size:
         logger.warning(
@@ -358,7 +371,7 @@ def load_pretrained_backbone(path: str, preset: str, **overrides) -> PathFMViTMo
             *config.grid_size,
             side * config.patch_size,
         )
-        config = PathFMViTConfig.from_preset(preset, **{**overrides, "image_size": side * config.patch_size})
+        config = config_class.from_preset(preset, **{**overrides, "image_size": side * config.patch_size})
     state = timm_to_pathfm_state_dict(timm_sd, config, source=str(src))
     model = _model_class()(config)
     model.load_state_dict(state, strict=True)
@@ -371,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoint", required=True, help="timm .pth/.bin/.safetensors file (or pathfm folder)"
     )
-    parser.add_argument("--arch", required=True, choices=sorted(PRESETS), help="pathfm preset name")
+    parser.add_argument(
+        "--arch", required=True, metavar="PRESET", help="PathFMViTConfig preset (a wrong name lists them all)"
+    )
     parser.add_argument("--output_dir", required=True, help="folder to write")
     parser.add_argument("--pooling", choices=("cls", "cls_mean"), default=None, help="pooler_output mode")
     parser.add_argument(
@@ -380,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         help="reverse: read a pathfm folder, write <output_dir>/model.safetensors in timm layout",
     )
     args = parser.parse_args(argv)
+    presets = sorted(_configuration().PRESETS)  # checked after parsing: the list costs the torch import
+    if args.arch not in presets:
+        parser.error(f"argument --arch: invalid choice: {args.arch!r} (choose from {', '.join(presets)})")
     from safetensors.torch import save_file
 
     try:
@@ -393,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.to_timm:
         timm_sd = pathfm_to_timm_state_dict(model.state_dict(), model.config, source=args.checkpoint)
         save_file({k: v.float().contiguous() for k, v in timm_sd.items()}, str(out / "model.safetensors"))
-        timm_name = TIMM_ARCHITECTURES.get(args.arch, TIMM_ARCHITECTURES["vits16"])
+        timms = _configuration().TIMM_ARCHITECTURES
+        timm_name = timms.get(args.arch, timms["vits16"])
         print(
             f"wrote {out / 'model.safetensors'} (timm layout): load with timm.create_model({timm_name!r}, "
             f"num_classes=0, img_size={model.config.image_size}) + load_state_dict"

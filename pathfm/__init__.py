@@ -15,18 +15,26 @@ ENTRY_FOLDERS = frozenset({"pathfm", "training", "evaluation", "datasets_scripts
 """Folders (source tree or installed package) whose scripts are pathfm's command-line entry points."""
 
 
-def help_only(argv: list[str]) -> bool:
+def help_only(argv: list[str], orig_argv: list[str] | None = None) -> bool:
     """Whether ``argv`` (``sys.argv``) runs a pathfm entry point just to print its help.
 
     Args:
-        argv: Program path followed by its arguments.
+        argv: Program path followed by its arguments. While ``python -m pathfm.<module>`` imports the parent
+            packages, the program path is still the literal ``-m``; the module name is then read from
+            ``orig_argv``.
+        orig_argv: The interpreter's own command line (default ``sys.orig_argv``), used for ``-m`` only.
 
     Returns:
         True when ``-h`` / ``--help`` is among the arguments and the program is the ``pathfm`` console
-        script or a ``.py`` file under one of :data:`ENTRY_FOLDERS` of this source tree / installed package.
+        script, a ``.py`` file under one of :data:`ENTRY_FOLDERS` of this source tree / installed package,
+        or ``python -m pathfm.<module>``.
     """
     if len(argv) < 2 or not {"-h", "--help"} & set(argv[1:]):
         return False
+    if argv[0] == "-m":
+        orig = list(_sys.orig_argv if orig_argv is None else orig_argv)
+        module = orig[orig.index("-m") + 1] if "-m" in orig[:-1] else ""
+        return module == "pathfm" or module.startswith("pathfm.")
     program = _Path(argv[0])
     if program.name == "pathfm":
         return True

@@ -1,12 +1,16 @@
 """The ``pathfm`` console script: one command with a subcommand per entry point.
 
-    pathfm train [preset] [--flags]    # = python training/dino.py (several processes: accelerate launch ...)
+    pathfm train [preset] [--flags]    # = python training/dino.py
+    pathfm train --num_processes N ... # = accelerate launch --multi_gpu --num_processes N training/dino.py ...
     pathfm export --checkpoint DIR --output_dir DIR
     pathfm probe --model DIR --task NAME --output_dir DIR
     pathfm catalogue ...               # = python datasets_scripts/catalogue.py
     pathfm demo                        # = python spaces/app.py
     pathfm convert ...                 # = python modeling/convert_timm_to_pathfm.py
     pathfm publish ...                 # = python datasets_scripts/publish.py
+    pathfm segmentation ...            # = python -m pathfm.evaluation.segmentation
+    pathfm mil ...                     # = python -m pathfm.evaluation.mil
+    pathfm embeddings export|import    # = python -m pathfm.evaluation.embeddings
 
 Each subcommand takes exactly the arguments of the script it names and behaves the same (exit status, one-line
 errors). Only the chosen subcommand's module is imported, after the subcommand is known, so ``pathfm --help``
@@ -16,11 +20,18 @@ imports nothing heavy and ``pathfm <command> --help`` costs what the script's ow
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Callable
 
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "train": ("pathfm.training.dino", "cli", "training/dino.py", "DINO pretraining on whole-slide images"),
+    "train": (
+        "pathfm.training.train_command",
+        "main",
+        "training/dino.py",
+        "DINO pretraining on whole-slide images (--num_processes N: under accelerate launch)",
+    ),
     "export": (
         "pathfm.training.export",
         "main",
@@ -52,8 +63,27 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "datasets_scripts/publish.py",
         "build a grid-tile dataset (parquet + card), optionally push it",
     ),
+    "segmentation": (
+        "pathfm.evaluation.segmentation.cli",
+        "main",
+        "-m pathfm.evaluation.segmentation",
+        "frozen-backbone segmentation (CoNSeP, MoNuSAC) with eva's decoders",
+    ),
+    "mil": (
+        "pathfm.evaluation.mil.cli",
+        "main",
+        "-m pathfm.evaluation.mil",
+        "slide-level gated ABMIL (Camelyon16-small, PANDA-small)",
+    ),
+    "embeddings": (
+        "pathfm.evaluation.embeddings",
+        "main",
+        "-m pathfm.evaluation.embeddings",
+        "embeddings in eva's layout: export | import",
+    ),
 }
-"""subcommand -> (module, function taking argv, script it stands for, one-line description)."""
+"""subcommand -> (module, function taking argv, script or ``-m module`` it stands for, one-line
+description)."""
 
 
 def usage() -> str:
@@ -92,9 +122,22 @@ def main(argv: list[str] | None = None) -> int:
         argv: Arguments without the program name (default ``sys.argv[1:]``).
 
     Returns:
-        The exit status of the subcommand (2 for an unknown command).
+        The exit status of the subcommand (2 for an unknown command; 141 = 128 + SIGPIPE when the reader of
+        the output stopped early, as in ``pathfm --help | head -1``, which ends quietly like a coreutils
+        tool).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        try:
+            return _dispatch(list(sys.argv[1:] if argv is None else argv))
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here rather than as an error at interpreter exit
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 128 + signal.SIGPIPE
+
+
+def _dispatch(argv: list[str]) -> int:
+    """Run the subcommand named by ``argv[0]`` with the remaining arguments; its exit status."""
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
@@ -109,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     module_name, function_name, script, _ = COMMANDS[name]
-    if not {"-h", "--help"} & set(rest):  # models will be loaded: make the Auto classes know pathfm_vit
+    # models will be loaded: make the Auto classes know pathfm_vit (train does it in the process that trains)
+    if name != "train" and not {"-h", "--help"} & set(rest):
         from pathfm.modeling import register_auto_classes
 
         register_auto_classes()

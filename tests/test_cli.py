@@ -3,6 +3,7 @@ arguments, and its ``--help`` texts import neither torch nor the model classes."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -31,7 +32,12 @@ def test_console_script_is_declared():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"pathfm": "pathfm.cli:main"}
     for module, function, script, _ in COMMANDS.values():
-        assert (REPO / script).name == module.rsplit(".", 1)[1] + ".py"
+        if script.startswith("-m "):  # python -m <package or module>
+            assert module == script[3:] or module.startswith(script[3:] + "."), (module, script)
+        elif module == "pathfm.training.train_command":  # training/dino.py, or several under accelerate
+            assert script == "training/dino.py"
+        else:
+            assert (REPO / script).name == module.rsplit(".", 1)[1] + ".py"
         assert function in ("main", "cli")
 
 
@@ -83,6 +89,15 @@ def test_subcommand_errors_exit_like_the_script(tmp_path):
     ]
 
 
+@pytest.mark.slow  # imports the whole training stack: ~15 s on 2 idle cores
+def test_train_in_one_process_is_training_dino(tmp_path):
+    """``pathfm train`` without --num_processes runs training/dino.py's cli in this process (same line)."""
+    done = run(console(), "train", "cpu_tniy", "--output_dir", str(tmp_path / "run"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("training/dino.py: error: preset 'cpu_tniy' not found")
+    assert not (tmp_path / "run").exists()
+
+
 def test_help_imports_no_torch():
     code = (
         "import sys\n"
@@ -105,6 +120,81 @@ def test_help_only_recognises_our_entry_points_only():
     assert not pathfm.help_only(["/usr/bin/pytest", "--help"])
     assert not pathfm.help_only([str(root / ".venv" / "bin" / "tool.py"), "--help"])
     assert not pathfm.help_only(["-c", "--help"])
+    # python -m: while the parent packages import, argv[0] is the literal "-m"; the module is in orig_argv
+    assert pathfm.help_only(["-m", "--help"], ["python", "-m", "pathfm.evaluation.mil", "--help"])
+    assert not pathfm.help_only(["-m", "--help"], ["python", "-m", "pytest", "--help"])
+    assert not pathfm.help_only(["-m", "--task", "x"], ["python", "-m", "pathfm.evaluation.mil", "--task", "x"])
+
+
+def _startup_benchmark():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import cli_startup
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return cli_startup
+
+
+def test_startup_benchmark_finds_every_entry_point():
+    bench = _startup_benchmark()
+    labels = [label for label, _ in bench.entry_points()]
+    for expected in (
+        "python training/dino.py --help",
+        "python evaluation/cohort_probe.py --help",
+        "python -m pathfm.evaluation.mil --help",
+        "python -m pathfm.evaluation.segmentation --help",
+        "python -m pathfm.evaluation.embeddings --help",
+        "python -m pathfm.datasets_scripts.catalogue --help",
+    ):
+        assert expected in labels
+    assert [f"pathfm {name} --help" for name in COMMANDS] == labels[-len(COMMANDS) :]
+
+
+# entry points whose --help once imported torch; the default suite checks these, the slow suite all of them
+ONCE_SLOW = {
+    "python training/dino.py --help",
+    "python training/export.py --help",
+    "python evaluation/cohort_probe.py --help",
+    "python modeling/convert_timm_to_pathfm.py --help",
+    "python -m pathfm.datasets_scripts.catalogue --help",
+    "python -m pathfm.evaluation.mil --help",
+    "python -m pathfm.evaluation.segmentation --help",
+    "python -m pathfm.evaluation.embeddings --help",
+}
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        label if label in ONCE_SLOW else pytest.param(label, marks=pytest.mark.slow)
+        for label, _ in _startup_benchmark().entry_points()
+    ],
+)
+def test_every_help_imports_no_torch(label):
+    """What keeps each --help within the startup target: torch (and so transformers' models) is never
+    imported just to print the arguments (timings themselves: benchmarks/cli_startup.py)."""
+    argv = dict(_startup_benchmark().entry_points())[label]
+    done = subprocess.run(
+        [argv[0], "-X", "importtime", *argv[1:]] if argv[0] == sys.executable else argv,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "torch" not in imported, label
+    assert "usage: __main__.py" not in done.stdout, done.stdout[:200]
+
+
+def test_closed_pipe_ends_quietly():
+    """``pathfm --help | head -1``: the reader closes the pipe early; no BrokenPipeError traceback."""
+    proc = subprocess.Popen([console(), "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before pathfm writes: every write hits a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) in (0, 141) and err == "", err
 
 
 def test_console_script_registers_the_model_type_before_a_real_command():

@@ -7,10 +7,11 @@ its seed, and the RankMe probe tiles.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from pathfm.datasets_scripts.resolve import catalogue_skips
 from pathfm.training.config import DINODataArguments, DINOTrainingArguments
 from pathfm.training.tile_batches import TileBatchStream, partition_slides, preflight_slides, resolve_slides
 
@@ -24,12 +25,14 @@ class RunData:
         failed: Slides that did not open at start (skipped).
         my_slides: This rank's share of ``readable``.
         stream: Iterator of ``{"pixel_values": uint8 (B, 3, tile, tile), ...}`` batches.
+        catalogue_skipped: Slides of the catalogues given that were left out, by status (never opened).
     """
 
     readable: list
     failed: list
     my_slides: list
     stream: TileBatchStream
+    catalogue_skipped: dict[str, int] = field(default_factory=dict)
 
 
 def slide_options(d_args: DINODataArguments) -> dict:
@@ -66,7 +69,7 @@ def build_data(
         reader=d_args.reader,
         reader_threads=d_args.reader_threads,
     )
-    return RunData(readable, failed, my_slides, stream)
+    return RunData(readable, failed, my_slides, stream, dict(catalogue_skips(d_args.slides)))
 
 
 def probe_pixels(tiles: torch.Tensor, size: int) -> torch.Tensor:

@@ -39,6 +39,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pathfm
+
+if __name__ == "__main__" and pathfm.help_only(sys.argv):  # the parser alone: no torch / accelerate import
+    from pathfm.training.config import parse_config
+
+    parse_config(sys.argv[1:])  # prints the help (with the chosen preset's values) and exits 0
+
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
@@ -77,6 +84,7 @@ from pathfm.training.sharding import (
     shard_student_teacher,
 )
 from pathfm.training.step import NonFiniteLossError
+from pathfm.training.user_error import report_user_error
 
 __all__ = ["NonFiniteLossError", "WorldSizeMismatchError", "checkpoint_dirs", "cli", "main", "train"]
 
@@ -255,9 +263,12 @@ def prepare_networks(
 
 
 def slides_summary(data: Any) -> str:
-    """``"<n> slide(s): [ids] (<k> unreadable skipped overall)"`` for this rank's part of the data."""
+    """``"<n> slide(s): [ids] (skipped overall: <k> unreadable, <m> catalogued as <status>, ...)"`` for this
+    rank's part of the data: the slides that failed to open plus those a catalogue left out."""
     ids = [r.slide_id for r in data.my_slides]
-    return f"{len(ids)} slide(s): {ids} ({len(data.failed)} unreadable skipped overall)"
+    skips = [f"{len(data.failed)} unreadable"] if data.failed else []
+    skips += [f"{n} catalogued as {status}" for status, n in sorted(data.catalogue_skipped.items())]
+    return f"{len(ids)} slide(s): {ids} (skipped overall: {', '.join(skips) or 'none'})"
 
 
 def measure_mfu_terms(
@@ -376,9 +387,8 @@ def cli(argv: list[str]) -> int:
             print(stopped.message, file=sys.stderr)
         return 128 + stopped.signum
     except USER_ERRORS as err:
-        # every rank reaches the same error; under a launcher (RANK set) only rank 0 prints it
-        if os.environ.get("RANK", "0") == "0":
-            print(f"training/dino.py: error: {err}", file=sys.stderr)
+        # every rank reaches the same error: rank 0 prints it, and the launcher's report names it
+        report_user_error(f"training/dino.py: error: {err}")
         return 2
     return 0
 

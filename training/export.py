@@ -32,13 +32,14 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
-
-from pathfm.modeling import PathFMViTConfig, PathFMViTImageProcessor, PathFMViTModel, register_auto_classes
 from pathfm.training.model_card import ModelCardInfo, build_model_card, slide_name
+
+if TYPE_CHECKING:  # torch and the model classes are imported where used, so that --help returns at once
+    import torch
+
+    from pathfm.modeling import PathFMViTConfig, PathFMViTModel
 
 __all__ = [
     "CHECKPOINT_METADATA",
@@ -61,6 +62,8 @@ _DINO_TEACHER_PREFIX = "backbone."
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     """Strips DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    import torch
+
     while True:
         if isinstance(module, torch.nn.parallel.DistributedDataParallel):
             module = module.module
@@ -90,6 +93,10 @@ def export_teacher(
         TypeError: if ``teacher_backbone`` is not a ``PathFMViTModel`` (e.g. the DINO wrapper with a head).
         ValueError: if a weight is not finite, or ``card_info`` has unknown keys.
     """
+    import torch
+
+    from pathfm.modeling import PathFMViTImageProcessor, PathFMViTModel, register_auto_classes
+
     model = _unwrap(teacher_backbone)
     if not isinstance(model, PathFMViTModel):
         hint = " (pass its `.backbone`)" if hasattr(model, "backbone") else ""
@@ -146,6 +153,11 @@ def save_export_metadata(
             ``config_dict`` is not a pathfm_vit config, or if ``card_info`` has unknown keys.
         FileNotFoundError: if ``teacher_file`` does not exist in ``checkpoint_dir``.
     """
+    import torch
+    from safetensors.torch import save_file
+
+    from pathfm.modeling import PathFMViTConfig
+
     checkpoint_dir = Path(checkpoint_dir)
     if (teacher_backbone is None) == (teacher_file is None):
         raise ValueError("save_export_metadata: pass exactly one of teacher_backbone or teacher_file")
@@ -215,6 +227,9 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 def _load_state_dict(file: Path) -> dict[str, torch.Tensor]:
+    import torch
+    from safetensors.torch import load_file
+
     if file.is_dir():  # a sharded run's teacher: a torch.distributed.checkpoint folder, read on one process
         return _load_dcp(file)
     if not file.is_file():
@@ -234,6 +249,7 @@ def _load_dcp(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of a ``torch.distributed.checkpoint`` folder, gathered into one CPU state dict."""
     import tempfile
 
+    import torch
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -272,6 +288,10 @@ def _run_config(checkpoint: Path) -> tuple[dict[str, Any], Path]:
 
 def _dino_layout(checkpoint: Path) -> tuple[PathFMViTConfig, dict[str, torch.Tensor], dict[str, Any]]:
     """Reads a training/dino.py checkpoint without pathfm_checkpoint.json (see the module docstring)."""
+    import torch
+
+    from pathfm.modeling import PathFMViTConfig
+
     run, config_file = _run_config(checkpoint)
     model_section, data_section = run.get("model", {}), run.get("data", {}) or {}
     preset = model_section.get("backbone_preset")
@@ -334,6 +354,8 @@ def load_teacher_from_checkpoint(checkpoint: str | Path) -> tuple[PathFMViTModel
         ValueError: unreadable metadata or weights, or keys that do not match the architecture (the missing
             and unexpected keys are listed).
     """
+    from pathfm.modeling import PathFMViTConfig, PathFMViTModel
+
     folder = find_checkpoint(checkpoint)
     meta_file = folder / CHECKPOINT_METADATA
     if meta_file.is_file():

@@ -10,41 +10,25 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pathfm.evaluation.backbone import BackboneError, load_backbone
-from pathfm.evaluation.mil.embed_slides import embed_slides
-from pathfm.evaluation.mil.train import MilConfig, load_bags, run_protocol
-from pathfm.evaluation.segmentation.features import slug
+from pathfm.evaluation.mil.arguments import MilArguments, MilConfig
 from pathfm.evaluation.tasks.base import TaskDataError
 from pathfm.evaluation.tasks.slide_mil import SLIDE_TASKS, SlideSample
-from torch import Tensor
 from transformers import HfArgumentParser
 
-
-@dataclass
-class MilArguments:
-    """Command-line arguments; tiling defaults come from the task (0 / None = task default)."""
-
-    task: str = field(metadata={"help": f"one of {sorted(SLIDE_TASKS)}"})
-    model: str = field(default="", metadata={"help": "model folder or Hub id (not with --embeddings_folder)"})
-    data_dir: str = field(default="", metadata={"help": "the task's folder in its official layout"})
-    output_dir: str = "eval_results"
-    embeddings_dir: str = "embeddings"
-    tile_size: int = field(default=0, metadata={"help": "tile side in px (0: the task's, 224)"})
-    tiles_per_slide: int = field(default=0, metadata={"help": "max tiles per slide (0: the task's)"})
-    min_tissue: float = 0.35
-    embed_batch_size: int = 64
-    embeddings_folder: str = field(
-        default="",
-        metadata={"help": "train on this slide-embedding folder (e.g. imported from eva); no embedding"},
-    )
-    embed_num_workers: int = field(default=0, metadata={"help": "DataLoader workers reading tiles"})
+if TYPE_CHECKING:  # torch-heavy modules are imported where used, so that --help returns at once
+    from torch import Tensor
 
 
 def embed_task(args: MilArguments, config: MilConfig) -> tuple[dict, dict]:
     """Embed the task's missing slides; ({split: (bags, targets)}, facts for results.json)."""
+    from pathfm.evaluation.backbone import load_backbone
+    from pathfm.evaluation.mil.embed_slides import embed_slides
+    from pathfm.evaluation.mil.train import load_bags
+    from pathfm.evaluation.segmentation.features import slug
+
     if not args.model:
         raise ValueError("--model is needed (or --embeddings_folder with embeddings made elsewhere)")
     task = SLIDE_TASKS[args.task](args.data_dir or None, seed=config.seed)
@@ -87,6 +71,8 @@ def folder_data(folder: str | Path) -> dict[str, tuple[list, Tensor]]:
     Raises:
         TaskDataError: missing ``slides.csv``, or no train/validation/test slide in it.
     """
+    from pathfm.evaluation.mil.train import load_bags
+
     table = Path(folder) / "slides.csv"
     if not table.is_file():
         raise TaskDataError(f"missing {table} (write it with python -m pathfm.evaluation.embeddings import)")
@@ -104,6 +90,8 @@ def folder_data(folder: str | Path) -> dict[str, tuple[list, Tensor]]:
 
 def evaluate_task(args: MilArguments, config: MilConfig) -> dict:
     """Embed missing slides (or read ``--embeddings_folder``), train the heads, write results.json."""
+    from pathfm.evaluation.mil.train import run_protocol
+
     if args.task not in SLIDE_TASKS:
         raise ValueError(f"unknown slide task {args.task!r}; available: {sorted(SLIDE_TASKS)}")
     task_cls = SLIDE_TASKS[args.task]
@@ -124,6 +112,8 @@ def evaluate_task(args: MilArguments, config: MilConfig) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, print one summary line; bad input -> one line on stderr, exit 2."""
     args, config = HfArgumentParser((MilArguments, MilConfig)).parse_args_into_dataclasses(args=argv)
+    from pathfm.evaluation.backbone import BackboneError
+
     try:
         results = evaluate_task(args, config)
     except (TaskDataError, BackboneError, ValueError) as err:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import copy
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pathfm.evaluation.mil.abmil import GatedABMIL
+from pathfm.evaluation.mil.arguments import MilConfig
 from pathfm.evaluation.scoring import classification_scores, fast_balanced_accuracy
 from pathfm.evaluation.tasks.slide_mil import SlideSample
 from pathfm.evaluation.threads import threads_for
@@ -25,19 +26,6 @@ from sklearn.metrics import cohen_kappa_score
 from torch import Tensor
 
 PROTOCOL = "eva-mil-v1"
-
-
-@dataclass
-class MilConfig:
-    """ABMIL training settings (defaults: eva's leaderboard)."""
-
-    epochs: int = 100
-    patience: int = 20
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    runs: int = 20
-    device: str = "cpu"  # backbone forward and head training
-    seed: int = 0
 
 
 def load_bags(folder: str | Path, slides: list[SlideSample]) -> tuple[list[Tensor], Tensor, list[str]]:

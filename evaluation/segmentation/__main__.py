@@ -4,4 +4,5 @@ import sys
 
 from pathfm.evaluation.segmentation.cli import main
 
+sys.argv[0] = "python -m pathfm.evaluation.segmentation"  # argparse's usage line, not __main__.py
 sys.exit(main())

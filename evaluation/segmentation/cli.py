@@ -7,37 +7,23 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from pathfm.evaluation.backbone import BackboneError, load_backbone
-from pathfm.evaluation.embedding_cache import CacheConflictError
-from pathfm.evaluation.segmentation.features import normalise, split_features
-from pathfm.evaluation.segmentation.train import SegmentationConfig, run_protocol
+from pathfm.evaluation.segmentation.arguments import (
+    SEGMENTATION_TASKS,
+    SegmentationArguments,
+    SegmentationConfig,
+)
 from pathfm.evaluation.tasks.base import TaskDataError
-from pathfm.evaluation.tasks.consep import CoNSeP
-from pathfm.evaluation.tasks.monusac import MoNuSAC
 from transformers import HfArgumentParser
-
-SEGMENTATION_TASKS = {cls.TASK_NAME: cls for cls in (CoNSeP, MoNuSAC)}
-
-
-@dataclass
-class SegmentationArguments:
-    """Command-line arguments (protocol settings come from :class:`SegmentationConfig`)."""
-
-    model: str = field(metadata={"help": "model folder or Hub id"})
-    task: str = field(metadata={"help": f"one of {sorted(SEGMENTATION_TASKS)}"})
-    data_dir: str = field(metadata={"help": "the task's folder in its official layout"})
-    output_dir: str = field(default="eval_results")
-    embeddings_dir: str = field(default="embeddings", metadata={"help": "patch-token cache root"})
-    tile_size: int = field(default=224, metadata={"help": "tile side in px (multiple of the patch size)"})
-    check_counts: bool = field(default=True, metadata={"help": "enforce the official image counts"})
-    overwrite_embeddings: bool = False
 
 
 def evaluate_task(args: SegmentationArguments, config: SegmentationConfig) -> dict:
     """Embed (or load cached) tiles, train ``config.runs`` decoders, write and return results.json's dict."""
+    from pathfm.evaluation.backbone import load_backbone
+    from pathfm.evaluation.segmentation.features import normalise, split_features
+    from pathfm.evaluation.segmentation.train import run_protocol
+
     if args.task not in SEGMENTATION_TASKS:
         raise ValueError(f"unknown segmentation task {args.task!r}; available: {sorted(SEGMENTATION_TASKS)}")
     task = SEGMENTATION_TASKS[args.task](args.data_dir, check_counts=args.check_counts)
@@ -71,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run, print the summary line; bad input -> one line on stderr, exit 2."""
     parser = HfArgumentParser((SegmentationArguments, SegmentationConfig))
     args, config = parser.parse_args_into_dataclasses(args=argv)
+    from pathfm.evaluation.backbone import BackboneError
+    from pathfm.evaluation.embedding_cache import CacheConflictError
+
     try:
         results = evaluate_task(args, config)
     except (TaskDataError, BackboneError, CacheConflictError, ValueError) as err:

@@ -9,30 +9,17 @@ background excluded) on the validation split.
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from pathfm.evaluation.scoring import load_metric
+from pathfm.evaluation.segmentation.arguments import SegmentationConfig
 from pathfm.evaluation.segmentation.decoders import DECODERS
 from pathfm.evaluation.threads import threads_for
 from torch import Tensor
 
 PROTOCOL = "eva-segmentation-v1"
-
-
-@dataclass
-class SegmentationConfig:
-    """Decoder training settings (defaults: eva's leaderboard)."""
-
-    decoder: str = "conv_with_image"
-    steps: int = 2000
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    eval_every: int = 100
-    device: str = "cpu"  # backbone forward and decoder training
-    runs: int = 5
-    seed: int = 0
 
 
 def dice_loss(

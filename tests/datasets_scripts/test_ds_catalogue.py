@@ -11,7 +11,7 @@ import datasets
 import numpy as np
 import pytest
 from pathfm.datasets_scripts.catalogue import build_catalogue, decode_mask, main
-from pathfm.datasets_scripts.resolve import resolve_sources
+from pathfm.datasets_scripts.resolve import catalogue_skips, resolve_sources
 from pathfm.datasets_scripts.slide import open_slide
 from pathfm.datasets_scripts.tissue import compute_tissue_mask
 
@@ -105,6 +105,8 @@ def test_resolver_one_rule_for_every_source(mixed_slides, tmp_path):
     assert same_ids == sorted(r.slide_id for r in from_catalogue if Path(r.path).name == "same.tiff")
     with pytest.raises(FileNotFoundError, match="not found"):
         resolve_sources(str(tmp_path / "missing.parquet"))
+    skipped = catalogue_skips([str(out), str(mixed_slides)])  # the folder: nothing left out unopened
+    assert skipped == {"no-mpp": 1, "no-tissue": 1, "unreadable": 1}
     with pytest.raises(FileNotFoundError, match="does not exist"):
         resolve_sources(str(tmp_path / "no_such_folder"))
 
@@ -148,3 +150,20 @@ def test_catalogue_slide_broken_after_cataloguing_is_skipped_by_the_stream(tmp_p
         ids = {e["slide_id"] for e in ds}
     assert ids == {"s1"} and stream_stats(ds)["corrupt_slides"] == 1
 
+
+
+def test_training_log_counts_the_slides_a_catalogue_left_out(mixed_slides, tmp_path):
+    from pathfm.training.data import RunData
+    from pathfm.training.dino import slides_summary
+    from pathfm.training.tile_batches import preflight_slides, resolve_slides
+
+    out = tmp_path / "catalogue.parquet"
+    build_catalogue([str(mixed_slides)], out)
+    sources = [str(out), str(tmp_path / "missing.svs")]
+    readable, failed = preflight_slides(resolve_slides(sources))
+    data = RunData(readable, failed, readable[:1], stream=None, catalogue_skipped=dict(catalogue_skips(sources)))
+    summary = slides_summary(data)
+    assert summary.endswith(
+        "(skipped overall: 1 unreadable, 1 catalogued as no-mpp, 1 catalogued as no-tissue, "
+        "1 catalogued as unreadable)"
+    ), summary

@@ -134,6 +134,21 @@ def test_broken_model_folders_give_one_line(probe, case, tiny_model_dir, tmp_pat
     one_line_error(done, needle)
 
 
+@pytest.mark.parametrize(
+    ("task", "needles"),
+    [
+        ("embedded_tisue", ("unknown --task 'embedded_tisue'", "did you mean 'embedded_tissue'?")),
+        ("embedded_retrieval", ("--task embedded_retrieval is not a probe task", "benchmarks/retrieval.py")),
+        ("consep", ("is segmentation", "python -m pathfm.evaluation.segmentation --task consep")),
+        ("panda_small", ("is slide-level MIL", "python -m pathfm.evaluation.mil --task panda_small")),
+    ],
+)
+def test_task_names_outside_the_probe(probe, task, needles, tiny_model_dir, tmp_path):
+    done = probe(tiny_model_dir, task, tmp_path / "out")
+    one_line_error(done, *needles)
+    assert not (tmp_path / "out").exists()
+
+
 def test_count_mismatch_names_the_cli_flag(pcam_eva):
     from pathfm.evaluation.tasks import TaskDataError, build_task
 

@@ -111,7 +111,7 @@ def test_script_on_miniature_crc_with_random_init_comparison(
 
 
 def test_unknown_task_and_missing_data(tmp_path: Path, tiny_model_dir: Path) -> None:
-    with pytest.raises(SystemExit, match="unknown task"):
+    with pytest.raises(ValueError, match="unknown --task 'nope'; probe tasks: "):
         linear_probe.main(["--model", str(tiny_model_dir), "--task", "nope", "--output_dir", str(tmp_path)])
     from pathfm.evaluation.tasks.base import TaskDataError
 

@@ -191,6 +191,38 @@ def test_cli_given_split_with_leak_warns_and_errors_are_one_line(tmp_path: Path,
     assert code == 2 and err.strip().count("\n") == 0 and "no.csv: no such file" in err
 
 
+@pytest.mark.parametrize("scored", ["validation", "test"])
+def test_cli_one_class_scored_split_is_one_line(tmp_path: Path, capsys, monkeypatch, scored: str) -> None:
+    """A user's split column whose validation or test rows are all one class: one line naming the file, the
+    split and the class, with the fix; nothing written."""
+    labels = np.array(["normal", "tumour"] * 6 + ["tumour"] * 4 + ["normal", "tumour"] * 2)
+    other = {"validation": "test", "test": "validation"}[scored]
+    splits = np.array(["train"] * 12 + [scored] * 4 + [other] * 4)
+    x = np.random.default_rng(0).normal(0, 1, (len(labels), 4)).astype(np.float32)
+    ids = np.array([f"s{i}" for i in range(len(labels))])
+    np.savez(tmp_path / "e.npz", embeddings=x, ids=ids, labels=labels, splits=splits)
+    out = tmp_path / "o"
+    code, _, err = _run_cli(
+        capsys, monkeypatch, "--dataset", str(tmp_path / "e.npz"), "--output_dir", str(out)
+    )
+    assert code == 2 and err.strip().count("\n") == 0 and "Traceback" not in err, err
+    assert f"e.npz: the {scored} split holds only class 'tumour' (4 rows)" in err
+    assert f"set split={scored} on some rows of 'normal', or drop the split column" in err
+    assert not out.exists()
+
+
+def test_cli_fold_error_names_file_and_label(tmp_path: Path, capsys, monkeypatch) -> None:
+    table = tmp_path / "cohort.npz"
+    x = np.zeros((12, 4), dtype=np.float32)
+    ids = np.array([f"s{i}" for i in range(12)])
+    np.savez(table, embeddings=x, ids=ids, labels=np.array(["normal"] * 10 + ["tumour"] * 2))
+    code, _, err = _run_cli(
+        capsys, monkeypatch, "--dataset", str(table), "--output_dir", str(tmp_path / "o"), "--folds", "3"
+    )
+    assert code == 2 and err.strip().count("\n") == 0, err
+    assert f"{table}: class 'tumour' has 2 samples, fewer than the 3 folds" in err
+
+
 def _slide_manifest(tmp_path: Path, splits: list[str]) -> Path:
     from pathfm.datasets_scripts.embedded import embedded_slides
 
@@ -219,6 +251,13 @@ def test_slide_manifest_mean_pools_tissue_tiles(tmp_path: Path) -> None:
 
 def test_cli_slide_manifest_with_a_model(tmp_path: Path, tiny_model_dir: Path, capsys, monkeypatch) -> None:
     manifest = _slide_manifest(tmp_path, ["train", "train", "validation"])
+    # validation needs both classes: a second path to the 'other' slide (the ids are paths, kept unique)
+    rows = manifest.read_text().splitlines()
+    other = Path(rows[2].split(",")[0])
+    copy = tmp_path / f"copy{other.suffix}"
+    copy.symlink_to(other)
+    mpp = rows[2].rsplit(",", 1)[1]
+    manifest.write_text("\n".join([*rows, f"{copy},other,copy,validation,{mpp}"]) + "\n")
     code, out, err = _run_cli(
         capsys,
         monkeypatch,
@@ -237,7 +276,7 @@ def test_cli_slide_manifest_with_a_model(tmp_path: Path, tiny_model_dir: Path, c
         "0",
     )
     assert code == 0, err
-    assert "3 slides, 6 tissue tiles" in out
+    assert "4 slides, 8 tissue tiles" in out
     res = json.loads(next((tmp_path / "o").glob("*/results.json")).read_text())
-    assert res["task"]["samples"] == 3 and res["model"]["embedding_dim"] > 0
+    assert res["task"]["samples"] == 4 and res["model"]["embedding_dim"] > 0
     assert set(res["linear_probe"]) == {"validation"}

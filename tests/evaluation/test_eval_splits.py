@@ -96,6 +96,18 @@ def test_too_few_groups_of_a_class_names_it() -> None:
         stratified_group_split(["a"] * 10 + ["b"] * 2)
 
 
+def test_errors_name_the_label_of_an_index() -> None:
+    """A cohort's labels are indices into its class names: errors say the name, not the index."""
+    names = ("normal", "tumour")
+    with pytest.raises(SplitError, match="^class 'tumour' has 2 samples, fewer than the 3 folds"):
+        grouped_kfold([0] * 10 + [1] * 2, None, 3, class_names=names)
+    groups = [f"p{i}" for i in range(10)] + ["q1"] * 5 + ["q2"] * 5
+    with pytest.raises(SplitError, match="^class 'tumour' occurs in 2 groups, fewer than the 4 folds"):
+        grouped_kfold([0] * 10 + [1] * 10, groups, 4, class_names=names)
+    with pytest.raises(SplitError, match="^class 'tumour' has 2 samples, too few for a"):
+        stratified_group_split([0] * 10 + [1] * 2, class_names=names)
+
+
 def test_same_seed_same_split_in_two_processes() -> None:
     labels, groups = _random_dataset(7)
     code = (

@@ -110,3 +110,33 @@ def test_tile_draw_on_a_real_slide_is_seeded_and_row_major(cmu_svs: Path) -> Non
     assert set(drawn) <= set(all_tiles)
     assert [(c.y, c.x) for c in drawn] == sorted((c.y, c.x) for c in drawn)
     assert all(c.tissue_fraction >= 0.35 for c in drawn)
+
+
+def test_worker_reading_gives_the_main_process_result(
+    tmp_path: Path, tiny_model_dir: Path, cmu_svs: Path
+) -> None:
+    """Slides read whole by 2 DataLoader workers (interleaved batches) give the files a single process writes,
+    and an unreadable slide among them is skipped and counted the same way."""
+    from pathfm.evaluation.backbone import load_backbone
+    from pathfm.evaluation.mil.embed_slides import embed_slides
+    from pathfm.evaluation.tasks.slide_mil import SlideSample
+
+    slides = []
+    for i in range(3):
+        link = tmp_path / f"entry_{i}.svs"
+        link.symlink_to(cmu_svs)
+        slides.append(SlideSample(str(link), link.stem, 0))
+    (tmp_path / "broken.svs").write_bytes(b"not a slide" * 50)
+    slides.insert(1, SlideSample(str(tmp_path / "broken.svs"), "broken", 1))
+    backbone = load_backbone(str(tiny_model_dir))
+    counts = {}
+    for workers in (0, 2):
+        counts[workers] = embed_slides(
+            backbone, slides, tmp_path / f"w{workers}", 0.5, 32, 7, 0.35, batch_size=3, num_workers=workers
+        )
+    assert counts[0] == counts[2] == {"embedded": 3, "reused": 0, "failed": 1}
+    for i in range(3):
+        one, two = (load_file(tmp_path / f"w{w}" / f"entry_{i}.safetensors") for w in (0, 2))
+        assert one["embeddings"].shape[0] == 7 and torch.equal(one["coords"], two["coords"])
+        torch.testing.assert_close(one["embeddings"], two["embeddings"])
+    assert json.loads((tmp_path / "w2" / "failed.json").read_text()).keys() == {"broken"}

@@ -43,6 +43,8 @@ def test_broken_inputs_name_the_file(tmp_path: Path, capsys) -> None:
     (not_json / "config.json").write_text("{nope")
     other_arch = _tiny_folder(tmp_path / "other_arch")
     save_file({"encoder.weight": torch.zeros(4, 4)}, str(other_arch / "model.safetensors"))
+    text = tmp_path / "notes.pth"  # a text file given by mistake: the unpickler fails with a KeyError
+    text.write_text("hello world\nnot a checkpoint\n")
     cases = [
         (truncated_file, "truncated.safetensors: truncated or not a safetensors file"),
         (truncated_pth, "truncated.pth: not a readable torch checkpoint"),
@@ -50,6 +52,7 @@ def test_broken_inputs_name_the_file(tmp_path: Path, capsys) -> None:
         (not_json, "config.json: not valid JSON"),
         (tmp_path / "missing.pth", "missing.pth does not exist"),
         (other_arch, "model.safetensors lacks"),
+        (text, "notes.pth: not a readable torch checkpoint (KeyError: 101); expected a timm state dict"),
     ]
     capsys.readouterr()  # the progress bars of the set-up
     for source, needle in cases:
@@ -58,3 +61,19 @@ def test_broken_inputs_name_the_file(tmp_path: Path, capsys) -> None:
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err, (source, err)
         assert not out.exists()
+
+
+def test_unknown_arch_lists_the_presets(tmp_path: Path, capsys) -> None:
+    """--arch is checked after parsing (the preset list costs the torch import); same argparse message."""
+    import pytest
+
+    from pathfm.modeling import PRESETS
+
+    with pytest.raises(SystemExit) as stop:
+        cli(["--checkpoint", "x.pth", "--arch", "vits61", "--output_dir", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.split(": error: ", 1)[1] == (  # the program name is pytest's here
+        "argument --arch: invalid choice: 'vits61' "
+        f"(choose from {', '.join(sorted(PRESETS))})"
+    )

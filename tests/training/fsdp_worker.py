@@ -2,8 +2,8 @@
 processes.
 
 Launched by ``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2`` (gloo) as
-``fsdp_worker.py <dino|dinov2> <train|resume> OUT``; :func:`run_reference` is the unsharded one-process run on
-the concatenated batch.
+``fsdp_worker.py <dino|dinov2|dinov2_shared_head> <train|resume> OUT``; :func:`run_reference` is the
+unsharded one-process run on the concatenated batch.
 
 TEST-ONLY SHIM: Accelerate keeps CPU launches on DDP even with an FSDP plugin (``sharding.fsdp_plugin`` only
 takes effect on GPU backends), so :func:`shard` applies ``torch.distributed.fsdp.fully_shard`` itself, to the
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from pathfm.training.checkpointing import TrainState, load_checkpoint, register, save_checkpoint
@@ -43,13 +44,16 @@ FROZEN_STEPS = 3  # the head's last layer is frozen (DINO: no AdamW state) up to
 SAVE_AT, TOTAL = 3, 5
 
 
-def config(objective: str) -> tuple[DINOModelArguments, DINODataArguments, DINOTrainingArguments]:
+def config(recipe: str) -> tuple[DINOModelArguments, DINODataArguments, DINOTrainingArguments]:
     """Tiny backbone (hidden 64, 2 blocks, 3 x 3 patches per global crop), small heads, no drop path (the
-    ranks' RNG streams differ). DINOv2: separate iBOT head, Sinkhorn-Knopp (all-reduced) targets, and KoLeo
-    off: dinov2's KoLeo is computed within each rank's batch, so by design it changes with the split."""
+    ranks' RNG streams differ). ``dinov2``: separate iBOT head; ``dinov2_shared_head``: dinov2's default, one
+    head run twice per forward (CLS, then masked patches). DINOv2 uses Sinkhorn-Knopp (all-reduced) targets
+    and no KoLeo: dinov2's KoLeo is computed within each rank's batch, so by design it changes with the split.
+    """
+    objective = "dino" if recipe == "dino" else "dinov2"
     m = DINOModelArguments(
         objective=objective, backbone_preset="tiny", drop_path_rate=0.0, out_dim=64, head_hidden_dim=32,
-        head_bottleneck_dim=16, norm_last_layer=objective == "dino", ibot_separate_head=True,
+        head_bottleneck_dim=16, norm_last_layer=objective == "dino", ibot_separate_head=recipe == "dinov2",
         ibot_head_n_prototypes=32, ibot_head_hidden_dim=16, ibot_head_bottleneck_dim=8,
     )  # fmt: skip
     centering = "sinkhorn_knopp" if objective == "dinov2" else "centering"
@@ -102,23 +106,25 @@ def probe_batch() -> torch.Tensor:
     return torch.randn(2, 3, GLOBAL, GLOBAL, generator=torch.Generator().manual_seed(7))
 
 
-def shard(module: torch.nn.Module) -> torch.nn.Module:
-    """TEST-ONLY SHIM (see the module docstring): ``fully_shard`` per unit, then the root."""
+def shard(module: torch.nn.Module, world_size: int) -> torch.nn.Module:
+    """TEST-ONLY SHIM (see the module docstring): ``fully_shard`` per unit, then the root, on a CPU mesh
+    (``fully_shard``'s default mesh is CUDA where a GPU is present)."""
+    mesh = init_device_mesh("cpu", (world_size,))
     for unit in wrap_units(module):
-        fully_shard(unit)
-    return fully_shard(module)
+        fully_shard(unit, mesh=mesh)
+    return fully_shard(module, mesh=mesh)
 
 
 class Run:
-    """One process's objective, networks, optimizer, loss, position and data for ``objective``."""
+    """One process's objective, networks, optimizer, loss, position and data for ``recipe``."""
 
-    def __init__(self, objective: str, acc: Accelerator, seed: int, sharded: bool) -> None:
-        self.objective, self.acc = objective, acc
+    def __init__(self, recipe: str, acc: Accelerator, seed: int, sharded: bool) -> None:
+        self.objective, self.acc = "dino" if recipe == "dino" else "dinov2", acc
         torch.manual_seed(seed)
-        self.recipe = build_objective(*config(objective), acc.process_index)
+        self.recipe = build_objective(*config(recipe), acc.process_index)
         student, teacher = self.recipe.build_networks()
         if sharded:
-            student, teacher = shard(student), shard(teacher)
+            student, teacher = shard(student, acc.num_processes), shard(teacher, acc.num_processes)
             check_same_sharding(student, teacher)
             self.optimizer = self.recipe.build_optimizer(student)
         else:
@@ -155,9 +161,9 @@ def full_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def sharded_run(objective: str, mode: str, out: Path) -> None:
+def sharded_run(recipe: str, mode: str, out: Path) -> None:
     acc = Accelerator(cpu=True)
-    run = Run(objective, acc, 0 if mode == "train" else 1, sharded=True)  # resume: other weights first
+    run = Run(recipe, acc, 0 if mode == "train" else 1, sharded=True)  # resume: other weights first
     register(acc, teacher=run.teacher, loss=run.loss, state=run.state)
     local_numel = sum(p.to_local().numel() for p in run.teacher.parameters())
     result = {"world_size": acc.num_processes, "local_numel": local_numel}
@@ -184,10 +190,10 @@ def sharded_run(objective: str, mode: str, out: Path) -> None:
     acc.wait_for_everyone()
 
 
-def run_reference(objective: str) -> tuple[list[float], dict[int, tuple[dict, dict]]]:
+def run_reference(recipe: str) -> tuple[list[float], dict[int, tuple[dict, dict]]]:
     """One process, unsharded, on the concatenated batch: the losses of the ``TOTAL`` steps and the
     (student, teacher) state dicts after ``SAVE_AT`` and ``TOTAL`` steps."""
-    run = Run(objective, Accelerator(cpu=True), 0, sharded=False)
+    run = Run(recipe, Accelerator(cpu=True), 0, sharded=False)
     losses, snapshots = [], {}
     for steps in (SAVE_AT, TOTAL - SAVE_AT):
         losses += run.steps(steps)

@@ -119,8 +119,64 @@ def test_bad_input_under_accelerate_two_processes(case, weights, tmp_path, repo_
         timeout=600,
     )
     assert done.returncode != 0
-    ours = [line for line in done.stderr.splitlines() if line.startswith("training/dino.py: error: ")]
-    assert len(ours) == 1, done.stderr[-3000:]  # printed by rank 0 only
+    lines = done.stderr.rstrip().splitlines()
+    ours = [line for line in lines if "training/dino.py: error: " in line]
+    # recorded by rank 0 alone, in torch elastic's error file: the launcher's report prints it as the root
+    # cause, in its last lines (only the report's closing border follows)
+    assert len(ours) == 1 and ours[0] in lines[-2:], done.stderr[-3000:]
+    assert ours[0].startswith("  traceback : training/dino.py: error: "), ours[0]
+    _, *needles = CASES[case]
+    for needle in needles:
+        assert needle in ours[0], (needle, ours[0])
+    _check_output_dir(case, out)
+
+
+def _pathfm_train(args: list[str], repo_root: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    console = Path(sys.executable).parent / "pathfm"
+    return subprocess.run(
+        [str(console), "train", "--num_processes", "2", "--main_process_port", "29543", *args],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        c if c in ("unknown preset", "unknown flag") else pytest.param(c, marks=pytest.mark.slow)
+        for c in sorted(PARSE_ONLY)
+    ],
+)
+def test_pathfm_train_checks_arguments_before_launching(case, weights, tmp_path, repo_root):
+    """``pathfm train --num_processes 2``: a mistake in the arguments is the only output, exit 2, and no
+    process is started (nothing from the launcher, no output folder)."""
+    out = tmp_path / "run"
+    done = _pathfm_train(_args(case, weights, out), repo_root)
+    assert done.returncode == 2
+    _, *needles = CASES[case]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("training/dino.py: error: "), done.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    _check_output_dir(case, out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["truncated", "nothing to resume"])
+def test_pathfm_train_prints_a_run_error_once_and_last(case, weights, tmp_path, repo_root):
+    """A mistake only the 2-process run finds: the launcher's output streams through, our line comes once,
+    as the very last line; exit status 2."""
+    out = tmp_path / "run"
+    done = _pathfm_train([*_args(case, weights, out), "--expected_world_size", "2"], repo_root)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.rstrip().splitlines()
+    ours = [line for line in lines if "training/dino.py: error: " in line]
+    assert ours == [lines[-1]] and lines[-1].startswith("training/dino.py: error: "), done.stderr[-3000:]
+    assert "Root Cause" in done.stderr  # the launcher's report was passed through, above our line
     _, *needles = CASES[case]
     for needle in needles:
         assert needle in ours[0], (needle, ours[0])

@@ -1,6 +1,7 @@
 """``--objective dinov2`` through the real entry point on real slides: the logged loss terms, an export that
-``AutoModel`` loads (the teacher backbone of the last checkpoint), exact resume (in process; and after a
-``kill -9`` of a real run, slow), and a 2-process CPU DDP run (slow)."""
+``AutoModel`` loads (the teacher backbone of the last checkpoint), exact resume (in process, and after a
+``kill -9`` of a real run), a 2-process CPU DDP run; all slow. Default suite: config errors, the KDE option,
+the mask generator's saved state."""
 
 from __future__ import annotations
 
@@ -50,6 +51,24 @@ def _rows(out: Path) -> dict[int, dict]:
     return {row["step"]: row for row in rows}
 
 
+def test_mask_sampler_state_round_trip_and_ranks_differ():
+    """The per-rank mask generator state saved with checkpoints (JSON) restores the same next masks."""
+    from pathfm.training.masking import MaskSampler
+
+    sampler = MaskSampler((8, 8), seed=0, rank=0)
+    sampler(8)
+    state = json.loads(json.dumps(sampler.state_dict()))
+    expected = [sampler(8).masks for _ in range(3)]
+    restored = MaskSampler((8, 8), seed=0, rank=0)
+    restored.load_state_dict(state)
+    for want in expected:
+        assert torch.equal(restored(8).masks, want)
+    other_rank = MaskSampler((8, 8), seed=0, rank=1)
+    assert not torch.equal(other_rank(8).masks, MaskSampler((8, 8), seed=0, rank=0)(8).masks)
+    assert int(expected[0].any(dim=1).sum()) == 4  # mask_sample_probability 0.5 of 8 crops
+
+
+@pytest.mark.slow  # ~25 s on 2 idle cores (two in-process runs and an export)
 def test_dinov2_run_logs_terms_exports_and_resumes_exactly(cmu_svs, tmp_path):
     full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
     common = [

@@ -1,5 +1,6 @@
 """FSDP2 sharding over 2 real CPU processes (gloo) against one unsharded process on the concatenated batch,
-for DINO and DINOv2 (iBOT masks, Sinkhorn-Knopp targets, per-submodule clipping, separate iBOT head).
+for DINO and DINOv2 (iBOT masks, Sinkhorn-Knopp targets, per-submodule clipping; separate or shared iBOT
+head).
 
 ``fsdp_worker.py`` runs under ``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2`` and
 shards with ``fully_shard`` itself: a TEST-ONLY SHIM, because Accelerate keeps CPU launches on DDP (its
@@ -69,7 +70,7 @@ def _assert_close_states(got: dict, want: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["dino", "dinov2"])
+@pytest.mark.parametrize("objective", ["dino", "dinov2", "dinov2_shared_head"])
 def test_fsdp2_two_processes_equal_one_process_and_resume(
     objective, repo_root, tmp_path, fresh_accelerate_state
 ):
@@ -96,7 +97,7 @@ def test_fsdp2_two_processes_equal_one_process_and_resume(
     # resume from the sharded checkpoint-3 (other initial weights) gives the losses of steps 4 and 5
     _launch(repo_root, objective, "resume", tmp_path)
     for rank in _ranks(tmp_path, "resume"):
-        masks_drawn = fsdp_worker.SAVE_AT if objective == "dinov2" else 0
+        masks_drawn = 0 if objective == "dino" else fsdp_worker.SAVE_AT
         assert rank["world_size"] == 2
         step, crops = fsdp_worker.SAVE_AT, fsdp_worker.SAVE_AT
         assert rank["resumed"] == [step, crops, masks_drawn]
