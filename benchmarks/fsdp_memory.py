@@ -23,7 +23,9 @@ without the runtime.
 
 Measured (2 shared CPU cores, 23 GiB machine, 2026-12-04; ViT-L/14's DDP pair needs ~17 GiB, more than was
 free): ViT-B/16, batch 2/rank, 2 x 112 + 2 x 48 px: peak per rank FSDP2 2.02 GiB vs DDP 2.90 GiB = 0.69
-(above the 0.74 GiB runtime: 1.28 vs 2.16 = 0.59); the same loss 7.8130 in both modes.
+(above the 0.74 GiB runtime: 1.28 vs 2.16 = 0.59); the same loss 7.8130 in both modes. Later, with ~19 GiB
+free: ViT-L/14-reg4 (the default command), batch 2/rank: FSDP2 4.89 GiB vs DDP 7.81 GiB = 0.63 (above the
+runtime 4.15 vs 7.07 = 0.59); loss 7.7681 in both modes.
 
 The launch refuses to start when ``MemAvailable`` is below an estimate of the DDP run's need (2 ranks x
 (student, gradients, DDP buckets, AdamW state, teacher) in fp32).
