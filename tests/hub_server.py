@@ -220,384 +220,389 @@ _RESOLVE = re.compile(
 _LFS_OBJECT = re.compile(r"^/lfs/(?P<action>upload|verify)/(?P<oid>[0-9a-f]{64})$")
 
 
-def _make_handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "pathfm-local-hub/1"
+class HubHandler(BaseHTTPRequestHandler):
+    """The local Hub's HTTP handler; ``hub`` is set per server by :func:`_make_handler`."""
 
-        # -------------------------------------------------------------- plumbing
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-            pass  # recorded in hub.requests instead of printed
+    hub: "LocalHub"
 
-        def _body(self) -> bytes:
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                chunks = []
-                while True:
-                    size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                    if size == 0:
-                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                            pass
-                        break
-                    chunks.append(self.rfile.read(size))
-                    self.rfile.readline()
-                return b"".join(chunks)
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
+    protocol_version = "HTTP/1.1"
+    server_version = "pathfm-local-hub/1"
 
-        def _send(
-            self,
-            status: int,
-            body: bytes = b"",
-            headers: dict[str, str] | None = None,
-            content_type: str = "application/json",
-        ) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+    # -------------------------------------------------------------- plumbing
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # recorded in hub.requests instead of printed
 
-        def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-            self._send(status, json.dumps(payload).encode(), headers)
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
 
-        def _authorised(self) -> bool:
-            if hub.token is None:
+    def _send(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(payload).encode(), headers)
+
+    def _authorised(self) -> bool:
+        if self.hub.token is None:
+            return True
+        return self.headers.get("Authorization", "") == f"Bearer {self.hub.token}"
+
+    def _require_auth(self) -> None:
+        if not self._authorised():
+            raise _HubError(401, "Invalid credentials in Authorization header")
+
+    def _check_read(self, repo: Repo) -> None:
+        if repo.private and not self._authorised():
+            # The Hub answers 401 + RepoNotFound for private repos without access.
+            raise _HubError(401, "Repository Not Found", "RepoNotFound")
+
+    def _dispatch(self) -> None:
+        split = urlsplit(self.path)
+        path, query = unquote(split.path), parse_qs(split.query)
+        with self.hub._lock:
+            self.hub.requests.append((self.command, split.path))
+        body = self._body() if self.command in ("POST", "PUT") else b""
+        try:
+            handled = self._route(path, split.path, query, body)
+        except _HubError as err:
+            headers = {"X-Error-Message": err.message}
+            if err.code:
+                headers["X-Error-Code"] = err.code
+            if err.commit:
+                headers["X-Repo-Commit"] = err.commit
+            self._json(err.status, {"error": err.message, **err.extra}, headers)
+            return
+        except Exception as err:  # a bug here or a request shape not foreseen: report it, do not hang
+            with self.hub._lock:
+                self.hub.unhandled.append((self.command, f"{split.path} -> 500 {type(err).__name__}: {err}"))
+            self._json(500, {"error": f"local hub: {type(err).__name__}: {err}"})
+            return
+        if not handled:
+            with self.hub._lock:
+                self.hub.unhandled.append((self.command, split.path))
+            self._json(404, {"error": f"local hub: no route for {self.command} {split.path}"})
+
+    do_GET = do_HEAD = do_POST = do_PUT = _dispatch
+
+    # -------------------------------------------------------------- routing
+    def _route(self, path: str, raw_path: str, query: dict[str, list[str]], body: bytes) -> bool:
+        method = self.command
+        if method == "POST" and path == "/api/repos/create":
+            self._create_repo(json.loads(body or b"{}"))
+            return True
+        if method == "POST" and path == "/api/validate-yaml":
+            self._validate_yaml(json.loads(body or b"{}"))
+            return True
+        match = _LFS_OBJECT.match(path)
+        if match:
+            if method == "PUT" and match["action"] == "upload":
+                self._lfs_upload(match["oid"], body)
                 return True
-            return self.headers.get("Authorization", "") == f"Bearer {hub.token}"
-
-        def _require_auth(self) -> None:
-            if not self._authorised():
-                raise _HubError(401, "Invalid credentials in Authorization header")
-
-        def _check_read(self, repo: Repo) -> None:
-            if repo.private and not self._authorised():
-                # The Hub answers 401 + RepoNotFound for private repos without access.
-                raise _HubError(401, "Repository Not Found", "RepoNotFound")
-
-        def _dispatch(self) -> None:
-            split = urlsplit(self.path)
-            path, query = unquote(split.path), parse_qs(split.query)
-            with hub._lock:
-                hub.requests.append((self.command, split.path))
-            body = self._body() if self.command in ("POST", "PUT") else b""
-            try:
-                handled = self._route(path, split.path, query, body)
-            except _HubError as err:
-                headers = {"X-Error-Message": err.message}
-                if err.code:
-                    headers["X-Error-Code"] = err.code
-                if err.commit:
-                    headers["X-Repo-Commit"] = err.commit
-                self._json(err.status, {"error": err.message, **err.extra}, headers)
-                return
-            except Exception as err:  # a bug here or a request shape not foreseen: report it, do not hang
-                with hub._lock:
-                    hub.unhandled.append((self.command, f"{split.path} -> 500 {type(err).__name__}: {err}"))
-                self._json(500, {"error": f"local hub: {type(err).__name__}: {err}"})
-                return
-            if not handled:
-                with hub._lock:
-                    hub.unhandled.append((self.command, split.path))
-                self._json(404, {"error": f"local hub: no route for {self.command} {split.path}"})
-
-        do_GET = do_HEAD = do_POST = do_PUT = _dispatch
-
-        # -------------------------------------------------------------- routing
-        def _route(self, path: str, raw_path: str, query: dict[str, list[str]], body: bytes) -> bool:
-            method = self.command
-            if method == "POST" and path == "/api/repos/create":
-                self._create_repo(json.loads(body or b"{}"))
-                return True
-            if method == "POST" and path == "/api/validate-yaml":
-                self._validate_yaml(json.loads(body or b"{}"))
-                return True
-            match = _LFS_OBJECT.match(path)
-            if match:
-                if method == "PUT" and match["action"] == "upload":
-                    self._lfs_upload(match["oid"], body)
-                    return True
-                if method == "POST" and match["action"] == "verify":
-                    self._lfs_verify(match["oid"], json.loads(body or b"{}"))
-                    return True
-                return False
-            match = _LFS_BATCH.match(path)
-            if match and method == "POST":
-                repo_type = {"datasets/": "dataset", "spaces/": "space"}.get(match["prefix"] or "", "model")
-                self._lfs_batch(repo_type, match["repo"], json.loads(body or b"{}"))
-                return True
-            match = _API_REPO.match(raw_path)
-            if match:
-                repo_type = match["type"][:-1]
-                repo_id = unquote(match["repo"])
-                rev = unquote(match["rev"]) if match["rev"] else None
-                sub = unquote(match["path"]) if match["path"] else ""
-                action = match["action"]
-                if method == "GET" and action is None:
-                    self._repo_info(repo_type, repo_id, "main")
-                    return True
-                if method == "GET" and action == "revision" and rev:
-                    self._repo_info(repo_type, repo_id, rev)
-                    return True
-                if method == "GET" and action == "tree" and rev:
-                    self._tree(repo_type, repo_id, rev, sub, query)
-                    return True
-                if method == "POST" and action == "paths-info" and rev:
-                    self._paths_info(repo_type, repo_id, rev, body)
-                    return True
-                if method == "POST" and action == "preupload" and rev:
-                    self._preupload(repo_type, repo_id, rev, json.loads(body or b"{}"))
-                    return True
-                if method == "POST" and action == "commit" and rev:
-                    self._commit(repo_type, repo_id, rev, body)
-                    return True
-                return False
-            match = _RESOLVE.match(raw_path)
-            if match and method in ("GET", "HEAD"):
-                repo_type = {"datasets/": "dataset", "spaces/": "space"}.get(match["prefix"] or "", "model")
-                repo_id, rev, file = unquote(match["repo"]), unquote(match["rev"]), unquote(match["path"])
-                self._resolve(repo_type, repo_id, rev, file)
+            if method == "POST" and match["action"] == "verify":
+                self._lfs_verify(match["oid"], json.loads(body or b"{}"))
                 return True
             return False
+        match = _LFS_BATCH.match(path)
+        if match and method == "POST":
+            repo_type = {"datasets/": "dataset", "spaces/": "space"}.get(match["prefix"] or "", "model")
+            self._lfs_batch(repo_type, match["repo"], json.loads(body or b"{}"))
+            return True
+        match = _API_REPO.match(raw_path)
+        if match:
+            repo_type = match["type"][:-1]
+            repo_id = unquote(match["repo"])
+            rev = unquote(match["rev"]) if match["rev"] else None
+            sub = unquote(match["path"]) if match["path"] else ""
+            action = match["action"]
+            if method == "GET" and action is None:
+                self._repo_info(repo_type, repo_id, "main")
+                return True
+            if method == "GET" and action == "revision" and rev:
+                self._repo_info(repo_type, repo_id, rev)
+                return True
+            if method == "GET" and action == "tree" and rev:
+                self._tree(repo_type, repo_id, rev, sub, query)
+                return True
+            if method == "POST" and action == "paths-info" and rev:
+                self._paths_info(repo_type, repo_id, rev, body)
+                return True
+            if method == "POST" and action == "preupload" and rev:
+                self._preupload(repo_type, repo_id, rev, json.loads(body or b"{}"))
+                return True
+            if method == "POST" and action == "commit" and rev:
+                self._commit(repo_type, repo_id, rev, body)
+                return True
+            return False
+        match = _RESOLVE.match(raw_path)
+        if match and method in ("GET", "HEAD"):
+            repo_type = {"datasets/": "dataset", "spaces/": "space"}.get(match["prefix"] or "", "model")
+            repo_id, rev, file = unquote(match["repo"]), unquote(match["rev"]), unquote(match["path"])
+            self._resolve(repo_type, repo_id, rev, file)
+            return True
+        return False
 
-        # -------------------------------------------------------------- endpoints
-        def _create_repo(self, payload: dict[str, Any]) -> None:
-            self._require_auth()
-            name, organization = payload.get("name"), payload.get("organization")
-            if not name:
-                raise _HubError(400, "create repo: 'name' is required")
-            repo_type = payload.get("type") or "model"
-            repo_id = f"{organization}/{name}" if organization else f"local-user/{name}"
-            private = payload.get("private") or payload.get("visibility") == "private"
-            url = f"{hub.url}/{_TYPE_PREFIX[repo_type]}{repo_id}"
-            with hub._lock:
-                key = f"{repo_type}:{repo_id}"
-                if key in hub.repos:
-                    # The Hub's 409 body carries the url, which create_repo(exist_ok=True) returns.
-                    raise _HubError(409, "You already created this model repo", extra={"url": url})
-                repo = Repo(repo_id=repo_id, repo_type=repo_type, private=bool(private))
-                gitattributes = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
-                hub._new_commit(repo, "main", {".gitattributes": RepoFile(gitattributes)}, "initial commit")
-                hub.repos[key] = repo
-            self._json(200, {"url": url, "name": repo_id, "id": repo_id})
+    # -------------------------------------------------------------- endpoints
+    def _create_repo(self, payload: dict[str, Any]) -> None:
+        self._require_auth()
+        name, organization = payload.get("name"), payload.get("organization")
+        if not name:
+            raise _HubError(400, "create repo: 'name' is required")
+        repo_type = payload.get("type") or "model"
+        repo_id = f"{organization}/{name}" if organization else f"local-user/{name}"
+        private = payload.get("private") or payload.get("visibility") == "private"
+        url = f"{self.hub.url}/{_TYPE_PREFIX[repo_type]}{repo_id}"
+        with self.hub._lock:
+            key = f"{repo_type}:{repo_id}"
+            if key in self.hub.repos:
+                # The Hub's 409 body carries the url, which create_repo(exist_ok=True) returns.
+                raise _HubError(409, "You already created this model repo", extra={"url": url})
+            repo = Repo(repo_id=repo_id, repo_type=repo_type, private=bool(private))
+            gitattributes = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
+            self.hub._new_commit(repo, "main", {".gitattributes": RepoFile(gitattributes)}, "initial commit")
+            self.hub.repos[key] = repo
+        self._json(200, {"url": url, "name": repo_id, "id": repo_id})
 
-        def _validate_yaml(self, payload: dict[str, Any]) -> None:
-            """Checks a README's front matter as the Hub does before a commit (types of the main keys)."""
-            import yaml
+    def _validate_yaml(self, payload: dict[str, Any]) -> None:
+        """Checks a README's front matter as the Hub does before a commit (types of the main keys)."""
+        import yaml
 
-            content = payload.get("content", "")
-            match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", content, flags=re.DOTALL)
+        content = payload.get("content", "")
+        match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", content, flags=re.DOTALL)
+        if match is None:
+            self._json(200, {"errors": [], "warnings": [{"message": "empty or missing yaml metadata"}]})
+            return
+        try:
+            metadata = yaml.safe_load(match[1]) or {}
+        except yaml.YAMLError as err:
+            self._json(400, {"errors": [{"message": f"invalid YAML: {err}"}], "warnings": []})
+            return
+        errors = []
+        if not isinstance(metadata, dict):
+            errors.append("metadata must be a YAML mapping")
+        else:
+            for key in ("license", "library_name", "pipeline_tag", "model_name"):
+                if key in metadata and not isinstance(metadata[key], str):
+                    errors.append(f'"{key}" must be a string')
+            for key in ("tags", "datasets", "language", "base_model"):
+                value = metadata.get(key)
+                strings = isinstance(value, list) and all(isinstance(v, str) for v in value)
+                if value is not None and not (isinstance(value, str) or strings):
+                    errors.append(f'"{key}" must be a string or a list of strings')
+        self._json(400 if errors else 200, {"errors": [{"message": e} for e in errors], "warnings": []})
+
+    def _repo_info(self, repo_type: str, repo_id: str, revision: str) -> None:
+        with self.hub._lock:
+            repo = self.hub._repo(repo_type, repo_id)
+            self._check_read(repo)
+            sha, files = self.hub._snapshot(repo, revision)
+            payload = {
+                "id": repo_id,
+                "modelId": repo_id,
+                "author": repo_id.split("/")[0],
+                "sha": sha,
+                "private": repo.private,
+                "gated": False,
+                "disabled": False,
+                "createdAt": repo.created_at,
+                "lastModified": repo.created_at,
+                "tags": [],
+                "downloads": 0,
+                "likes": 0,
+                "siblings": [{"rfilename": p, "size": len(f.content)} for p, f in sorted(files.items())],
+            }
+        self._json(200, payload)
+
+    def _tree(self, repo_type: str, repo_id: str, revision: str, folder: str, query: dict) -> None:
+        recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
+        folder = folder.strip("/")
+        with self.hub._lock:
+            repo = self.hub._repo(repo_type, repo_id)
+            self._check_read(repo)
+            _, files = self.hub._snapshot(repo, revision)
+            entries: list[dict[str, Any]] = []
+            seen_dirs: set[str] = set()
+            prefix = f"{folder}/" if folder else ""
+            for path, repo_file in sorted(files.items()):
+                if not path.startswith(prefix):
+                    continue
+                rest = path[len(prefix):]
+                parts = rest.split("/")
+                for depth in range(1, len(parts)):
+                    directory = prefix + "/".join(parts[:depth])
+                    if directory not in seen_dirs and (recursive or depth == 1):
+                        seen_dirs.add(directory)
+                        entries.append(
+                            {"type": "directory", "path": directory, "oid": "0" * 40, "size": 0}
+                        )
+                if recursive or len(parts) == 1:
+                    entries.append(repo_file.tree_entry(path))
+            if folder and not entries:
+                raise _HubError(404, f"{folder} does not exist", "EntryNotFound")
+        self._json(200, entries)
+
+    def _paths_info(self, repo_type: str, repo_id: str, revision: str, body: bytes) -> None:
+        content_type = self.headers.get("Content-Type", "")
+        if "json" in content_type:
+            paths = json.loads(body or b"{}").get("paths", [])
+        else:
+            paths = parse_qs(body.decode()).get("paths", [])
+        with self.hub._lock:
+            repo = self.hub._repo(repo_type, repo_id)
+            self._check_read(repo)
+            _, files = self.hub._snapshot(repo, revision)
+            entries = [files[p].tree_entry(p) for p in paths if p in files]
+        self._json(200, entries)
+
+    def _preupload(self, repo_type: str, repo_id: str, revision: str, payload: dict[str, Any]) -> None:
+        self._require_auth()
+        with self.hub._lock:
+            repo = self.hub._repo(repo_type, repo_id)
+            sha = repo.resolve(revision)
+            existing = repo.commits[sha] if sha else {}
+        answers = []
+        for item in payload.get("files", []):
+            path, size = item["path"], int(item["size"])
+            sample = base64.b64decode(item.get("sample", ""))
+            lfs = path.endswith(_LFS_SUFFIXES) or size >= _LFS_MIN_SIZE or b"\x00" in sample
+            answer: dict[str, Any] = {
+                "path": path,
+                "uploadMode": "lfs" if lfs else "regular",
+                "shouldIgnore": False,
+            }
+            if path in existing and existing[path].lfs == lfs:
+                answer["oid"] = existing[path].oid
+            answers.append(answer)
+        self._json(200, {"files": answers, "commitOid": sha})
+
+    def _lfs_batch(self, repo_type: str, repo_id: str, payload: dict[str, Any]) -> None:
+        self._require_auth()
+        with self.hub._lock:
+            self.hub._repo(repo_type, repo_id)
+        if payload.get("operation") != "upload":
+            raise _HubError(400, "local hub: only the LFS 'upload' operation is implemented")
+        objects = []
+        for obj in payload.get("objects", []):
+            oid, size = obj["oid"], int(obj["size"])
+            entry: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
+            with self.hub._lock:
+                present = oid in self.hub.lfs_objects
+            if not present:
+                entry["actions"] = {
+                    "upload": {"href": f"{self.hub.url}/lfs/upload/{oid}", "header": {}},
+                    "verify": {"href": f"{self.hub.url}/lfs/verify/{oid}", "header": {}},
+                }
+            objects.append(entry)
+        self._send(
+            200,
+            json.dumps({"transfer": "basic", "objects": objects}).encode(),
+            content_type="application/vnd.git-lfs+json",
+        )
+
+    def _lfs_upload(self, oid: str, body: bytes) -> None:
+        if hashlib.sha256(body).hexdigest() != oid:
+            raise _HubError(400, f"LFS upload: content does not match sha256 {oid}")
+        with self.hub._lock:
+            self.hub.lfs_objects[oid] = body
+        self._send(200, b"", {"ETag": f'"{oid}"'})
+
+    def _lfs_verify(self, oid: str, payload: dict[str, Any]) -> None:
+        self._require_auth()
+        with self.hub._lock:
+            content = self.hub.lfs_objects.get(oid)
+        if content is None or len(content) != int(payload.get("size", -1)) or payload.get("oid") != oid:
+            raise _HubError(404, f"LFS verify: object {oid} missing or of the wrong size")
+        self._json(200, {"success": True})
+
+    def _commit(self, repo_type: str, repo_id: str, revision: str, body: bytes) -> None:
+        self._require_auth()
+        lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+        if not lines or lines[0].get("key") != "header":
+            raise _HubError(400, "commit: the first ndjson line must be the header")
+        header = lines[0]["value"]
+        with self.hub._lock:
+            repo = self.hub._repo(repo_type, repo_id)
+            parent_sha, parent_files = self.hub._snapshot(repo, revision)
+            if revision not in repo.branches:
+                raise _HubError(400, f"commit: revision {revision!r} is not a branch")
+            if header.get("parentCommit") and header["parentCommit"] != parent_sha:
+                raise _HubError(412, "commit: parentCommit is not the head of the branch")
+            files = dict(parent_files)
+            for line in lines[1:]:
+                key, value = line["key"], line["value"]
+                if key == "file":
+                    if value.get("encoding") != "base64":
+                        raise _HubError(400, f"commit: unsupported encoding {value.get('encoding')!r}")
+                    files[value["path"]] = RepoFile(base64.b64decode(value["content"]))
+                elif key == "lfsFile":
+                    content = self.hub.lfs_objects.get(value["oid"])
+                    if content is None:
+                        raise _HubError(422, f"commit: LFS object {value['oid']} was never uploaded")
+                    files[value["path"]] = RepoFile(content, lfs=True)
+                elif key == "deletedFile":
+                    if value["path"] not in files:
+                        raise _HubError(404, "A file with this name doesn't exist", "EntryNotFound")
+                    del files[value["path"]]
+                elif key == "deletedFolder":
+                    prefix = value["path"].rstrip("/") + "/"
+                    files = {p: f for p, f in files.items() if not p.startswith(prefix)}
+                else:
+                    raise _HubError(400, f"commit: operation {key!r} is not implemented by the local hub")
+            sha = self.hub._new_commit(repo, revision, files, header.get("summary", ""))
+        url = f"{self.hub.url}/{_TYPE_PREFIX[repo_type]}{repo_id}/commit/{sha}"
+        self._json(200, {"commitUrl": url, "commitOid": sha, "success": True, "pullRequestUrl": None})
+
+    def _resolve(self, repo_type: str, repo_id: str, revision: str, path: str) -> None:
+        with self.hub._lock:
+            repo = self.hub._repo(repo_type, repo_id)
+            self._check_read(repo)
+            sha, files = self.hub._snapshot(repo, revision)
+            repo_file = files.get(path)
+        if repo_file is None:
+            raise _HubError(404, f"Entry not found: {path}", "EntryNotFound", commit=sha)
+        content = repo_file.content
+        headers = {"X-Repo-Commit": sha, "ETag": f'"{repo_file.oid}"', "Accept-Ranges": "bytes"}
+        if repo_file.lfs:
+            headers["X-Linked-Etag"] = f'"{repo_file.sha256}"'
+            headers["X-Linked-Size"] = str(len(content))
+        status = 200
+        range_header = self.headers.get("Range")
+        if range_header and self.command == "GET":
+            match = re.fullmatch(r"bytes=(\d+)-(\d*)", range_header.strip())
             if match is None:
-                self._json(200, {"errors": [], "warnings": [{"message": "empty or missing yaml metadata"}]})
-                return
-            try:
-                metadata = yaml.safe_load(match[1]) or {}
-            except yaml.YAMLError as err:
-                self._json(400, {"errors": [{"message": f"invalid YAML: {err}"}], "warnings": []})
-                return
-            errors = []
-            if not isinstance(metadata, dict):
-                errors.append("metadata must be a YAML mapping")
-            else:
-                for key in ("license", "library_name", "pipeline_tag", "model_name"):
-                    if key in metadata and not isinstance(metadata[key], str):
-                        errors.append(f'"{key}" must be a string')
-                for key in ("tags", "datasets", "language", "base_model"):
-                    value = metadata.get(key)
-                    strings = isinstance(value, list) and all(isinstance(v, str) for v in value)
-                    if value is not None and not (isinstance(value, str) or strings):
-                        errors.append(f'"{key}" must be a string or a list of strings')
-            self._json(400 if errors else 200, {"errors": [{"message": e} for e in errors], "warnings": []})
+                raise _HubError(416, f"unsupported Range {range_header!r}")
+            start = int(match[1])
+            end = int(match[2]) if match[2] else len(content) - 1
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(content)}"
+            content, status = content[start : end + 1], 206
+        self._send(status, content, headers, content_type="application/octet-stream")
 
-        def _repo_info(self, repo_type: str, repo_id: str, revision: str) -> None:
-            with hub._lock:
-                repo = hub._repo(repo_type, repo_id)
-                self._check_read(repo)
-                sha, files = hub._snapshot(repo, revision)
-                payload = {
-                    "id": repo_id,
-                    "modelId": repo_id,
-                    "author": repo_id.split("/")[0],
-                    "sha": sha,
-                    "private": repo.private,
-                    "gated": False,
-                    "disabled": False,
-                    "createdAt": repo.created_at,
-                    "lastModified": repo.created_at,
-                    "tags": [],
-                    "downloads": 0,
-                    "likes": 0,
-                    "siblings": [{"rfilename": p, "size": len(f.content)} for p, f in sorted(files.items())],
-                }
-            self._json(200, payload)
 
-        def _tree(self, repo_type: str, repo_id: str, revision: str, folder: str, query: dict) -> None:
-            recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
-            folder = folder.strip("/")
-            with hub._lock:
-                repo = hub._repo(repo_type, repo_id)
-                self._check_read(repo)
-                _, files = hub._snapshot(repo, revision)
-                entries: list[dict[str, Any]] = []
-                seen_dirs: set[str] = set()
-                prefix = f"{folder}/" if folder else ""
-                for path, repo_file in sorted(files.items()):
-                    if not path.startswith(prefix):
-                        continue
-                    rest = path[len(prefix):]
-                    parts = rest.split("/")
-                    for depth in range(1, len(parts)):
-                        directory = prefix + "/".join(parts[:depth])
-                        if directory not in seen_dirs and (recursive or depth == 1):
-                            seen_dirs.add(directory)
-                            entries.append(
-                                {"type": "directory", "path": directory, "oid": "0" * 40, "size": 0}
-                            )
-                    if recursive or len(parts) == 1:
-                        entries.append(repo_file.tree_entry(path))
-                if folder and not entries:
-                    raise _HubError(404, f"{folder} does not exist", "EntryNotFound")
-            self._json(200, entries)
-
-        def _paths_info(self, repo_type: str, repo_id: str, revision: str, body: bytes) -> None:
-            content_type = self.headers.get("Content-Type", "")
-            if "json" in content_type:
-                paths = json.loads(body or b"{}").get("paths", [])
-            else:
-                paths = parse_qs(body.decode()).get("paths", [])
-            with hub._lock:
-                repo = hub._repo(repo_type, repo_id)
-                self._check_read(repo)
-                _, files = hub._snapshot(repo, revision)
-                entries = [files[p].tree_entry(p) for p in paths if p in files]
-            self._json(200, entries)
-
-        def _preupload(self, repo_type: str, repo_id: str, revision: str, payload: dict[str, Any]) -> None:
-            self._require_auth()
-            with hub._lock:
-                repo = hub._repo(repo_type, repo_id)
-                sha = repo.resolve(revision)
-                existing = repo.commits[sha] if sha else {}
-            answers = []
-            for item in payload.get("files", []):
-                path, size = item["path"], int(item["size"])
-                sample = base64.b64decode(item.get("sample", ""))
-                lfs = path.endswith(_LFS_SUFFIXES) or size >= _LFS_MIN_SIZE or b"\x00" in sample
-                answer: dict[str, Any] = {
-                    "path": path,
-                    "uploadMode": "lfs" if lfs else "regular",
-                    "shouldIgnore": False,
-                }
-                if path in existing and existing[path].lfs == lfs:
-                    answer["oid"] = existing[path].oid
-                answers.append(answer)
-            self._json(200, {"files": answers, "commitOid": sha})
-
-        def _lfs_batch(self, repo_type: str, repo_id: str, payload: dict[str, Any]) -> None:
-            self._require_auth()
-            with hub._lock:
-                hub._repo(repo_type, repo_id)
-            if payload.get("operation") != "upload":
-                raise _HubError(400, "local hub: only the LFS 'upload' operation is implemented")
-            objects = []
-            for obj in payload.get("objects", []):
-                oid, size = obj["oid"], int(obj["size"])
-                entry: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
-                with hub._lock:
-                    present = oid in hub.lfs_objects
-                if not present:
-                    entry["actions"] = {
-                        "upload": {"href": f"{hub.url}/lfs/upload/{oid}", "header": {}},
-                        "verify": {"href": f"{hub.url}/lfs/verify/{oid}", "header": {}},
-                    }
-                objects.append(entry)
-            self._send(
-                200,
-                json.dumps({"transfer": "basic", "objects": objects}).encode(),
-                content_type="application/vnd.git-lfs+json",
-            )
-
-        def _lfs_upload(self, oid: str, body: bytes) -> None:
-            if hashlib.sha256(body).hexdigest() != oid:
-                raise _HubError(400, f"LFS upload: content does not match sha256 {oid}")
-            with hub._lock:
-                hub.lfs_objects[oid] = body
-            self._send(200, b"", {"ETag": f'"{oid}"'})
-
-        def _lfs_verify(self, oid: str, payload: dict[str, Any]) -> None:
-            self._require_auth()
-            with hub._lock:
-                content = hub.lfs_objects.get(oid)
-            if content is None or len(content) != int(payload.get("size", -1)) or payload.get("oid") != oid:
-                raise _HubError(404, f"LFS verify: object {oid} missing or of the wrong size")
-            self._json(200, {"success": True})
-
-        def _commit(self, repo_type: str, repo_id: str, revision: str, body: bytes) -> None:
-            self._require_auth()
-            lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
-            if not lines or lines[0].get("key") != "header":
-                raise _HubError(400, "commit: the first ndjson line must be the header")
-            header = lines[0]["value"]
-            with hub._lock:
-                repo = hub._repo(repo_type, repo_id)
-                parent_sha, parent_files = hub._snapshot(repo, revision)
-                if revision not in repo.branches:
-                    raise _HubError(400, f"commit: revision {revision!r} is not a branch")
-                if header.get("parentCommit") and header["parentCommit"] != parent_sha:
-                    raise _HubError(412, "commit: parentCommit is not the head of the branch")
-                files = dict(parent_files)
-                for line in lines[1:]:
-                    key, value = line["key"], line["value"]
-                    if key == "file":
-                        if value.get("encoding") != "base64":
-                            raise _HubError(400, f"commit: unsupported encoding {value.get('encoding')!r}")
-                        files[value["path"]] = RepoFile(base64.b64decode(value["content"]))
-                    elif key == "lfsFile":
-                        content = hub.lfs_objects.get(value["oid"])
-                        if content is None:
-                            raise _HubError(422, f"commit: LFS object {value['oid']} was never uploaded")
-                        files[value["path"]] = RepoFile(content, lfs=True)
-                    elif key == "deletedFile":
-                        if value["path"] not in files:
-                            raise _HubError(404, "A file with this name doesn't exist", "EntryNotFound")
-                        del files[value["path"]]
-                    elif key == "deletedFolder":
-                        prefix = value["path"].rstrip("/") + "/"
-                        files = {p: f for p, f in files.items() if not p.startswith(prefix)}
-                    else:
-                        raise _HubError(400, f"commit: operation {key!r} is not implemented by the local hub")
-                sha = hub._new_commit(repo, revision, files, header.get("summary", ""))
-            url = f"{hub.url}/{_TYPE_PREFIX[repo_type]}{repo_id}/commit/{sha}"
-            self._json(200, {"commitUrl": url, "commitOid": sha, "success": True, "pullRequestUrl": None})
-
-        def _resolve(self, repo_type: str, repo_id: str, revision: str, path: str) -> None:
-            with hub._lock:
-                repo = hub._repo(repo_type, repo_id)
-                self._check_read(repo)
-                sha, files = hub._snapshot(repo, revision)
-                repo_file = files.get(path)
-            if repo_file is None:
-                raise _HubError(404, f"Entry not found: {path}", "EntryNotFound", commit=sha)
-            content = repo_file.content
-            headers = {"X-Repo-Commit": sha, "ETag": f'"{repo_file.oid}"', "Accept-Ranges": "bytes"}
-            if repo_file.lfs:
-                headers["X-Linked-Etag"] = f'"{repo_file.sha256}"'
-                headers["X-Linked-Size"] = str(len(content))
-            status = 200
-            range_header = self.headers.get("Range")
-            if range_header and self.command == "GET":
-                match = re.fullmatch(r"bytes=(\d+)-(\d*)", range_header.strip())
-                if match is None:
-                    raise _HubError(416, f"unsupported Range {range_header!r}")
-                start = int(match[1])
-                end = int(match[2]) if match[2] else len(content) - 1
-                headers["Content-Range"] = f"bytes {start}-{end}/{len(content)}"
-                content, status = content[start : end + 1], 206
-            self._send(status, content, headers, content_type="application/octet-stream")
-
-    return Handler
+def _make_handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
+    return type("Handler", (HubHandler,), {"hub": hub})
 
 
 @contextmanager
