@@ -2,12 +2,17 @@
 
 The first signal only sets a flag; the loop checks it after each optimizer step, and all ranks agree (a
 gather of the flags) so that every process stops at the same step, optionally saves a checkpoint there and
-returns normally. A second Ctrl-C gives the usual ``KeyboardInterrupt`` for a run that is stuck.
+returns normally. A second Ctrl-C stops this process at once (one line on stderr, exit status 130, no
+traceback): for a run that is stuck, e.g. in a collective or waiting on data workers. ``os._exit`` rather
+than ``KeyboardInterrupt``: unwinding would join the DataLoader workers, which can wait forever; the workers
+notice their parent is gone and exit on their own.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import types
 from dataclasses import dataclass
 
@@ -47,7 +52,12 @@ class StopFlag:
 
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: stop now
+            sys.stderr.write(
+                "stopped at once by a second Ctrl-C (no checkpoint written now); resume from the last one with "
+                "the same flags and --resume_from_checkpoint latest\n"
+            )
+            sys.stderr.flush()
+            os._exit(130)
         self.signum = self.signum or signum
 
 

@@ -136,3 +136,34 @@ def test_signal_to_the_process_group_with_loader_workers_stops_cleanly(sig, repo
     assert len(stopped) == 1, err[-3000:]
     step = int(re.search(r"at step (\d+)", stopped[0]).group(1))
     assert (out / "checkpoints" / f"checkpoint-{step}").is_dir()
+
+
+@pytest.mark.slow
+def test_second_ctrl_c_stops_at_once_without_traceback(repo_root, tmp_path):
+    """Two SIGINTs to a one-process run with a data worker: one line, exit 130, no traceback, and neither the
+    process nor its DataLoader worker is left running (a KeyboardInterrupt used to hang joining the worker)."""
+    import psutil
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # the preset's own sizes: a step of ~0.5 s, so that both signals land inside one step
+    cmd = [sys.executable, "training/dino.py", "cpu_tiny", "--max_steps", "200", "--save_steps", "0"]
+    cmd += ["--logging_steps", "1", "--num_workers", "1", "--probe_size", "0", "--output_dir", str(out)]
+    proc = subprocess.Popen(cmd, cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    assert len(family) >= 2, "expected a DataLoader worker process"
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert "stopped at once by a second Ctrl-C" in err
+    time.sleep(5)  # the worker notices its parent is gone (DataLoader's watchdog polls every few seconds)
+    alive = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"left running: {alive}"
