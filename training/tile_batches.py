@@ -126,6 +126,11 @@ def leave_stop_signals_to_main(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
+
+class EmptyTileStreamError(ValueError):
+    """The stream's slides gave no full batch in 3 passes (no tissue, or every region failed): a problem of
+    the input slides, so the training CLI reports it as one line (a ``ValueError``) and exits with 2."""
+
 class TileBatchStream:
     """Endless iterator of tile batches for one rank, with ``state_dict``/``load_state_dict``.
 
@@ -241,10 +246,11 @@ class TileBatchStream:
                 if self.batches_in_pass == 0:
                     self._empty_passes += 1
                     if self._empty_passes >= 3:
-                        raise RuntimeError(
-                            f"the tile stream of slides {[r.slide_id for r in self.records]} produced no "
-                            f"full "
-                            f"batch of {self.batch_size} in 3 passes (no tissue, or every slide failed)"
+                        raise EmptyTileStreamError(
+                            f"the tile stream of slides {[r.slide_id for r in self.records]} produced no full "
+                            f"batch of {self.batch_size} in 3 passes (no tissue, or every region failed to "
+                            "decode): check them with `pathfm catalogue`, lower --min_tissue, or try "
+                            "--reader openslide"
                         ) from None
                 self._stats_done.update(self._current_stats())
                 self._ds = None
