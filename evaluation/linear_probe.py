@@ -242,13 +242,19 @@ def main(argv: list[str] | None = None) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.output_dir)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     outcomes: dict[str, dict] = {}  # model label -> {task: TaskOutcome}, for the pairwise comparison
     summaries = []
-    for model_id in args.model:
-        folder = out if len(args.model) == 1 else out / _slug(model_id)
-        summaries.append(_run_model(model_id, args, names, folder, device, outcomes))
+    try:
+        for model_id in args.model:
+            folder = out if len(args.model) == 1 else out / _slug(model_id)
+            summaries.append(_run_model(model_id, args, names, folder, device, outcomes))
+    except BaseException:
+        if created and not any(out.iterdir()):  # a bad --model must not leave an empty output folder behind
+            out.rmdir()
+        raise
     summary = summaries[0] if len(summaries) == 1 else {"models": summaries}
     if len(outcomes) > 1:
         summary["comparison"] = str(_write_comparison(outcomes, names, out))

@@ -62,3 +62,4 @@ def test_cli_names_a_missing_or_wrong_model_folder(tmp_path: Path, repo_root: Pa
         assert proc.returncode == 2
         assert f"evaluation/linear_probe.py: error: --model {model}: {expected}" in proc.stderr
         assert "Traceback" not in proc.stderr
+        assert not (tmp_path / "out").exists()  # no empty output folder left behind
