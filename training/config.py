@@ -448,6 +448,7 @@ def parse_config(
     argv, warmup = hf_aliases.rewrite(argv)
     parser = HfArgumentParser(
         CONFIG_CLASSES,
+        allow_abbrev=False,  # `--max_step 2` must be an unknown flag with a suggestion, not --max_steps
         usage=f"%(prog)s [PRESET] [--flag value ...]   (PRESET: a name in {sorted(preset_names())} or a "
         f"YAML file; default {DEFAULT_PRESET})",
         description=f"DINO pretraining. Defaults below are those of preset {preset_path.stem!r} "

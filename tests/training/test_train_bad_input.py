@@ -181,3 +181,17 @@ def test_pathfm_train_prints_a_run_error_once_and_last(case, weights, tmp_path, 
     for needle in needles:
         assert needle in ours[0], (needle, ours[0])
     _check_output_dir(case, out)
+
+
+def test_abbreviated_flag_is_an_unknown_flag_with_a_suggestion(repo_root, tmp_path):
+    """argparse's prefix matching would read `--max_step 2` as --max_steps; HF users expect exact names."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "training/dino.py", "--max_step", "2", "--output_dir", str(tmp_path / "out")]
+    run = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1] == (
+        "training/dino.py: error: unknown flag --max_step; did you mean --max_steps?"
+    )
+    assert not (tmp_path / "out").exists()
