@@ -386,6 +386,11 @@ def cli(argv: list[str]) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(stopped.message, file=sys.stderr)
         return 128 + stopped.signum
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's clean stop was unwinding
+        if os.environ.get("RANK", "0") == "0":
+            print("stopped at once by a second Ctrl-C; resume from the last checkpoint with the same flags and "
+                  "--resume_from_checkpoint latest", file=sys.stderr)
+        return 130
     except USER_ERRORS as err:
         # every rank reaches the same error: rank 0 prints it, and the launcher's report names it
         report_user_error(f"training/dino.py: error: {err}")
