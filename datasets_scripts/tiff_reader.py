@@ -337,14 +337,14 @@ class TiffJpegReader(OpenSlideReader):
                 "(OpenSlide for those levels) or --reader openslide"
             )
         self.threads = max(1, int(threads))
-        self._fd = os.open(self.path, os.O_RDONLY) if any(self.fast_levels) else None
         st = os.stat(self.path)
         self.file_key = (os.path.realpath(self.path), st.st_size, st.st_mtime_ns)
         self._cache = tile_cache()
 
     # ------------------------------------------------------------------ stored tiles
-    def _tile(self, lv: TiffLevel, index: int) -> np.ndarray | None:
-        """Decoded stored tile ``index`` of a level (None when the file has no data for it)."""
+    def _tile(self, lv: TiffLevel, index: int, fd: int) -> np.ndarray | None:
+        """Decoded stored tile ``index`` of a level (None when the file has no data for it); ``fd`` is the
+        slide file opened for this region."""
         import imagecodecs
 
         key = (*self.file_key, lv.page, index)
@@ -354,7 +354,7 @@ class TiffJpegReader(OpenSlideReader):
         count = int(lv.counts[index])
         if count == 0:
             return None
-        data = os.pread(self._fd, count, int(lv.offsets[index]))
+        data = os.pread(fd, count, int(lv.offsets[index]))
         rgbx = imagecodecs.JPEG8.CS.EXT_RGBX
         out = self._cache.take_spare((lv.tile_height, lv.tile_width, 4))
         try:
@@ -384,7 +384,7 @@ class TiffJpegReader(OpenSlideReader):
         outside the level. Whole rows of RGBX tiles are copied (a 3-of-4-channel copy would be ~30x slower).
 
         Raises:
-            SlideError: a stored tile failed to decode.
+            SlideError: a stored tile failed to decode, or the slide file could not be opened.
         """
         lv = self.fast_levels[level]
         height, width = out.shape[:2]
@@ -403,10 +403,20 @@ class TiffJpegReader(OpenSlideReader):
             for tx in range(cx0 // tw, (cx1 - 1) // tw + 1)
         ]
         indices = [ty * lv.tiles_across + tx for ty, tx in spans]
-        if self.threads > 1 and len(indices) > 1:
-            tiles = list(_thread_pool(self.threads).map(lambda i: self._tile(lv, i), indices))
-        else:
-            tiles = [self._tile(lv, i) for i in indices]
+        # The file is open for this region only: no descriptor is held between reads, so open fds do not grow
+        # with the slides a worker keeps open (``max_open_slides``); an open costs a few µs against ~3 ms of
+        # decoding per tile.
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as err:
+            raise SlideError(f"{self.path}: cannot open the slide file to read a region ({err})") from err
+        try:
+            if self.threads > 1 and len(indices) > 1:
+                tiles = list(_thread_pool(self.threads).map(lambda i: self._tile(lv, i, fd), indices))
+            else:
+                tiles = [self._tile(lv, i, fd) for i in indices]
+        finally:
+            os.close(fd)
         for (ty, tx), tile in zip(spans, tiles):
             # intersection of this stored tile, the level and the window, in level px
             ax0, ay0 = max(tx * tw, cx0), max(ty * th, cy0)
@@ -478,11 +488,3 @@ class TiffJpegReader(OpenSlideReader):
             return self.level_window(level, ix + cx, iy + cy, tile_size, tile_size)
         window = self._fill_window(level, ix, iy, _scratch(m, n))
         return resize_region(window, box, tile_size)
-
-    def close(self) -> None:
-        """Close the OpenSlide handle and the file descriptor (idempotent); cached tiles stay for a reopen."""
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            os.close(fd)
-            self._fd = None
-        super().close()
