@@ -52,7 +52,9 @@ def test_top_level_help_and_unknown_command():
     ]
 
 
-@pytest.mark.parametrize(("name", "flag"), [("probe", "--save_head"), ("convert", "--to_timm")])
+@pytest.mark.parametrize(
+    ("name", "flag"), [("probe", "--save_head"), ("convert", "--to_timm"), ("demo", "PATHFM_SPACE_MODEL_DIRS")]
+)
 def test_subcommand_help_is_the_scripts_help(name, flag):
     ours = run(console(), name, "--help")
     theirs = run(sys.executable, COMMANDS[name][2], "--help")
