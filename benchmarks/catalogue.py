@@ -10,6 +10,9 @@ Run: ``nice .venv/bin/python benchmarks/catalogue.py [--entries 1000] [--rows 30
    the embedded slides; rows are copies of real catalogue rows): resolve -> preflight -> partition ->
    ``TileBatchStream`` -> first batch, measured ``--repeats`` times alternately, medians compared (targets:
    <= 30 s, and within 1.5x of the 100-row catalogue).
+3. the cost of the catalogue's test decode (``--decode_check``, 4 stored tiles per training level): the same
+   ``--entries`` catalogued in one process with the check off and on, alternately ``--repeats`` times, median
+   seconds per slide side by side (target: about the same, ratio <= 1.1x).
 """
 
 from __future__ import annotations
@@ -126,6 +129,30 @@ def bench_first_batch(root: Path, rows: int, repeats: int) -> None:
     )
 
 
+def bench_decode_check(root: Path, entries: int, repeats: int) -> None:
+    from pathfm.datasets_scripts.catalogue import build_catalogue
+    from pathfm.datasets_scripts.tissue import clear_mask_cache
+
+    manifest = _manifest(root, _links(root / "links", entries), "entries.csv")
+    build_catalogue(["embedded"], root / "warm.parquet")
+    times: dict[int, list[float]] = {0: [], 4: []}
+    for i in range(repeats):  # alternately, so load changes on a shared machine hit both
+        for positions in (0, 4):
+            clear_mask_cache()
+            out = root / f"check_{positions}_{i}.parquet"
+            t0 = time.perf_counter()
+            counts = build_catalogue([str(manifest)], out, decode_positions=positions)
+            times[positions].append((time.perf_counter() - t0) / entries)
+            assert counts["ok"] == entries, counts
+    off, on = statistics.median(times[0]), statistics.median(times[4])
+    print(
+        f"[3] catalogue per slide, 1 process, {entries} entries (median of {repeats}): test decode off "
+        f"{off * 1000:.0f} ms {[round(t * 1000) for t in times[0]]} | on (4 tiles per training level) "
+        f"{on * 1000:.0f} ms {[round(t * 1000) for t in times[4]]} | ratio {on / off:.2f}x "
+        f"(target <= 1.1x; {load_text()})"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--entries", type=int, default=1000)
@@ -133,6 +160,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip_build", action="store_true")
     ap.add_argument("--skip_first_batch", action="store_true")
+    ap.add_argument("--skip_decode_check", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="pathfm_catalogue_bench_") as tmp:
         root = Path(tmp)
@@ -141,6 +169,8 @@ def main() -> None:
             bench_build(root, args.entries)
         if not args.skip_first_batch:
             bench_first_batch(root, args.rows, args.repeats)
+        if not args.skip_decode_check:
+            bench_decode_check(root, args.entries, args.repeats)
 
 
 if __name__ == "__main__":

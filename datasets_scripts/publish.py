@@ -23,18 +23,13 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
-import pyarrow.parquet as pq
-from pathfm.datasets_scripts.builder import (
-    SlideStats,
-    SlideTilesConfig,
-    resolve_slides,
-    tile_features,
-    tile_stream,
-)
 from pathfm.datasets_scripts.slide import add_reading_arguments
+
+if TYPE_CHECKING:  # datasets / the builder are imported where used, so that --help returns at once
+    import datasets
+    from pathfm.datasets_scripts.builder import SlideStats, SlideTilesConfig
 
 CARD_TEMPLATE = """---
 {yaml}---
@@ -74,6 +69,8 @@ scanner metadata.
 def stream_examples(config: SlideTilesConfig, stats: SlideStats | None = None) -> Iterator[dict]:
     """The examples of ``tile_stream(config)`` (a generator for ``Dataset.from_generator``); skipped slides
     are counted in ``stats``."""
+    from pathfm.datasets_scripts.builder import tile_stream
+
     yield from tile_stream(config, stats=stats)
 
 
@@ -88,6 +85,8 @@ def features_yaml(features: datasets.Features) -> list[dict]:
     Raises:
         TypeError: a feature type the tile datasets do not use.
     """
+    import datasets
+
     out: list[dict] = []
     for name, feature in features.items():
         if isinstance(feature, datasets.Value):
@@ -122,7 +121,10 @@ def build_tile_dataset(
         FileNotFoundError: a slide folder / manifest / catalogue does not exist (nothing is written).
         ValueError: no slide gave a tile (a folder this call created is removed).
     """
+    import datasets
+    import pyarrow.parquet as pq
     from huggingface_hub import DatasetCard, DatasetCardData
+    from pathfm.datasets_scripts.builder import SlideStats, resolve_slides, tile_features
 
     # a missing folder / manifest is one error here, before any folder is made (inside the generator datasets
     # would wrap it in a DatasetGenerationError traceback)
@@ -266,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--push_to_hub", default=None, metavar="REPO_ID")
     ap.add_argument("--private", action="store_true")
     args = ap.parse_args(argv)
+    from pathfm.datasets_scripts.builder import SlideTilesConfig
+
     if args.embedded:
         from pathfm.datasets_scripts.embedded import embedded_slides
 
