@@ -45,6 +45,15 @@ def test_slide_the_fast_reader_cannot_read_is_skipped_and_counted_alike_everywhe
     summary = slides_summary(RunData(readable, failed, readable, stream=None))
     assert summary.endswith("(skipped overall: 2 unreadable)"), summary
     assert preflight_slides(records, default_mpp=0.5, reader="auto")[1] == {}  # auto: OpenSlide for those
+    # the run's data step passes its --reader to that check (no slide is read before the first batch here)
+    from pathfm.training.config import parse_config
+    from pathfm.training.data import build_data
+
+    _, d_args, t_args, _ = parse_config(["--slides", *[r.path for r in records], "--reader", "tiff",
+                                         "--default_mpp", "0.5", "--output_dir", str(tmp_path / "run")])  # fmt: skip
+    data = build_data(d_args, t_args, rank=0, world_size=1)
+    assert slides_summary(data).endswith("(skipped overall: 2 unreadable)"), slides_summary(data)
+    data.stream.close()
 
     # grid tiling / the stream's workers: the same words and the stream's counter
     config = SlideTilesConfig(slides=records, sampler="grid", grid_mpp=4.0, tile_size=64, reader="tiff",
