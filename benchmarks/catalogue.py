@@ -82,6 +82,7 @@ def _big_catalogue(root: Path, rows: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from pathfm.datasets_scripts.catalogue import build_catalogue
+    from pathfm.datasets_scripts.catalogue_masks import CATALOGUE_ROW_GROUP_ROWS
 
     seed = root / "seed.parquet"
     if not seed.exists():
@@ -94,7 +95,8 @@ def _big_catalogue(root: Path, rows: int) -> Path:
         row["path"], row["slide_id"] = path, f"e{i:06d}"
         out_rows.append(row)
     out = root / f"rows_{rows}.parquet"
-    pq.write_table(pa.Table.from_pylist(out_rows), out)
+    table = pa.Table.from_pylist(out_rows)  # written as build_catalogue writes it
+    pq.write_table(table, out, row_group_size=CATALOGUE_ROW_GROUP_ROWS, write_statistics=False)
     return out
 
 

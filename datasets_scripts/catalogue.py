@@ -16,7 +16,7 @@ GDC manifests, slide files, another catalogue). Row columns: ``path`` (absolute)
 group or TCGA patient barcode), ``status`` (``ok`` /
 ``no-mpp`` / ``unreadable`` / ``no-tissue``), ``reason`` (words) and ``mask_settings`` (what the mask was
 computed with, :func:`pathfm.datasets_scripts.catalogue_masks.mask_settings`). Rows are written in parquet row
-groups of 64, so that a training worker reads a slide's mask back cheaply instead of computing it
+groups of 256, so that a training worker reads a slide's mask back cheaply instead of computing it
 (:mod:`pathfm.datasets_scripts.catalogue_masks`).
 
 Re-running skips files whose size and mtime are unchanged (and whose mask settings are the same); a killed
@@ -265,8 +265,11 @@ def build_catalogue(
     for row, rec in zip(ordered, records):
         row["slide_id"] = rec.slide_id  # ids are made unique over the whole catalogue
     tmp = out.with_name(out.name + ".tmp")
-    # small row groups: a training worker reads one to get a slide's mask (catalogue_masks)
-    pq.write_table(pa.Table.from_pylist(ordered), tmp, row_group_size=CATALOGUE_ROW_GROUP_ROWS)
+    # Small row groups: a training worker reads one to get a slide's mask (catalogue_masks). No column
+    # statistics: min/max of the mask blobs would make the footer megabytes, and nothing filters on them.
+    pq.write_table(
+        pa.Table.from_pylist(ordered), tmp, row_group_size=CATALOGUE_ROW_GROUP_ROWS, write_statistics=False
+    )
     os.replace(tmp, out)
     partial.unlink(missing_ok=True)
     counts = Counter(r["status"] for r in ordered)

@@ -26,12 +26,17 @@ from pathfm.datasets_scripts.tissue import TissueMask
 
 __all__ = ["CATALOGUE_ROW_GROUP_ROWS", "TISSUE_ALGORITHM", "catalogue_mask", "mask_settings"]
 
-CATALOGUE_ROW_GROUP_ROWS = 64
-"""Rows per parquet row group of a catalogue: what a worker reads to get one slide's mask (~64 masks)."""
+CATALOGUE_ROW_GROUP_ROWS = 256
+"""Rows per parquet row group of a catalogue: what a worker reads to get one slide's mask (256 masks, ~9 MB
+for TCGA-sized slides, ~10 ms). Smaller groups make reading the whole catalogue at start-up slower (30,000
+rows: ~0.4 s with groups of 64 vs ~0.1 s with 256)."""
 
 TISSUE_ALGORITHM = "pathfm-tissue/1"
 """Version of :func:`pathfm.datasets_scripts.tissue.tissue_mask_from_rgb`: a change of the algorithm bumps it,
 so that catalogues written before are not reused for masks the new code would draw differently."""
+
+MAX_ROW_GROUP_ROWS = 1024
+"""Row groups larger than this (a catalogue rewritten by another tool) are not read for one mask."""
 
 _MASK_COLUMNS = [
     "path", "bytes", "mtime_ns", "mpp_x", "bounds", "mask", "mask_shape", "mask_mpp", "mask_threshold",
@@ -92,6 +97,8 @@ def _read_row(catalogue: str, row: int) -> dict[str, Any] | None:
     columns = [c for c in _MASK_COLUMNS if c in names]
     if "mask_settings" not in columns:  # written before masks were reusable
         return None
+    if meta.row_group(group).num_rows > MAX_ROW_GROUP_ROWS:
+        return None  # rewritten by another tool in big row groups: one mask would cost reading thousands
     table = pq.ParquetFile(catalogue, metadata=meta).read_row_group(group, columns=columns)
     return table.slice(row - int(starts[group]), 1).to_pylist()[0]
 
