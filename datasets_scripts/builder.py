@@ -196,8 +196,8 @@ class SlideStats:
     ``default_mpp``), or non-square pixels; ``no_tissue_slides``: empty tissue mask or no tile passing the
     threshold; ``unsupported_mpp_slides``: none of the requested magnifications is servable without upsampling;
     ``failed_regions``: tiles whose region failed to decode (skipped); ``masks_from_catalogue``: slides whose
-    tissue mask was read back from their catalogue row instead of computed. Increments from different workers are not
-    atomic; they are rare events (per slide or per failure), so collisions are practically impossible.
+    tissue mask was read back from their catalogue row instead of computed. Increments from different workers
+    are not atomic; they are rare events (per slide or per failure), so collisions are practically impossible.
     """
 
     def __init__(self) -> None:
