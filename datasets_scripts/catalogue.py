@@ -24,9 +24,10 @@ failures counted (and said in ``reason``); one with a level none of whose test t
 ``unreadable``. The statuses and words of a slide that cannot be opened are those of the tile stream and
 training's start-up check (:mod:`pathfm.datasets_scripts.skips`).
 
-Re-running skips files whose size and mtime are unchanged (and whose mask settings are the same); a killed
-run resumes: finished rows are appended to ``<output>.partial.jsonl`` as they come and merged into the parquet
-file (written atomically) at the end. The result is a plain parquet file: ``datasets.load_dataset("parquet", data_files=...)`` reads it.
+Re-running skips files whose size and mtime are unchanged (and whose mask settings and reader are the
+same); a killed run resumes: finished rows are appended to ``<output>.partial.jsonl`` as they come and merged
+into the parquet file (written atomically) at the end. The result is a plain parquet file:
+``datasets.load_dataset("parquet", data_files=...)`` reads it.
 """
 
 from __future__ import annotations
