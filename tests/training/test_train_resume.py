@@ -92,12 +92,10 @@ def test_resume_refuses_other_settings_and_continues_exactly_from_the_saved_conf
     with pytest.raises(ValueError) as refused:
         _run(_args(cmu_svs, other, *common, *changed, "--resume_from_checkpoint", str(ckpt)))
     message = str(refused.value)
-    assert f"{ckpt} was written with other settings (--max_steps 3 -> 6, --per_device_batch_size 2 -> 4)" in (
-        message
-    )
-    assert f"(accelerate launch training/dino.py {saved} --resume_from_checkpoint {ckpt} --output_dir {other})" in (
-        message
-    )
+    diffs = "(--max_steps 3 -> 6, --per_device_batch_size 2 -> 4)"
+    assert f"{ckpt} was written with other settings {diffs}" in message
+    command = f"training/dino.py {saved} --resume_from_checkpoint {ckpt} --output_dir {other}"
+    assert f"(accelerate launch {command})" in message
     assert not other.exists()
     reset_accelerate_state()
 
@@ -170,7 +168,8 @@ def test_num_workers_changes_the_tile_stream_so_it_is_compared():
         _, d, t, _ = parse_config([*flags, "--tiles_per_slide", "6"])
         stream = build_data(d, t, 0, 1).stream
         try:
-            return [hashlib.sha256(next(stream)["pixel_values"].numpy().tobytes()).hexdigest() for _ in range(2)]
+            batches = [next(stream)["pixel_values"] for _ in range(2)]
+            return [hashlib.sha256(b.numpy().tobytes()).hexdigest() for b in batches]
         finally:
             stream.close()
 
@@ -180,40 +179,65 @@ def test_num_workers_changes_the_tile_stream_so_it_is_compared():
     assert "num_workers" not in FREE_FLAGS
 
 
-@pytest.mark.parametrize(
-    ("spec", "output_dir", "expected"),
-    [
-        ("{tmp}/no/such", "{tmp}/other", "{tmp}/no/such: no such file or folder; pass latest (with the run's "
-         "--output_dir) or a folder such as <output_dir>/checkpoints/checkpoint-<step>"),
-        ("{tmp}/run", "{tmp}/other", "{tmp}/run: a run folder, not a checkpoint; pass --output_dir {tmp}/run "
-         "--resume_from_checkpoint latest, or its newest checkpoint {tmp}/run/checkpoints/checkpoint-4"),
-        ("{tmp}/run/checkpoints", "{tmp}/other", "{tmp}/run/checkpoints: the checkpoints/ folder of a run, not "
-         "one checkpoint; pass {tmp}/run/checkpoints/checkpoint-4"),
-        ("{tmp}/run/checkpoints/checkpoint-6", "{tmp}/other", "{tmp}/run/checkpoints/checkpoint-6: an "
-         "incomplete checkpoint (no train_complete.json: the run stopped while writing it); pass latest (with "
-         "the run's --output_dir) or a folder such as {tmp}/run/checkpoints/checkpoint-4"),
-        ("{tmp}/run/notes.txt", "{tmp}/run", "{tmp}/run/notes.txt: a file, not a checkpoint folder; pass latest "
-         "(with the run's --output_dir) or a folder such as {tmp}/run/checkpoints/checkpoint-4"),
-        ("{tmp}/other", "{tmp}/other", "{tmp}/other: not a checkpoint folder written by training/dino.py (no "
-         "train_complete.json in it); pass latest"),
-        ("latest", "{tmp}/missing", "latest: --output_dir {tmp}/missing does not exist; pass the --output_dir "
-         "of the run to continue, or leave out --resume_from_checkpoint to start a new run"),
-        ("latest", "{tmp}/other", "latest: {tmp}/other holds no complete checkpoint (checkpoint-2 is "
-         "incomplete: stopped while writing): the run there stopped before its first save (every --save_steps "
-         "100 steps and at the end); run the same command without --resume_from_checkpoint to start it again "
-         "(the folder is reused)"),
-    ],
-)
-def test_resume_spec_that_is_not_a_checkpoint_says_what_it_is_and_what_to_pass(
-    spec, output_dir, expected, tmp_path
-):
+NEWEST = "{tmp}/run/checkpoints/checkpoint-4"
+PASS_LATEST = "pass latest (with the run's --output_dir) or a folder such as"
+NOT_A_CHECKPOINT = {  # spec, output_dir -> what the line says after "--resume_from_checkpoint <spec>: "
+    ("{tmp}/no/such", "{tmp}/other"): (
+        f"no such file or folder; {PASS_LATEST} <output_dir>/checkpoints/checkpoint-<step>"
+    ),
+    ("{tmp}/run", "{tmp}/other"): (
+        f"a run folder, not a checkpoint; pass --output_dir {{tmp}}/run --resume_from_checkpoint latest, or "
+        f"its newest checkpoint {NEWEST}"
+    ),
+    ("{tmp}/run/checkpoints", "{tmp}/other"): (
+        f"the checkpoints/ folder of a run, not one checkpoint; pass {NEWEST}"
+    ),
+    ("{tmp}/run/checkpoints/checkpoint-6", "{tmp}/other"): (
+        "an incomplete checkpoint (no train_complete.json: the run stopped while writing it); "
+        f"{PASS_LATEST} {NEWEST}"
+    ),
+    ("{tmp}/run/notes.txt", "{tmp}/run"): f"a file, not a checkpoint folder; {PASS_LATEST} {NEWEST}",
+    ("{tmp}/other", "{tmp}/other"): (
+        "not a checkpoint folder written by training/dino.py (no train_complete.json in it); pass latest"
+    ),
+    ("latest", "{tmp}/missing"): (
+        "--output_dir {tmp}/missing does not exist; pass the --output_dir of the run to continue, or leave "
+        "out --resume_from_checkpoint to start a new run"
+    ),
+    ("latest", "{tmp}/other"): (
+        "{tmp}/other holds no complete checkpoint (checkpoint-2 is incomplete: stopped while writing): the "
+        "run there stopped before its first save (every --save_steps 100 steps and at the end); run the same "
+        "command without --resume_from_checkpoint to start it again (the folder is reused)"
+    ),
+}
+
+
+@pytest.mark.parametrize(("spec", "output_dir"), list(NOT_A_CHECKPOINT))
+def test_resume_spec_that_is_not_a_checkpoint_says_what_it_is_and_what_to_pass(spec, output_dir, tmp_path):
     from pathfm.training.checkpointing import COMPLETE_MARKER, resolve_checkpoint
 
-    for name in ("run/checkpoints/checkpoint-4", "run/checkpoints/checkpoint-6", "other/checkpoints/checkpoint-2"):
+    made = ("run/checkpoints/checkpoint-4", "run/checkpoints/checkpoint-6", "other/checkpoints/checkpoint-2")
+    for name in made:
         (tmp_path / name).mkdir(parents=True)
     (tmp_path / "run/checkpoints/checkpoint-4" / COMPLETE_MARKER).write_text("{}")
     (tmp_path / "run/notes.txt").write_text("")
     fill = {"tmp": str(tmp_path)}
+    spec = spec.format(**fill)
     with pytest.raises(FileNotFoundError) as err:
-        resolve_checkpoint(spec.format(**fill), output_dir.format(**fill), save_steps=100)
-    assert str(err.value).startswith(f"--resume_from_checkpoint {expected.format(**fill)}"), str(err.value)
+        resolve_checkpoint(spec, output_dir.format(**fill), save_steps=100)
+    expected = NOT_A_CHECKPOINT[spec.replace(str(tmp_path), "{tmp}"), output_dir].format(**fill)
+    assert str(err.value).startswith(f"--resume_from_checkpoint {spec}: {expected}"), str(err.value)
+
+
+def test_a_runs_config_yaml_reads_as_a_preset_without_its_run_control_fields(tmp_path):
+    from pathfm.training.config import load_preset, parse_config, save_config
+
+    flags = ["--max_steps", "7", "--hub_token", "hf_secret", "--resume_from_checkpoint", "latest"]
+    m, d, t, _ = parse_config(flags)
+    path = save_config(tmp_path, m, d, t, extra={"world_size": 2})
+    preset = load_preset(path)
+    assert preset["max_steps"] == 7 and preset["output_dir"] == t.output_dir
+    assert not {"hub_token", "resume_from_checkpoint", "overwrite_output_dir", "world_size"} & set(preset)
+    m2, d2, t2, _ = parse_config([str(path)])
+    assert (m2, d2) == (m, d) and t2.max_steps == 7
+    assert t2.resume_from_checkpoint is None and t2.hub_token is None
