@@ -18,9 +18,10 @@ Usage::
 one module of ``training/``: ``launch`` (Accelerator), ``data`` + ``tile_batches`` (slides -> tile
 batches), ``augmentations`` (multi-crop), ``objectives/`` (what ``--objective dino|dinov2`` changes: networks,
 loss, optimizer, step), ``networks`` + ``heads`` (student/teacher), ``sharding`` (FSDP2, ``--fsdp``),
-``losses/``, ``optim`` / ``param_groups``, ``schedules``, ``checkpointing`` (save/resume layout), ``step`` /
-``step_dinov2`` (one optimizer step; teacher EMA in ``teacher``), ``loop`` (steps, logging, checkpoints),
-``run_card`` + ``export`` (the exported teacher).
+``losses/``, ``optim`` / ``param_groups``, ``schedules``, ``checkpointing`` (save/resume layout) +
+``resume_check`` (a resume keeps the run's settings), ``step`` / ``step_dinov2`` (one optimizer step;
+teacher EMA in ``teacher``), ``loop`` (steps, logging, checkpoints), ``run_card`` + ``export`` (the exported
+teacher).
 
 Differences, each on purpose: (1) tiles are streamed from slides (online patching, kaiko arXiv 2404.15217)
 and an *epoch* is ``steps_per_epoch`` optimizer steps; (2) multi-crop augmentation runs batched on the
@@ -57,6 +58,7 @@ from pathfm.training.checkpointing import (
     load_checkpoint,
     prepare_output_dir,
     register,
+    resolve_checkpoint,
 )
 from pathfm.training.config import (
     DINODataArguments,
@@ -74,6 +76,7 @@ from pathfm.training.loop import Loop, run_loop
 from pathfm.training.mfu import dino_flops_per_image, measure_matmul_peak
 from pathfm.training.networks import param_digest
 from pathfm.training.objectives import build_objective
+from pathfm.training.resume_check import check_resume_config
 from pathfm.training.run_card import RunCard
 from pathfm.training.schedules import build_schedules
 from pathfm.training.sharding import (
@@ -112,7 +115,9 @@ def train(
     Raises:
         WorldSizeMismatchError: The number of processes differs from the expected world size.
         FileExistsError: ``output_dir`` holds a previous run and neither resume nor overwrite was asked.
-        ValueError: No readable slides, fewer slides than processes, or a bad config.
+        ValueError: No readable slides, fewer slides than processes, a bad config, or a resume with other
+            settings than the checkpoint's (``resume_check``).
+        FileNotFoundError: ``--resume_from_checkpoint`` names no complete checkpoint.
         NonFiniteLossError: The loss became NaN/Inf (the last good checkpoint is kept).
     """
     m_args, d_args, t_args = model_args, data_args, training_args
@@ -124,6 +129,7 @@ def train(
         output_dir, t_args.resume_from_checkpoint, t_args.overwrite_output_dir, accelerator.is_main_process
     )
     accelerator.wait_for_everyone()  # the main process may have removed a previous run
+    ckpt = checkpoint_to_resume(accelerator, m_args, d_args, t_args)  # before any slide is opened
     set_seed(t_args.seed)  # same seed on every rank: identical initial weights (DDP also broadcasts them)
 
     # ============ data: slides -> this rank's tile stream -> multi-crop on the device ============
@@ -167,10 +173,9 @@ def train(
     # save_state/load_state hold the prepared student and optimizer, RNG of every process, and these:
     register(accelerator, teacher=teacher, loss=loss, state=state)
     resumed_from = None
-    if t_args.resume_from_checkpoint:
-        spec, per_rank = t_args.resume_from_checkpoint, objective.rank_objects()
+    if ckpt is not None:
         networks = (student, teacher, optimizer)  # sharded runs: read from their DCP folders
-        ckpt = load_checkpoint(accelerator, spec, output_dir, data.stream, per_rank, networks)
+        load_checkpoint(accelerator, str(ckpt), output_dir, data.stream, objective.rank_objects(), networks)
         resumed_from = str(ckpt)
         logger.info("resumed from %s at step %d", resumed_from, state.step)
     card = RunCard(
@@ -237,6 +242,28 @@ def train(
     }
     return finish(loop, data.stream, summary)
 
+
+
+def checkpoint_to_resume(
+    accelerator: Accelerator,
+    m_args: DINOModelArguments,
+    d_args: DINODataArguments,
+    t_args: DINOTrainingArguments,
+) -> Path | None:
+    """The checkpoint ``--resume_from_checkpoint`` names (None: a fresh run), checked before any slide is
+    opened so that a wrong resume fails in seconds.
+
+    Raises:
+        FileNotFoundError: No such checkpoint (``checkpointing.resolve_checkpoint``).
+        ValueError: It was written with other settings (``resume_check.check_resume_config``).
+    """
+    spec = t_args.resume_from_checkpoint
+    if not spec:
+        return None
+    ckpt = resolve_checkpoint(spec, t_args.output_dir, t_args.save_steps)
+    run_facts = {"world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision}
+    check_resume_config(ckpt, spec, {**config_dict(m_args, d_args, t_args), "run": run_facts})
+    return ckpt
 
 
 def prepare_networks(
