@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -290,10 +291,14 @@ def prepare_networks(
 
 
 def slides_summary(data: Any) -> str:
-    """``"<n> slide(s): [ids] (skipped overall: <k> unreadable, <m> catalogued as <status>, ...)"`` for this
-    rank's part of the data: the slides that failed to open plus those a catalogue left out."""
+    """``"<n> slide(s): [ids] (skipped overall: <k> no mpp, <k> unreadable, <m> catalogued as <status>, ...)"``
+    for this rank's part of the data: the slides that failed to open, by status, plus those a catalogue left
+    out."""
     ids = [r.slide_id for r in data.my_slides]
-    skips = [f"{len(data.failed)} unreadable"] if data.failed else []
+    # each failure reads "<status>: <reason>" (no mpp / unreadable / ...): counted by status
+    failed = data.failed.values() if isinstance(data.failed, dict) else data.failed
+    statuses = Counter(str(message).split(":", 1)[0] for message in failed)
+    skips = [f"{n} {status}" for status, n in sorted(statuses.items())]
     skips += [f"{n} catalogued as {status}" for status, n in sorted(data.catalogue_skipped.items())]
     return f"{len(ids)} slide(s): {ids} (skipped overall: {', '.join(skips) or 'none'})"
 

@@ -159,11 +159,12 @@ def test_training_log_counts_the_slides_a_catalogue_left_out(mixed_slides, tmp_p
 
     out = tmp_path / "catalogue.parquet"
     build_catalogue([str(mixed_slides)], out)
-    sources = [str(out), str(tmp_path / "missing.svs")]
+    write_slide(tmp_path / "uncatalogued_nompp.tiff", blank(256, 256), mpp=None)
+    sources = [str(out), str(tmp_path / "missing.svs"), str(tmp_path / "uncatalogued_nompp.tiff")]
     readable, failed = preflight_slides(resolve_slides(sources))
     data = RunData(readable, failed, readable[:1], stream=None, catalogue_skipped=dict(catalogue_skips(sources)))
     summary = slides_summary(data)
     assert summary.endswith(
-        "(skipped overall: 1 unreadable, 1 catalogued as no-mpp, 1 catalogued as no-tissue, "
+        "(skipped overall: 1 no mpp, 1 unreadable, 1 catalogued as no-mpp, 1 catalogued as no-tissue, "
         "1 catalogued as unreadable)"
     ), summary
