@@ -13,9 +13,12 @@ does. Targets (issue 13): RSS(50) / RSS(5) <= 1.2, pipeline / bare forward >= 0.
 
 Measured 2026-12-04 on an H200 with 16 CPU cores (``--device cuda --num_workers 8``, defaults otherwise):
 RSS 50 / 5 entries 1.012 (read then from ``ru_maxrss``, which a child inherits from this parent; with
-``VmHWM`` on the 2-core CPU, ``--preset tiny --entries 20 4 --tiles 200 --tile_size 64``: 1.015); 864 tiles/s against a 1,798 tiles/s bare forward, 0.45: the GPU waits for the 8
-workers decoding the slide's JPEG tiles (with a worker pool per slide, before: 364 tiles/s, 0.54 of a 636
-tiles/s bare loop on another H200 machine). Not measured at this scale on the 2-core CPU.
+``VmHWM`` on the 2-core CPU, ``--preset tiny --entries 20 4 --tiles 200 --tile_size 64``: 1.015); 864
+tiles/s against a 1,798 tiles/s bare forward, 0.45: the GPU waits for the 8 workers decoding the slide's JPEG
+tiles, then read through OpenSlide (with a worker pool per slide, before: 364 tiles/s, 0.54 of a 636 tiles/s
+bare loop on another H200 machine). The embedding now reads with the fast reader (``reader="auto"``): on the
+2-core CPU at load 5-6 that raised the ratio from 0.124 to 0.286 (tiny model, 64 px tiles); not re-measured
+on a GPU.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+from pathfm.datasets_scripts.catalogue_masks import catalogue_mask, mask_settings
 from pathfm.datasets_scripts.colour import DEFAULT_ICC, check_icc_option
 from pathfm.datasets_scripts.open_slides import SlidePool, slide_pool
 from pathfm.datasets_scripts.samplers import GridTileSampler, RandomTileSampler
@@ -183,6 +184,7 @@ STAT_NAMES = (
     "no_tissue_slides",
     "unsupported_mpp_slides",
     "failed_regions",
+    "masks_from_catalogue",
 )
 
 
@@ -193,8 +195,9 @@ class SlideStats:
     ``max_region_failures`` failed regions; ``no_mpp_slides``: no level-0 mpp anywhere in the chain (and no
     ``default_mpp``), or non-square pixels; ``no_tissue_slides``: empty tissue mask or no tile passing the
     threshold; ``unsupported_mpp_slides``: none of the requested magnifications is servable without upsampling;
-    ``failed_regions``: tiles whose region failed to decode (skipped). Increments from different workers are not
-    atomic; they are rare events (per slide or per failure), so collisions are practically impossible.
+    ``failed_regions``: tiles whose region failed to decode (skipped); ``masks_from_catalogue``: slides whose
+    tissue mask was read back from their catalogue row instead of computed. Increments from different workers
+    are not atomic; they are rare events (per slide or per failure), so collisions are practically impossible.
     """
 
     def __init__(self) -> None:
@@ -241,7 +244,9 @@ def _warn(message: str) -> None:
 def open_slide_for_tiles(
     index: int, rec: SlideRecord, config: SlideTilesConfig, stats: SlideStats, pool: SlidePool
 ) -> tuple[SlideReader, TissueMask] | None:
-    """Open slide ``rec`` from the worker's pool and compute its mask; None (warned, counted) when unusable."""
+    """Open slide ``rec`` from the worker's pool and get its mask (read back from the record's catalogue row
+    when that row still matches, :mod:`.catalogue_masks`, else computed); None (warned, counted) when
+    unusable."""
     try:
         reader = pool.get(
             rec.path, mpp=rec.mpp, mpp_tolerance=config.mpp_tolerance, **reader_options(config)
@@ -254,6 +259,15 @@ def open_slide_for_tiles(
         stats.add("corrupt_slides")
         _warn(f"skipping slide {rec.slide_id}: {err}")
         return None
+    if rec.extra.get("catalogue"):
+        settings = mask_settings(
+            config.mask_mpp, config.saturation_floor, min_object_um2=config.min_object_um2,
+            icc_profile=config.icc_profile,
+        )  # fmt: skip
+        mask = catalogue_mask(rec.extra["catalogue"], rec.extra["catalogue_row"], reader, settings)
+        if mask is not None:
+            stats.add("masks_from_catalogue")
+            return reader, mask
     try:
         mask = compute_tissue_mask(
             reader,
@@ -356,8 +370,9 @@ def slide_tile_coords(groups: list[str], config: SlideTilesConfig, stats: SlideS
     try:
         while True:
             while len(active) < width and nxt < len(columns[0]):
-                index, path, slide_id, mpp = (column[nxt] for column in columns)
-                rec = SlideRecord(path=path, slide_id=slide_id, mpp=mpp)
+                index, path, slide_id, mpp, catalogue, row = (column[nxt] for column in columns)
+                extra = {"catalogue": catalogue, "catalogue_row": row} if catalogue else {}
+                rec = SlideRecord(path=path, slide_id=slide_id, mpp=mpp, extra=extra)
                 nxt += 1
                 opened = open_slide_for_tiles(index, rec, config, stats, pool)
                 if opened is not None:
@@ -441,7 +456,8 @@ def has_image(example: dict) -> bool:
 
 # ------------------------------------------------------------------------------------------------- the stream
 def encode_group(records: list[SlideRecord], indices: range, mpp_override: float | None = None) -> str:
-    """Slides ``records[i] for i in indices`` as one JSON string of four columns (index, path, slide_id, mpp).
+    """Slides ``records[i] for i in indices`` as one JSON string of six columns (index, path, slide_id, mpp,
+    catalogue path or "", catalogue row or -1).
 
     ``datasets`` fingerprints ``gen_kwargs`` by pickling them: one string per group keeps that cheap for
     30,000 slides (records as objects take seconds). Columns of plain strings and numbers, rather than one
@@ -449,14 +465,17 @@ def encode_group(records: list[SlideRecord], indices: range, mpp_override: float
     whole heap (torch, datasets), not with the slides. ``mpp_override`` replaces every record's mpp.
     """
     mpps = [records[i].mpp for i in indices] if mpp_override is None else [float(mpp_override)] * len(indices)
+    catalogues = [records[i].extra.get("catalogue", "") for i in indices]
+    rows = [records[i].extra.get("catalogue_row", -1) for i in indices]
     return json.dumps(
-        [list(indices), [records[i].path for i in indices], [records[i].slide_id for i in indices], mpps]
-    )
+        [list(indices), [records[i].path for i in indices], [records[i].slide_id for i in indices], mpps,
+         catalogues, rows]
+    )  # fmt: skip
 
 
 def decode_groups(texts: list[str]) -> list[list]:
-    """Inverse of :func:`encode_group` for one or more groups: the four columns, groups concatenated."""
-    columns: list[list] = [[], [], [], []]
+    """Inverse of :func:`encode_group` for one or more groups: the six columns, groups concatenated."""
+    columns: list[list] = [[], [], [], [], [], []]
     for text in texts:
         for column, values in zip(columns, json.loads(text), strict=True):
             column.extend(values)

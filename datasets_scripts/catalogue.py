@@ -14,11 +14,14 @@ GDC manifests, slide files, another catalogue). Row columns: ``path`` (absolute)
 ``mask_method``, ``tissue_mm2``, ``icc_profile`` (description of the embedded ICC profile, or null),
 ``icc_option`` (``ignore`` / ``apply``, see :mod:`pathfm.datasets_scripts.colour`), ``group`` (manifest
 group or TCGA patient barcode), ``status`` (``ok`` /
-``no-mpp`` / ``unreadable`` / ``no-tissue``) and ``reason`` (words).
+``no-mpp`` / ``unreadable`` / ``no-tissue``), ``reason`` (words) and ``mask_settings`` (what the mask was
+computed with, :func:`pathfm.datasets_scripts.catalogue_masks.mask_settings`). Rows are written in parquet row
+groups of 256, so that a training worker reads a slide's mask back cheaply instead of computing it
+(:mod:`pathfm.datasets_scripts.catalogue_masks`).
 
-Re-running skips files whose size and mtime are unchanged; a killed run resumes: finished rows are appended to
-``<output>.partial.jsonl`` as they come and merged into the parquet file (written atomically) at the end. The
-result is a plain parquet file: ``datasets.load_dataset("parquet", data_files=...)`` reads it.
+Re-running skips files whose size and mtime are unchanged (and whose mask settings are the same); a killed
+run resumes: finished rows are appended to ``<output>.partial.jsonl`` as they come and merged into the parquet
+file (written atomically) at the end. The result is a plain parquet file: ``datasets.load_dataset("parquet", data_files=...)`` reads it.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from pathfm.datasets_scripts.resolve import resolve_sources
+from pathfm.datasets_scripts.catalogue_masks import CATALOGUE_ROW_GROUP_ROWS, mask_settings
 from pathfm.datasets_scripts.colour import DEFAULT_ICC, check_icc_option
 from pathfm.datasets_scripts.mpp import check_square, resolve_level0_mpp
+from pathfm.datasets_scripts.resolve import resolve_sources
 from pathfm.datasets_scripts.slide import MissingMppError, SlideError, add_reading_arguments, open_slide
 from pathfm.datasets_scripts.sources import SlideRecord, parse_tcga_barcode
 
@@ -102,6 +106,9 @@ def catalogue_row(
         "mask_mpp": None, "mask_threshold": None, "mask_method": None, "tissue_mm2": None,
         "icc_profile": None, "icc_option": icc_profile, "group": _group(rec), "status": "unreadable",
         "reason": "",
+        "mask_settings": mask_settings(
+            mask_mpp, saturation_floor, min_object_um2=min_object_um2, icc_profile=icc_profile
+        ),
     }  # fmt: skip
     try:
         st = os.stat(path)
@@ -193,8 +200,9 @@ def _previous_rows(output: Path, partial: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def _unchanged(row: dict[str, Any] | None, path: str) -> bool:
-    if row is None:
+def _unchanged(row: dict[str, Any] | None, path: str, settings: str) -> bool:
+    """The row still describes the file (size, mtime) and was made with the same mask settings."""
+    if row is None or row.get("mask_settings") != settings:
         return False
     try:
         st = os.stat(path)
@@ -238,7 +246,10 @@ def build_catalogue(
     records = resolve_sources(sources)
     previous = _previous_rows(out, partial)
     paths = [os.path.abspath(r.path) for r in records]
-    todo = [r for r, p in zip(records, paths) if not _unchanged(previous.get(p), p)]
+    settings = mask_settings(
+        mask_mpp, saturation_floor, min_object_um2=min_object_um2, icc_profile=icc_profile
+    )
+    todo = [r for r, p in zip(records, paths) if not _unchanged(previous.get(p), p, settings)]
     todo_paths = {os.path.abspath(r.path) for r in todo}
     rows = {p: previous[p] for p in paths if p not in todo_paths}
     check_icc_option(icc_profile)
@@ -254,7 +265,11 @@ def build_catalogue(
     for row, rec in zip(ordered, records):
         row["slide_id"] = rec.slide_id  # ids are made unique over the whole catalogue
     tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(pa.Table.from_pylist(ordered), tmp)
+    # Small row groups: a training worker reads one to get a slide's mask (catalogue_masks). No column
+    # statistics: min/max of the mask blobs would make the footer megabytes, and nothing filters on them.
+    pq.write_table(
+        pa.Table.from_pylist(ordered), tmp, row_group_size=CATALOGUE_ROW_GROUP_ROWS, write_statistics=False
+    )
     os.replace(tmp, out)
     partial.unlink(missing_ok=True)
     counts = Counter(r["status"] for r in ordered)
