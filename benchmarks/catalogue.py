@@ -13,7 +13,10 @@ Run: ``nice .venv/bin/python benchmarks/catalogue.py [--entries 1000] [--rows 30
 3. the stream over ``--mask_slides`` distinct TCGA-like pyramids (hard links of one ``--mask_side`` px square
    pyramid from ``benchmarks/pyramid.py``; 64 tiles per slide, the training default) from a CSV manifest (every
    worker computes each slide's tissue mask) vs from their catalogue (masks read back from the catalogue
-   rows), tiles per CPU second side by side.
+   rows), tiles per CPU second side by side;
+4. the cost of the catalogue's test decode (``--decode_check``, 4 stored tiles per training level): each
+   embedded slide catalogued with the check off and on, alternately, in at least 7 passes; min and median
+   seconds per slide side by side (target: about the same, ratio <= 1.1x).
 """
 
 from __future__ import annotations
@@ -132,6 +135,38 @@ def bench_first_batch(root: Path, rows: int, repeats: int) -> None:
     )
 
 
+def bench_decode_check(repeats: int) -> None:
+    from pathfm.datasets_scripts.catalogue import catalogue_row
+    from pathfm.datasets_scripts.embedded import embedded_slides
+    from pathfm.datasets_scripts.tissue import clear_mask_cache
+
+    records = embedded_slides()
+    catalogue_row(records[0])  # imports
+    times: dict[int, list[float]] = {0: [], 4: []}
+    checked = 0
+    for _ in range(repeats):  # alternately, slide by slide, so load changes on a shared machine hit both
+        total = {0: 0.0, 4: 0.0}
+        for rec in records:
+            for positions in (0, 4):
+                clear_mask_cache()
+                t0 = time.perf_counter()
+                row = catalogue_row(rec, decode_positions=positions)
+                total[positions] += time.perf_counter() - t0
+                assert row["status"] == "ok", row["reason"]
+                checked += row["decode_checked"] if positions else 0
+        for positions, t in total.items():
+            times[positions].append(t / len(records))
+    off, on = times[0], times[4]
+    m_off, m_on = statistics.median(off), statistics.median(on)
+    print(
+        f"[4] catalogue time per slide, the {len(records)} embedded slides, test decode off vs on "
+        f"({checked // repeats} test reads per pass), {repeats} alternating passes: min "
+        f"{min(off) * 1000:.0f} vs {min(on) * 1000:.0f} ms (ratio {min(on) / min(off):.2f}x), median "
+        f"{m_off * 1000:.0f} vs {m_on * 1000:.0f} ms (ratio {m_on / m_off:.2f}x) (target: about the same, "
+        f"<= 1.1x; {load_text()})"
+    )
+
+
 def bench_catalogue_masks(root: Path, n_slides: int, side: int) -> None:
     import sys
 
@@ -179,6 +214,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip_build", action="store_true")
     ap.add_argument("--skip_first_batch", action="store_true")
+    ap.add_argument("--skip_decode_check", action="store_true", help="row [4]")
     ap.add_argument("--mask_slides", type=int, default=8, help="row [3]: pyramids streamed (0: skip)")
     ap.add_argument("--mask_side", type=int, default=40_000, help="row [3]: level-0 side of each pyramid (px)")
     args = ap.parse_args()
@@ -191,6 +227,8 @@ def main() -> None:
             bench_first_batch(root, args.rows, args.repeats)
         if args.mask_slides:
             bench_catalogue_masks(root, args.mask_slides, args.mask_side)
+        if not args.skip_decode_check:
+            bench_decode_check(max(args.repeats, 7))
 
 
 if __name__ == "__main__":

@@ -37,8 +37,9 @@ from pathfm.datasets_scripts.catalogue_masks import catalogue_mask, mask_setting
 from pathfm.datasets_scripts.colour import DEFAULT_ICC, check_icc_option
 from pathfm.datasets_scripts.open_slides import SlidePool, slide_pool
 from pathfm.datasets_scripts.samplers import GridTileSampler, RandomTileSampler
-from pathfm.datasets_scripts.slide import DEFAULT_MPP_TOLERANCE, READERS, MissingMppError, SlideError, SlideReader
+from pathfm.datasets_scripts.slide import DEFAULT_MPP_TOLERANCE, READERS, SlideError, SlideReader
 from pathfm.datasets_scripts.resolve import resolve_sources, unique_slide_ids
+from pathfm.datasets_scripts.skips import SlideSkip, open_or_skip, warn_skip
 from pathfm.datasets_scripts.sources import SlideRecord
 from pathfm.datasets_scripts.tissue import TissueMask, compute_tissue_mask
 
@@ -245,19 +246,18 @@ def open_slide_for_tiles(
     index: int, rec: SlideRecord, config: SlideTilesConfig, stats: SlideStats, pool: SlidePool
 ) -> tuple[SlideReader, TissueMask] | None:
     """Open slide ``rec`` from the worker's pool and get its mask (read back from the record's catalogue row
-    when that row still matches, :mod:`.catalogue_masks`, else computed); None (warned, counted) when
+    when that row still matches, :mod:`.catalogue_masks`, else computed); None (warned and counted by
+    :func:`pathfm.datasets_scripts.skips.warn_skip`, as training's start-up check and the catalogue do) when
     unusable."""
-    try:
-        reader = pool.get(
+    reader, skip = open_or_skip(
+        lambda: pool.get(
             rec.path, mpp=rec.mpp, mpp_tolerance=config.mpp_tolerance, **reader_options(config)
-        )
-    except MissingMppError as err:  # "no mpp" is not "unreadable": its own counter
-        stats.add("no_mpp_slides")
-        _warn(f"skipping slide {rec.slide_id}: {err}")
-        return None
-    except SlideError as err:
-        stats.add("corrupt_slides")
-        _warn(f"skipping slide {rec.slide_id}: {err}")
+        ),
+        rec.slide_id,
+        rec.path,
+    )
+    if skip is not None:
+        warn_skip(skip, stats)
         return None
     if rec.extra.get("catalogue"):
         settings = mask_settings(
@@ -278,8 +278,7 @@ def open_slide_for_tiles(
         )
     except (SlideError, ValueError) as err:
         pool.release(rec.path)
-        stats.add("corrupt_slides")
-        _warn(f"skipping slide {rec.slide_id}: tissue mask failed: {err}")
+        warn_skip(SlideSkip(rec.slide_id, rec.path, "unreadable", f"tissue mask failed: {err}"), stats)
         return None
     return reader, mask
 
@@ -292,35 +291,26 @@ def slide_coords(
     cfg = config
     if cfg.sampler == "grid":
         if not reader.supports_mpp(cfg.grid_mpp):
-            stats.add("unsupported_mpp_slides")
-            _warn(
-                f"slide {rec.slide_id}: grid mpp {cfg.grid_mpp} is finer than its native "
-                f"{reader.mpp:.4g} µm/px; 0 tiles"
-            )
+            reason = f"grid mpp {cfg.grid_mpp} is finer than its native {reader.mpp:.4g} µm/px; 0 tiles"
+            warn_skip(SlideSkip(rec.slide_id, rec.path, "unsupported-mpp", reason), stats)
             return iter(())
         grid = GridTileSampler(cfg.grid_mpp, cfg.tile_size, cfg.grid_stride, cfg.min_tissue, cfg.grid_partial)
         tiles = grid.tiles(reader, mask)
         if not tiles:
-            stats.add("no_tissue_slides")
-            _warn(
-                f"slide {rec.slide_id} ({rec.path}): no grid tile has >= {cfg.min_tissue:.0%} tissue "
-                f"(tissue mask: {mask.tissue_pixels} px); 0 tiles"
+            reason = (
+                f"no grid tile has >= {cfg.min_tissue:.0%} tissue (tissue mask: {mask.tissue_pixels} px); "
+                "0 tiles"
             )
+            warn_skip(SlideSkip(rec.slide_id, rec.path, "no-tissue", reason), stats)
         return iter(tiles)
     sampler = RandomTileSampler(cfg.mpps, cfg.tile_size, cfg.min_tissue)
     if not sampler.allowed_mpps(reader):
-        stats.add("unsupported_mpp_slides")
-        _warn(
-            f"slide {rec.slide_id}: none of mpps {cfg.mpps} is servable from native {reader.mpp:.4g} µm/px; "
-            f"0 tiles"
-        )
+        reason = f"none of mpps {cfg.mpps} is servable from native {reader.mpp:.4g} µm/px; 0 tiles"
+        warn_skip(SlideSkip(rec.slide_id, rec.path, "unsupported-mpp", reason), stats)
         return iter(())
     if mask.tissue_pixels == 0:
-        stats.add("no_tissue_slides")
-        _warn(
-            f"slide {rec.slide_id} ({rec.path}): no tissue found (saturation threshold {mask.threshold:.1f}); "
-            f"0 tiles"
-        )
+        reason = f"no tissue found (saturation threshold {mask.threshold:.1f}); 0 tiles"
+        warn_skip(SlideSkip(rec.slide_id, rec.path, "no-tissue", reason), stats)
         return iter(())
     rng = np.random.default_rng([int(cfg.seed), int(cfg.epoch), int(index)])
     return LimitedTiles(sampler.iter_tiles(reader, mask, rng), cfg.tiles_per_slide, rec, stats)
@@ -342,8 +332,8 @@ class LimitedTiles:
             item = next(self.it)
         except StopIteration:
             if self.got == 0:
-                self.stats.add("no_tissue_slides")
-                _warn(f"slide {self.rec.slide_id} ({self.rec.path}): no position with enough tissue; 0 tiles")
+                reason = "no position with enough tissue; 0 tiles"
+                warn_skip(SlideSkip(self.rec.slide_id, self.rec.path, "no-tissue", reason), self.stats)
             raise
         self.left -= 1
         self.got += 1
@@ -385,8 +375,8 @@ def slide_tile_coords(groups: list[str], config: SlideTilesConfig, stats: SlideS
             coord = next(coords, None) if failures < config.max_region_failures else None
             if coord is None:
                 if failures >= config.max_region_failures:
-                    stats.add("corrupt_slides")
-                    _warn(f"dropping slide {rec.slide_id} ({rec.path}): {failures} regions failed to decode")
+                    reason = f"dropped: {failures} regions failed to decode (check it: `pathfm catalogue`)"
+                    warn_skip(SlideSkip(rec.slide_id, rec.path, "unreadable", reason), stats)
                 else:
                     stats.add("slides_done")
                 pool.release(rec.path)
