@@ -22,7 +22,7 @@ import os
 from typing import Any
 
 import numpy as np
-from pathfm.datasets_scripts.tissue import TissueMask
+from pathfm.datasets_scripts.tissue import MASK_VERSION, TissueMask
 
 __all__ = ["CATALOGUE_ROW_GROUP_ROWS", "TISSUE_ALGORITHM", "catalogue_mask", "mask_settings"]
 
@@ -31,7 +31,7 @@ CATALOGUE_ROW_GROUP_ROWS = 256
 for TCGA-sized slides, ~10 ms). Smaller groups make reading the whole catalogue at start-up slower (30,000
 rows: ~0.4 s with groups of 64 vs ~0.1 s with 256)."""
 
-TISSUE_ALGORITHM = "pathfm-tissue/1"
+TISSUE_ALGORITHM = f"pathfm-tissue/{MASK_VERSION}"
 """Version of :func:`pathfm.datasets_scripts.tissue.tissue_mask_from_rgb`: a change of the algorithm bumps it,
 so that catalogues written before are not reused for masks the new code would draw differently."""
 
@@ -135,11 +135,13 @@ def catalogue_mask(catalogue: str, row: int, reader: Any, settings: str) -> Tiss
         or list(stored["bounds"]) != [int(b) for b in reader.bounds]
     ):
         return None
+    mask = decode_mask(stored["mask"], stored["mask_shape"])
     return TissueMask(
-        mask=decode_mask(stored["mask"], stored["mask_shape"]),
+        mask=mask,
         mpp=float(stored["mask_mpp"]),
         slide_mpp=reader.mpp,
         origin=(int(reader.bounds[0]), int(reader.bounds[1])),
         threshold=float(stored["mask_threshold"]),
         method=str(stored["mask_method"]),
+        mpp_y=reader.bounds[3] * reader.mpp / mask.shape[0],  # as compute_tissue_mask: rows rounded apart
     )

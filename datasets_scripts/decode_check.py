@@ -83,7 +83,7 @@ def tissue_points(mask: TissueMask, n: int) -> list[tuple[float, float]]:
     for k in sorted({int((i + 0.5) * count / n) for i in range(n)} if count else set()):
         r = int(np.searchsorted(rows, k, side="right"))
         c = int(np.flatnonzero(mask.mask[r])[k - (int(rows[r - 1]) if r else 0)])
-        points.append(((c + 0.5) / mask.scale + mask.origin[0], (r + 0.5) / mask.scale + mask.origin[1]))
+        points.append(((c + 0.5) / mask.scale + mask.origin[0], (r + 0.5) / mask.scale_y + mask.origin[1]))
     return points
 
 
