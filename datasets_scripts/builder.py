@@ -62,7 +62,8 @@ class SlideTilesConfig:
         grid_partial: grid tiles crossing the slide edge: ``"pad"`` (background fill), ``"drop"`` or ``"keep"``
             (moved inward to end at the edge); see :class:`GridTileSampler`.
         mask_mpp: tissue-mask resolution, µm/px.
-        saturation_floor: floor of the Otsu saturation threshold (0-255).
+        saturation_floor: the most saturated glass can be, and the threshold when there is no glass (0-255;
+            :func:`pathfm.datasets_scripts.tissue.tissue_mask_from_rgb`).
         min_object_um2: smallest tissue piece kept in the mask, µm² (lower it for needle biopsies / TMA cores).
         max_open_slides: slides open at once per worker (the random sampler's interleaving width and the
             size of the worker's LRU pool of open slides).

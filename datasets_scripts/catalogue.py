@@ -182,7 +182,8 @@ def catalogue_row(
     row["mask_mpp"] = float(mask.mpp)
     row["mask_threshold"] = float(mask.threshold)
     row["mask_method"] = mask.method
-    row["tissue_mm2"] = float(mask.tissue_pixels * (mask.mpp / 1000.0) ** 2)
+    mpp_y = mask.mpp if mask.mpp_y is None else mask.mpp_y  # the mask's px are not quite square (rounding)
+    row["tissue_mm2"] = float(mask.tissue_pixels * (mask.mpp / 1000.0) * (mpp_y / 1000.0))
     if mask.tissue_pixels == 0:
         row["status"], row["reason"] = "no-tissue", f"no tissue above saturation {mask.threshold:.1f}"
     else:
@@ -257,7 +258,8 @@ def build_catalogue(
         output: ``.parquet`` path.
         num_proc: worker processes opening slides.
         mask_mpp: tissue-mask µm/px.
-        saturation_floor: floor of the Otsu saturation threshold.
+        saturation_floor: the most saturated glass can be, and the threshold when there is no glass (0-255;
+            :func:`pathfm.datasets_scripts.tissue.tissue_mask_from_rgb`).
         mpp_override: level-0 µm/px for every slide (wins over metadata).
         default_mpp: level-0 µm/px for slides without one.
         min_object_um2: smallest tissue piece kept in the mask, µm² (needle biopsies, TMA cores: lower it).
