@@ -6,14 +6,22 @@ its seed, and the RankMe probe tiles.
 
 from __future__ import annotations
 
-import math
+import logging
 from dataclasses import dataclass, field
 
 import torch
 
 from pathfm.datasets_scripts.resolve import catalogue_skips
 from pathfm.training.config import DINODataArguments, DINOTrainingArguments
-from pathfm.training.tile_batches import TileBatchStream, partition_slides, preflight_slides, resolve_slides
+from pathfm.training.tile_batches import (
+    EmptyTileStreamError,
+    TileBatchStream,
+    partition_slides,
+    preflight_slides,
+    resolve_slides,
+)
+
+logger = logging.getLogger("pathfm.dino")
 
 
 @dataclass
@@ -85,7 +93,11 @@ def build_probe(
 ) -> torch.Tensor | None:
     """Fixed RankMe probe batch (B, 3, global_crop_size, global_crop_size), or None if ``probe_size`` is 0.
 
-    It has its own seeded stream so it never touches the training RNG.
+    It has its own seeded stream so it never touches the training RNG. The stream interleaves the slides, so
+    the batch mixes them even though any one slide may give all of it (``tiles_per_slide = probe_size``): a
+    slide that fails to open (moved since the catalogue was built, corrupt) costs the probe nothing. The probe
+    is a diagnostic: when the slides cannot fill it, it is turned off with a warning, and the training
+    stream says what is wrong with them.
     """
     if t_args.probe_size <= 0:
         return None
@@ -96,9 +108,14 @@ def build_probe(
         mpps=d_args.mpps,
         tile_size=d_args.tile_size,
         min_tissue=d_args.min_tissue,
-        tiles_per_slide=max(1, math.ceil(t_args.probe_size / len(readable))) + 1,
+        tiles_per_slide=t_args.probe_size,
         **slide_options(d_args),
     )
-    probe = probe_pixels(next(probe_stream)["pixel_values"], d_args.global_crop_size).to(device)
-    probe_stream.close()
-    return probe
+    try:
+        pixels = next(probe_stream)["pixel_values"]
+    except EmptyTileStreamError as err:
+        logger.warning("RankMe probe off (--probe_size %d): %s", t_args.probe_size, err)
+        return None
+    finally:
+        probe_stream.close()
+    return probe_pixels(pixels, d_args.global_crop_size).to(device)
