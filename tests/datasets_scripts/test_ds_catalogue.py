@@ -86,9 +86,9 @@ def test_catalogue_cli_mpp_flags_and_bad_output(mixed_slides, tmp_path, capsys):
     assert main([str(mixed_slides / "nompp.tiff"), "--output", str(out), "--default_mpp", "0.5"]) == 0
     row = next(iter(_rows(out).values()))
     assert (row["mpp_x"], row["mpp_source"]) == (0.5, "default_mpp")
-    assert main([str(mixed_slides / "good.tiff"), "--output", str(out), "--mpp_override", "30"]) == 0
-    row = _rows(out)["good.tiff"]
-    assert row["status"] == "no-mpp" and "30" in row["reason"] and "mpp_override" in row["reason"]
+    # an implausible override is refused up front (bounds named), not written as no-mpp rows
+    assert main([str(mixed_slides / "good.tiff"), "--output", str(out), "--mpp_override", "30"]) == 2
+    assert "--mpp_override is a level-0 µm/px between 0.05 and 10" in capsys.readouterr().err
     assert main([str(mixed_slides), "--output", str(tmp_path / "c.csv")]) == 2
     assert "must end with .parquet" in capsys.readouterr().err
 
@@ -168,3 +168,48 @@ def test_training_log_counts_the_slides_a_catalogue_left_out(mixed_slides, tmp_p
         "(skipped overall: 1 no mpp, 1 unreadable, 1 catalogued as no-mpp, 1 catalogued as no-tissue, "
         "1 catalogued as unreadable)"
     ), summary
+
+
+def test_catalogue_rerun_reopens_when_mpp_flags_change(mixed_slides, tmp_path, capsys):
+    out = tmp_path / "c.parquet"
+    slides = [str(mixed_slides / "nompp.tiff"), str(mixed_slides / "good.tiff")]
+    assert build_catalogue(slides, out)["no-mpp"] == 1
+    counts = build_catalogue(slides, out, default_mpp=0.5)  # the README's advice: add --default_mpp
+    assert (counts["opened"], counts["reused"], counts.get("no-mpp", 0)) == (2, 0, 0)
+    row = _rows(out)["nompp.tiff"]
+    assert (row["status"], row["mpp_x"], row["mpp_source"]) == ("no-tissue", 0.5, "default_mpp")  # blank
+    assert build_catalogue(slides, out, default_mpp=0.5)["opened"] == 0
+    counts = build_catalogue(slides, out)  # the flag removed: the rows it made are stale
+    assert (counts["opened"], counts["no-mpp"]) == (2, 1)
+    counts = build_catalogue(slides, out, mpp_override=0.25)
+    assert counts["opened"] == 2 and _rows(out)["good.tiff"]["mpp_source"] == "mpp_override"
+
+
+def test_catalogue_output_that_is_not_a_catalogue_is_refused_untouched(mixed_slides, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    other = tmp_path / "features.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), other)
+    text = tmp_path / "notes.parquet"
+    text.write_text("not parquet")
+    for target in (other, text):
+        before = target.read_bytes()
+        assert main([str(mixed_slides / "good.tiff"), "--output", str(target)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(target) in err and "not a slide catalogue" in err
+        assert "--output" in err and target.read_bytes() == before
+        assert not (tmp_path / (target.name + ".partial.jsonl")).exists()
+
+
+@pytest.mark.parametrize(
+    "flag,value",
+    [("--mpp_override", "0"), ("--mpp_override", "-1"), ("--default_mpp", "nan"), ("--default_mpp", "inf"),
+     ("--mpp_override", "1e6"), ("--default_mpp", "0.01"), ("--num_proc", "0"), ("--num_proc", "-1")],
+)  # fmt: skip
+def test_catalogue_cli_refuses_bad_mpp_and_num_proc_before_opening(mixed_slides, tmp_path, capsys, flag, value):
+    out = tmp_path / "c.parquet"
+    assert main([str(mixed_slides), "--output", str(out), flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and flag in err and value in err.replace("1000000.0", "1e6")
+    assert not out.exists() and not (tmp_path / "c.parquet.partial.jsonl").exists()
