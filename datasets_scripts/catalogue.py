@@ -132,7 +132,7 @@ def catalogue_row(
     try:
         st = os.stat(path)
     except OSError as err:
-        row["reason"] = f"cannot stat the file: {err.strerror or err}"
+        row["reason"] = rec.extra.get("not_downloaded") or f"cannot stat the file: {err.strerror or err}"
         return row
     row["bytes"], row["mtime_ns"] = int(st.st_size), int(st.st_mtime_ns)
     # a placeholder mpp: the chain is followed below, per axis, so that a slide without one is "no-mpp"

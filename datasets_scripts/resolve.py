@@ -9,7 +9,9 @@ everywhere:
 * ``*.parquet``: a slide catalogue (``python -m pathfm.datasets_scripts.catalogue``): its ``ok`` rows, with
   the catalogue's mpp; other rows are skipped with one line naming how many and why;
 * ``*.csv`` / ``*.tsv`` / ``*.txt``: a GDC manifest when its header has ``id`` and ``filename`` (files under
-  ``<manifest folder>/<id>/<filename>``), else a pathfm manifest (``path``, optional ``mpp``, ``slide_id``...);
+  ``<manifest folder>/<id>/<filename>``; listed slides not downloaded are kept, see
+  :func:`pathfm.datasets_scripts.sources.read_gdc_manifest`), else a pathfm manifest (``path``, optional
+  ``mpp``, ``slide_id``...);
 * any other path: one slide file. A missing slide file stays in the list and is skipped and counted when the
   stream opens it; a missing folder/manifest/catalogue raises.
 
@@ -83,15 +85,22 @@ def read_catalogue(path: str | os.PathLike) -> list[SlideRecord]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a catalogue (columns missing).
+        ValueError: not a catalogue (not parquet, or columns missing; the file is named).
     """
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     cpath = Path(path)
     if not cpath.is_file():
         raise FileNotFoundError(f"{cpath}: slide catalogue not found")
-    names = set(pq.read_schema(cpath).names)
+    try:
+        names = set(pq.read_schema(cpath).names)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(
+            f"{cpath}: not a slide catalogue (cannot read it as parquet: {err}); build one with "
+            f"`python -m pathfm.datasets_scripts.catalogue SLIDES... --output {cpath.name}`"
+        ) from None
     missing = [c for c in CATALOGUE_RECORD_COLUMNS if c not in names]
     if missing:
         raise ValueError(
@@ -163,7 +172,9 @@ def _records_of(item: Any) -> list[SlideRecord]:
     if suffix in MANIFEST_SUFFIXES:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: manifest not found (expected a .csv/.tsv manifest or GDC manifest)")
-        return read_gdc_manifest(p) if _is_gdc_manifest(p) else read_manifest(p)
+        # A partial download is common: its missing slides are kept (the stream skips and counts them, the
+        # catalogue writes them as unreadable rows saying so); none downloaded at all is an error.
+        return read_gdc_manifest(p, missing="keep") if _is_gdc_manifest(p) else read_manifest(p)
     if not p.exists() and not suffix:
         raise FileNotFoundError(
             f"slide source {str(item)!r} does not exist (expected a slide file, a folder, a manifest "

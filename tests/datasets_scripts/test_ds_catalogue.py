@@ -213,3 +213,51 @@ def test_catalogue_cli_refuses_bad_mpp_and_num_proc_before_opening(mixed_slides,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and flag in err and value in err.replace("1000000.0", "1e6")
     assert not out.exists() and not (tmp_path / "c.parquet.partial.jsonl").exists()
+
+
+def _gdc_download(tmp_path, slides) -> tuple[Path, list[Path]]:
+    """A GDC manifest listing ``slides`` copied into ``<root>/<file_id>/<barcode>.svs`` (TCGA layout)."""
+    root = tmp_path / "gdc"
+    paths, lines = [], ["id\tfilename\tmd5\tsize\tstate"]
+    for i, src in enumerate(slides):
+        fid, name = f"{i:08d}-aaaa", f"TCGA-A1-A0S{i}-01A-01-DX1.uuid{i}.svs"
+        (root / fid).mkdir(parents=True)
+        shutil.copy(src, root / fid / name)
+        paths.append(root / fid / name)
+        lines.append(f"{fid}\t{name}\tx\t1\treleased")
+    (root / "gdc_manifest.txt").write_text("\n".join(lines) + "\n")
+    return root / "gdc_manifest.txt", paths
+
+
+def test_partial_gdc_download_catalogued_as_not_downloaded_and_skipped_by_training(tmp_path, eight_slides, caplog):
+    from pathfm.training.tile_batches import preflight_slides, resolve_slides
+
+    manifest, paths = _gdc_download(tmp_path, eight_slides[:3])
+    paths[1].unlink()  # gdc-client failed on this one
+    out = tmp_path / "cat.parquet"
+    counts = build_catalogue([str(manifest)], out)
+    assert (counts["rows"], counts["ok"], counts["unreadable"]) == (3, 2, 1)
+    row = next(r for r in datasets.load_dataset("parquet", data_files=str(out), split="train")
+               if r["path"] == str(paths[1]))  # fmt: skip
+    assert row["status"] == "unreadable" and row["slide_id"] == "TCGA-A1-A0S1-01A-01-DX1"
+    assert row["reason"].startswith(f"not downloaded: {paths[1]}; rerun `gdc-client download -m gdc_manifest")
+    # training straight from the manifest: the missing slide is skipped and counted, one warning line
+    caplog.clear()
+    readable, failed = preflight_slides(resolve_slides([str(manifest)]))
+    assert sorted(r.path for r in readable) == sorted(map(str, [paths[0], paths[2]]))
+    assert list(failed) == [str(paths[1])] and failed[str(paths[1])].startswith("unreadable")
+    warned = [r.getMessage() for r in caplog.records if str(paths[1]) in r.getMessage()]
+    assert len(warned) == 1 and len(warned[0].splitlines()) == 1
+    for p in (paths[0], paths[2]):
+        p.unlink()
+    with pytest.raises(FileNotFoundError, match=r"no listed slide downloaded under .*gdc-client download"):
+        resolve_sources(str(manifest))
+    assert main([str(manifest), "--output", str(tmp_path / "none.parquet")]) == 2
+
+
+def test_corrupt_catalogue_named_in_one_line(tmp_path):
+    bad = tmp_path / "x.parquet"
+    bad.write_bytes(b"definitely not parquet" * 10)
+    with pytest.raises(ValueError, match=r"x\.parquet: not a slide catalogue \(cannot read it as parquet") as info:
+        resolve_sources(str(bad))
+    assert len(str(info.value).splitlines()) == 1
