@@ -261,3 +261,29 @@ def test_corrupt_catalogue_named_in_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"x\.parquet: not a slide catalogue \(cannot read it as parquet") as info:
         resolve_sources(str(bad))
     assert len(str(info.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag", ["--default_mpp", "--mpp_override"])
+def test_training_uses_no_mpp_catalogue_rows_when_an_mpp_is_given(tmp_path, flag):
+    from pathfm.training.config import parse_config
+    from pathfm.training.data import build_data
+    from pathfm.training.dino import slides_summary
+    from pathfm.training.tile_batches import resolve_slides
+    from tests.datasets_scripts.synthetic import tissue_rect_slide
+
+    nompp = tissue_rect_slide(tmp_path / "nompp.tiff", 1024, 768, (64, 64, 640, 512), mpp=None)
+    out = tmp_path / "nompp.parquet"
+    assert build_catalogue([str(nompp)], out)["no-mpp"] == 1
+    with pytest.raises(ValueError) as info:  # without a flag: why (the statuses) and the fix, in one line
+        resolve_slides([str(out)])
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and "every catalogued slide was left out (1 no-mpp)" in message
+    assert "--default_mpp" in message and "rebuild the catalogue" in message
+    argv = ["--slides", str(out), flag, "0.5", "--mpps", "1.0", "--tile_size", "32", "--per_device_batch_size",
+            "4", "--output_dir", str(tmp_path / "run")]  # fmt: skip
+    _, d_args, t_args, _ = parse_config(argv)
+    data = build_data(d_args, t_args, rank=0, world_size=1)
+    assert [r.mpp for r in data.my_slides] == [None]  # the stream resolves it from the flag
+    assert slides_summary(data).endswith("(skipped overall: none)"), slides_summary(data)
+    assert next(data.stream)["pixel_values"].shape == (4, 3, 32, 32)
+    data.stream.close()
