@@ -26,7 +26,8 @@ failures counted (and said in ``reason``); one with a level none of whose test t
 training's start-up check (:mod:`pathfm.datasets_scripts.skips`).
 
 Re-running skips files whose size and mtime are unchanged (and whose mask settings, reader and mpp options
-are the same: adding, changing or removing ``--default_mpp`` / ``--mpp_override`` reopens every slide); a killed run resumes: finished rows are appended to ``<output>.partial.jsonl`` as they come and merged
+are the same: adding, changing or removing ``--default_mpp`` / ``--mpp_override`` reopens every slide); a
+killed run resumes: finished rows are appended to ``<output>.partial.jsonl`` as they come and merged
 into the parquet file (written atomically) at the end. The result is a plain parquet file:
 ``datasets.load_dataset("parquet", data_files=...)`` reads it.
 """
@@ -250,7 +251,9 @@ def _previous_rows(output: Path, partial: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def _unchanged(row: dict[str, Any] | None, path: str, settings: str, reader_kind: str, mpp_flags: str) -> bool:
+def _unchanged(
+    row: dict[str, Any] | None, path: str, settings: str, reader_kind: str, mpp_flags: str
+) -> bool:
     """The row still describes the file (size, mtime) and was made with the same mask settings, reader and mpp
     options (a row from before ``mpp_options`` was stored is reopened)."""
     if row is None or row.get("mask_settings") != settings or row.get("reader") != reader_kind:
@@ -304,7 +307,8 @@ def build_catalogue(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    problems = [given_mpp_problem("mpp_override", mpp_override), given_mpp_problem("default_mpp", default_mpp)]
+    problems = [given_mpp_problem(name, value) for name, value in
+                (("mpp_override", mpp_override), ("default_mpp", default_mpp))]  # fmt: skip
     if num_proc < 1:
         problems.append(f"--num_proc is the number of processes opening slides (1 or more), got {num_proc}")
     if any(problems):

@@ -171,7 +171,8 @@ def given_mpp_problem(name: str, value: float | None) -> str | None:
     if value is None or (math.isfinite(value) and MIN_LEVEL0_MPP <= value <= MAX_LEVEL0_MPP):
         return None
     return (
-        f"--{name} is a level-0 µm/px between {MIN_LEVEL0_MPP} and {MAX_LEVEL0_MPP:g} (0.25 at 40x), got {value}"
+        f"--{name} is a level-0 µm/px between {MIN_LEVEL0_MPP} and {MAX_LEVEL0_MPP:g} (0.25 at 40x), "
+        f"got {value}"
     )
 
 

@@ -231,13 +231,14 @@ def _nothing_usable(items: list[Any], mpp_given: bool) -> str:
     fixes = []
     if skipped.get("no-mpp"):
         fixes.append(
-            "no-mpp rows need a level-0 mpp: pass --default_mpp 0.25 (or --mpp_override) here, or rebuild the "
-            "catalogue with --default_mpp"
+            "no-mpp rows need a level-0 mpp: pass --default_mpp 0.25 (or --mpp_override) here, or rebuild "
+            "the catalogue with --default_mpp"
         )
     if set(skipped) - {"no-mpp"}:
         fixes.append("the catalogue's reason column says why each other row was left out")
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(skipped.items()))
-    return f"no usable slides in {items!r}: every catalogued slide was left out ({statuses}); " + "; ".join(fixes)
+    left_out = f"every catalogued slide was left out ({statuses})"
+    return f"no usable slides in {items!r}: {left_out}; " + "; ".join(fixes)
 
 
 def resolve_sources(sources: Any, sort: bool = False, mpp_given: bool = False) -> list[SlideRecord]:

@@ -347,7 +347,7 @@ def read_gdc_manifest(
     downloaded = sum("not_downloaded" not in r.extra for r in records)
     if absent and (missing == "error" or (missing == "keep" and downloaded == 0)):
         shown = "\n  ".join(absent[:5])
-        what = f"{len(absent)} listed slide(s) missing" if missing == "error" else "no listed slide downloaded"
+        what = "no listed slide downloaded" if missing == "keep" else f"{len(absent)} listed slide(s) missing"
         raise FileNotFoundError(
             f"{mpath}: {what} under {base} (expected <file_id>/<file_name> as written by "
             f"`gdc-client download -m {mpath.name} -d {base}`), e.g.\n  {shown}"

@@ -207,7 +207,9 @@ def test_catalogue_output_that_is_not_a_catalogue_is_refused_untouched(mixed_sli
     [("--mpp_override", "0"), ("--mpp_override", "-1"), ("--default_mpp", "nan"), ("--default_mpp", "inf"),
      ("--mpp_override", "1e6"), ("--default_mpp", "0.01"), ("--num_proc", "0"), ("--num_proc", "-1")],
 )  # fmt: skip
-def test_catalogue_cli_refuses_bad_mpp_and_num_proc_before_opening(mixed_slides, tmp_path, capsys, flag, value):
+def test_catalogue_cli_refuses_bad_mpp_and_num_proc_before_opening(
+    mixed_slides, tmp_path, capsys, flag, value
+):
     out = tmp_path / "c.parquet"
     assert main([str(mixed_slides), "--output", str(out), flag, value]) == 2
     err = capsys.readouterr().err.strip()
@@ -229,7 +231,9 @@ def _gdc_download(tmp_path, slides) -> tuple[Path, list[Path]]:
     return root / "gdc_manifest.txt", paths
 
 
-def test_partial_gdc_download_catalogued_as_not_downloaded_and_skipped_by_training(tmp_path, eight_slides, caplog):
+def test_partial_gdc_download_catalogued_as_not_downloaded_and_skipped_by_training(
+    tmp_path, eight_slides, caplog
+):
     from pathfm.training.tile_batches import preflight_slides, resolve_slides
 
     manifest, paths = _gdc_download(tmp_path, eight_slides[:3])
@@ -258,7 +262,8 @@ def test_partial_gdc_download_catalogued_as_not_downloaded_and_skipped_by_traini
 def test_corrupt_catalogue_named_in_one_line(tmp_path):
     bad = tmp_path / "x.parquet"
     bad.write_bytes(b"definitely not parquet" * 10)
-    with pytest.raises(ValueError, match=r"x\.parquet: not a slide catalogue \(cannot read it as parquet") as info:
+    match = r"x\.parquet: not a slide catalogue \(cannot read it as parquet"
+    with pytest.raises(ValueError, match=match) as info:
         resolve_sources(str(bad))
     assert len(str(info.value).splitlines()) == 1
 
@@ -279,8 +284,8 @@ def test_training_uses_no_mpp_catalogue_rows_when_an_mpp_is_given(tmp_path, flag
     message = str(info.value)
     assert len(message.splitlines()) == 1 and "every catalogued slide was left out (1 no-mpp)" in message
     assert "--default_mpp" in message and "rebuild the catalogue" in message
-    argv = ["--slides", str(out), flag, "0.5", "--mpps", "1.0", "--tile_size", "32", "--per_device_batch_size",
-            "4", "--output_dir", str(tmp_path / "run")]  # fmt: skip
+    argv = ["--slides", str(out), flag, "0.5", "--mpps", "1.0", "--tile_size", "32",
+            "--per_device_batch_size", "4", "--output_dir", str(tmp_path / "run")]  # fmt: skip
     _, d_args, t_args, _ = parse_config(argv)
     data = build_data(d_args, t_args, rank=0, world_size=1)
     assert [r.mpp for r in data.my_slides] == [None]  # the stream resolves it from the flag
