@@ -26,9 +26,9 @@ failures counted (and said in ``reason``); one with a level none of whose test t
 training's start-up check (:mod:`pathfm.datasets_scripts.skips`).
 
 Re-running skips files whose size and mtime are unchanged (and whose mask settings, reader and mpp options
-are the same: adding, changing or removing ``--default_mpp`` / ``--mpp_override`` reopens every slide); a
-killed run resumes: finished rows are appended to ``<output>.partial.jsonl`` as they come and merged
-into the parquet file (written atomically) at the end. The result is a plain parquet file:
+are the same: changing ``--mpp_override`` reopens every slide, adding, changing or removing ``--default_mpp``
+the slides without an mpp of their own); a killed run resumes: finished rows are appended to
+``<output>.partial.jsonl`` as they come and merged into the parquet file (written atomically) at the end. The result is a plain parquet file:
 ``datasets.load_dataset("parquet", data_files=...)`` reads it.
 """
 
@@ -251,6 +251,23 @@ def _previous_rows(output: Path, partial: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def _same_mpp_answer(row: dict[str, Any], mpp_flags: str) -> bool:
+    """Whether the mpp flags of this run would give the row's slide the mpp it has: the same flags, or only
+    ``--default_mpp`` changed for a slide whose mpp came from elsewhere (so that adding ``--default_mpp`` to
+    a 30,000-slide catalogue reopens only the slides that need it). A row made before ``mpp_options`` was
+    stored is reopened."""
+    made_with = row.get("mpp_options")
+    if made_with == mpp_flags:
+        return True
+    if made_with is None:
+        return False
+    old, new = json.loads(made_with), json.loads(mpp_flags)
+    if old["mpp_override"] != new["mpp_override"]:
+        return False
+    # the same override wins over any default; without one, a default only fills a slide the chain left empty
+    return new["mpp_override"] is not None or row.get("mpp_source") not in (None, "default_mpp")
+
+
 def _unchanged(
     row: dict[str, Any] | None, path: str, settings: str, reader_kind: str, mpp_flags: str
 ) -> bool:
@@ -258,7 +275,7 @@ def _unchanged(
     options (a row from before ``mpp_options`` was stored is reopened)."""
     if row is None or row.get("mask_settings") != settings or row.get("reader") != reader_kind:
         return False
-    if row.get("mpp_options") != mpp_flags:
+    if not _same_mpp_answer(row, mpp_flags):
         return False
     try:
         st = os.stat(path)

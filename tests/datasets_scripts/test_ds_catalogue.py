@@ -174,15 +174,23 @@ def test_catalogue_rerun_reopens_when_mpp_flags_change(mixed_slides, tmp_path, c
     out = tmp_path / "c.parquet"
     slides = [str(mixed_slides / "nompp.tiff"), str(mixed_slides / "good.tiff")]
     assert build_catalogue(slides, out)["no-mpp"] == 1
-    counts = build_catalogue(slides, out, default_mpp=0.5)  # the README's advice: add --default_mpp
-    assert (counts["opened"], counts["reused"], counts.get("no-mpp", 0)) == (2, 0, 0)
+    # the README's advice: add --default_mpp. Only the slide without an mpp of its own needs reopening.
+    counts = build_catalogue(slides, out, default_mpp=0.5)
+    assert (counts["opened"], counts["reused"], counts.get("no-mpp", 0)) == (1, 1, 0)
     row = _rows(out)["nompp.tiff"]
     assert (row["status"], row["mpp_x"], row["mpp_source"]) == ("no-tissue", 0.5, "default_mpp")  # blank
     assert build_catalogue(slides, out, default_mpp=0.5)["opened"] == 0
-    counts = build_catalogue(slides, out)  # the flag removed: the rows it made are stale
-    assert (counts["opened"], counts["no-mpp"]) == (2, 1)
-    counts = build_catalogue(slides, out, mpp_override=0.25)
+    assert build_catalogue(slides, out, default_mpp=0.25)["opened"] == 1  # a changed default
+    counts = build_catalogue(slides, out)  # the flag removed: the row it made is stale
+    assert (counts["opened"], counts["no-mpp"]) == (1, 1)
+    counts = build_catalogue(slides, out, mpp_override=0.25)  # an override changes every slide
     assert counts["opened"] == 2 and _rows(out)["good.tiff"]["mpp_source"] == "mpp_override"
+    assert build_catalogue(slides, out, mpp_override=0.25, default_mpp=0.5)["opened"] == 0  # override wins
+    assert build_catalogue(slides, out)["opened"] == 2
+    import pyarrow.parquet as pq
+
+    pq.write_table(pq.read_table(out).drop(["mpp_options"]), out)  # a catalogue from before the column
+    assert build_catalogue(slides, out)["opened"] == 2
 
 
 def test_catalogue_output_that_is_not_a_catalogue_is_refused_untouched(mixed_slides, tmp_path, capsys):
