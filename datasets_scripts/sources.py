@@ -346,10 +346,10 @@ def read_gdc_manifest(
         records.append(SlideRecord(path=str(p), slide_id=bc.barcode, mpp=mpp, group=bc.patient, extra=extra))
     downloaded = sum("not_downloaded" not in r.extra for r in records)
     if absent and (missing == "error" or (missing == "keep" and downloaded == 0)):
-        shown = "\n  ".join(absent[:5])
+        shown = ", ".join(absent[:3]) + (f" and {len(absent) - 3} more" if len(absent) > 3 else "")
         what = "no listed slide downloaded" if missing == "keep" else f"{len(absent)} listed slide(s) missing"
         raise FileNotFoundError(
             f"{mpath}: {what} under {base} (expected <file_id>/<file_name> as written by "
-            f"`gdc-client download -m {mpath.name} -d {base}`), e.g.\n  {shown}"
+            f"`gdc-client download -m {mpath.name} -d {base}`): {shown}"
         )
     return records

@@ -240,7 +240,7 @@ def _gdc_download(tmp_path, slides) -> tuple[Path, list[Path]]:
 
 
 def test_partial_gdc_download_catalogued_as_not_downloaded_and_skipped_by_training(
-    tmp_path, eight_slides, caplog
+    tmp_path, eight_slides, caplog, capsys
 ):
     from pathfm.training.tile_batches import preflight_slides, resolve_slides
 
@@ -264,7 +264,10 @@ def test_partial_gdc_download_catalogued_as_not_downloaded_and_skipped_by_traini
         p.unlink()
     with pytest.raises(FileNotFoundError, match=r"no listed slide downloaded under .*gdc-client download"):
         resolve_sources(str(manifest))
+    capsys.readouterr()
     assert main([str(manifest), "--output", str(tmp_path / "none.parquet")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(paths[2]) in err and "no listed slide downloaded" in err
 
 
 def test_corrupt_catalogue_named_in_one_line(tmp_path):
