@@ -60,7 +60,8 @@ def build_data(
     Raises:
         ValueError: No slide, none readable, or fewer slides than processes.
     """
-    records = resolve_slides(d_args.slides)
+    mpp_given = d_args.mpp_override is not None or d_args.default_mpp is not None
+    records = resolve_slides(d_args.slides, mpp_given)
     # no readable slide -> ValueError before training
     readable, failed = preflight_slides(records, d_args.mpp_override, d_args.default_mpp, d_args.reader)
     my_slides = partition_slides(readable, rank, world_size)
@@ -77,7 +78,7 @@ def build_data(
         reader=d_args.reader,
         reader_threads=d_args.reader_threads,
     )
-    return RunData(readable, failed, my_slides, stream, dict(catalogue_skips(d_args.slides)))
+    return RunData(readable, failed, my_slides, stream, dict(catalogue_skips(d_args.slides, mpp_given)))
 
 
 def probe_pixels(tiles: torch.Tensor, size: int) -> torch.Tensor:

@@ -42,9 +42,10 @@ __all__ = ["resolve_slides", "preflight_slides", "partition_slides", "TileBatchS
 
 logger = logging.getLogger(__name__)
 
-def resolve_slides(sources: Sequence[str]) -> list[SlideRecord]:
+def resolve_slides(sources: Sequence[str], mpp_given: bool = False) -> list[SlideRecord]:
     """Turn slide sources into records, sorted by path (:func:`pathfm.datasets_scripts.resolve.resolve_sources`:
-    slide files, folders, manifests, GDC manifests, catalogues ``.parquet``, or ``embedded``).
+    slide files, folders, manifests, GDC manifests, catalogues ``.parquet``, or ``embedded``). ``mpp_given``
+    (an ``--mpp_override`` / ``--default_mpp``) makes a catalogue's ``no-mpp`` rows usable.
 
     Raises:
         FileNotFoundError: A folder, manifest or catalogue that does not exist (named).
@@ -52,7 +53,7 @@ def resolve_slides(sources: Sequence[str]) -> list[SlideRecord]:
     """
     from pathfm.datasets_scripts.resolve import resolve_sources
 
-    return resolve_sources(list(sources), sort=True)
+    return resolve_sources(list(sources), sort=True, mpp_given=mpp_given)
 
 
 def preflight_slides(
