@@ -44,11 +44,15 @@ class RunData:
 
 
 def slide_options(d_args: DINODataArguments) -> dict:
-    """The reading options of ``--mpp_override``, ``--default_mpp`` and ``--icc_profile``."""
+    """The reading and tissue-mask options (``--mpp_override``, ``--default_mpp``, ``--icc_profile``,
+    ``--min_object_um2``, ``--saturation_floor``, ``--mask_mpp``)."""
     return {
         "mpp_override": d_args.mpp_override,
         "default_mpp": d_args.default_mpp,
         "icc_profile": d_args.icc_profile,
+        "min_object_um2": d_args.min_object_um2,
+        "saturation_floor": d_args.saturation_floor,
+        "mask_mpp": d_args.mask_mpp,
     }
 
 

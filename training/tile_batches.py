@@ -157,6 +157,8 @@ class TileBatchStream:
         icc_profile: ``"ignore"`` or ``"apply"`` embedded ICC profiles.
         reader, reader_threads: pixel reader and its decoder threads (``SlideTilesConfig.reader`` /
             ``reader_threads``).
+        min_object_um2, saturation_floor, mask_mpp: tissue-mask settings (``SlideTilesConfig``; equal to the
+            catalogue's, its stored masks are read back instead of computed).
     """
 
     def __init__(
@@ -174,8 +176,14 @@ class TileBatchStream:
         icc_profile: str = "ignore",
         reader: str = "auto",
         reader_threads: int = 1,
+        min_object_um2: float = 10_000.0,
+        saturation_floor: float = 20.0,
+        mask_mpp: float = 8.0,
     ) -> None:
         self.records = list(records)
+        self.mask_options = {
+            "min_object_um2": min_object_um2, "saturation_floor": saturation_floor, "mask_mpp": mask_mpp
+        }
         self.mpp_override, self.default_mpp, self.icc_profile = mpp_override, default_mpp, icc_profile
         self.reader = reader
         self.reader_threads = reader_threads
@@ -214,6 +222,7 @@ class TileBatchStream:
             icc_profile=self.icc_profile,
             reader=self.reader,
             reader_threads=self.reader_threads,
+            **self.mask_options,
         )
         # This rank's slides are already partitioned: no second split by node.
         self._ds = tile_stream(config, rank=0, world_size=1, num_workers=self.num_workers)

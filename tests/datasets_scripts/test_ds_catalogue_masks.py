@@ -79,3 +79,23 @@ def test_catalogue_rerun_with_other_mask_settings_recomputes_rows(catalogued):
     assert counts["opened"] == 2 and counts["reused"] == 0
     _, _, stats = _tiles(str(catalogue), min_object_um2=5_000.0)
     assert stats["masks_from_catalogue"] == 2
+
+
+@pytest.mark.parametrize("given, reused", [("5000", 2), ("10000", 0)])
+def test_training_flags_reach_the_mask_settings(catalogued, tmp_path, given, reused):
+    """A catalogue built for needle biopsies (--min_object_um2 5000) is read back by a training run with the
+    same flag; with the default the stream computes its own masks (other settings, other masks)."""
+    from pathfm.training.config import parse_config
+    from pathfm.training.data import build_data
+
+    manifest, catalogue = catalogued
+    build_catalogue(manifest, catalogue, min_object_um2=5_000.0)
+    _, d_args, t_args, _ = parse_config(
+        ["--slides", str(catalogue), "--output_dir", str(tmp_path / "run"), "--num_workers", "0",
+         "--per_device_batch_size", "4", "--tiles_per_slide", "2", "--min_object_um2", given]
+    )  # fmt: skip
+    clear_mask_cache()
+    data = build_data(d_args, t_args, rank=0, world_size=1)
+    assert next(data.stream)["pixel_values"].shape[0] == 4
+    assert data.stream.stats()["masks_from_catalogue"] == reused
+    data.stream.close()
