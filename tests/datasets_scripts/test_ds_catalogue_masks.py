@@ -68,8 +68,23 @@ def test_stale_rows_are_computed_again(catalogued, tmp_path):
     cmu = tmp_path / "slides" / SVS[0]
     st = os.stat(cmu)
     os.utime(cmu, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file changed since cataloguing
-    _, _, stats = _tiles(str(catalogue))
-    assert stats["masks_from_catalogue"] == 1 and stats["slides_done"] == 2
+    with pytest.warns(RuntimeWarning, match=r"changed since .*\(another mtime\).*rebuild the catalogue"):
+        _, _, stats = _tiles(str(catalogue))
+    assert stats["masks_from_catalogue"] == 1 and stats["slides_done"] == 2 and stats["changed_slides"] == 1
+
+
+def test_a_slide_replaced_after_cataloguing_is_read_with_its_own_mpp(catalogued, tmp_path):
+    """CMU-1 (0.499 µm/px) overwritten by the TCGA sample, which has no mpp: the catalogued 0.499 must not be
+    used; without --default_mpp the slide is skipped as no mpp, with it the slide streams at that mpp."""
+    _, catalogue = catalogued
+    shutil.copy(default_slides_dir() / SVS[1], tmp_path / "slides" / SVS[0])
+    with pytest.warns(RuntimeWarning, match="bytes then"):
+        keys, _, stats = _tiles(str(catalogue))
+    assert stats["changed_slides"] == 1 and stats["no_mpp_slides"] == 1 and stats["slides_done"] == 1
+    assert {k[0] for k in keys} == {"tcga-cr-7395-01a-01-ts1"}
+    with pytest.warns(RuntimeWarning, match="bytes then"):
+        keys, _, stats = _tiles(str(catalogue), default_mpp=0.25)
+    assert stats["changed_slides"] == 1 and stats["slides_done"] == 2 and len(keys) == 12
 
 
 def test_catalogue_rerun_with_other_mask_settings_recomputes_rows(catalogued):
