@@ -124,14 +124,15 @@ class SlideTilesConfig:
         check_icc_option(self.icc_profile)
 
 
-def resolve_slides(spec: Any) -> list[SlideRecord]:
-    """Turn ``SlideTilesConfig.slides`` into records (:func:`pathfm.datasets_scripts.resolve.resolve_sources`).
+def resolve_slides(spec: Any, mpp_given: bool = False) -> list[SlideRecord]:
+    """Turn ``SlideTilesConfig.slides`` into records (:func:`pathfm.datasets_scripts.resolve.resolve_sources`;
+    ``mpp_given``: an ``mpp_override`` or ``default_mpp`` is set, so a catalogue's ``no-mpp`` rows are usable).
 
     Raises:
         FileNotFoundError: a folder, manifest or catalogue that does not exist.
         ValueError: nothing given or no slides found.
     """
-    return resolve_sources(spec)
+    return resolve_sources(spec, mpp_given=mpp_given)
 
 
 def tile_features(tile_size: int, image_encoding: str = "array") -> datasets.Features:
@@ -547,7 +548,7 @@ def tile_stream(
     if isinstance(given, list) and given and all(isinstance(r, SlideRecord) for r in given):
         records = unique_slide_ids(list(given))  # already resolved (e.g. training's records): no second pass
     else:
-        records = resolve_slides(given)
+        records = resolve_slides(given, config.mpp_override is not None or config.default_mpp is not None)
     stats = stats if stats is not None else SlideStats()
     config = dataclasses.replace(config, slides=None)  # the slides travel in the groups, hashed cheaply
     coords = datasets.IterableDataset.from_generator(

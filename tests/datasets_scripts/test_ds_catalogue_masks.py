@@ -114,3 +114,19 @@ def test_training_flags_reach_the_mask_settings(catalogued, tmp_path, given, reu
     assert next(data.stream)["pixel_values"].shape[0] == 4
     assert data.stream.stats()["masks_from_catalogue"] == reused
     data.stream.close()
+
+
+def test_no_mpp_rows_stream_when_the_stream_has_an_mpp_for_them(tmp_path):
+    """A catalogue of the two SVS without a manifest mpp: the TCGA sample is a no-mpp row; the stream (and so
+    grid tiling and publish) uses it once --default_mpp gives it one, and leaves it out otherwise."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for name in SVS:
+        shutil.copy(default_slides_dir() / name, folder / name)
+    catalogue = tmp_path / "catalogue.parquet"
+    assert build_catalogue([str(folder)], catalogue)["no-mpp"] == 1
+    keys, _, _ = _tiles(str(catalogue))
+    assert {k[0] for k in keys} == {"CMU-1-Small-Region"}
+    keys, _, stats = _tiles(str(catalogue), default_mpp=0.25)
+    assert {k[0] for k in keys} == {"CMU-1-Small-Region", "tcga-cr-7395-01a-01-ts1"}
+    assert stats["slides_done"] == 2
