@@ -123,12 +123,12 @@ def test_ink_on_glass_alone_is_not_tissue(tmp_path, colour):
 def test_catalogued_mask_keeps_the_y_px_size(tmp_path):
     """A mask read back from a catalogue maps rows to level-0 px as the computed one (258 x 192 thumbnail)."""
     from pathfm.datasets_scripts.catalogue import build_catalogue
-    from pathfm.datasets_scripts.catalogue_masks import catalogue_mask, mask_settings
+    from pathfm.datasets_scripts.catalogue_masks import catalogue_mask, mask_settings, read_row
 
     path = write_slide(tmp_path / "edge.tiff", texture(W, H), mpp=MPP)
     assert build_catalogue([str(path)], tmp_path / "c.parquet")["ok"] == 1
     with open_slide(path) as r:
-        stored = catalogue_mask(str(tmp_path / "c.parquet"), 0, r, mask_settings())
+        stored = catalogue_mask(read_row(str(tmp_path / "c.parquet"), 0), r, mask_settings())
         computed = compute_tissue_mask(r)
     assert stored is not None and stored.mpp_y == pytest.approx(H * MPP / 192)
     assert (stored.mpp, stored.mpp_y) == pytest.approx((computed.mpp, computed.mpp_y))
