@@ -3,6 +3,7 @@
     python benchmarks/default_job.py                         # runs `accelerate launch training/dino.py` first
     python benchmarks/default_job.py --seeds 0,1,2           # ... once per training seed
     python benchmarks/default_job.py --run outputs/dino      # reads a finished run instead
+    python benchmarks/default_job.py --train_args "--random_rot90 false"   # the job with other flags
 
 Prints, side by side in one run: the run's loss / teacher entropy (fraction of log K) / RankMe per logged
 step from ``metrics.jsonl``, the number of collapse warnings in the log, and top-1 of the
@@ -24,6 +25,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 import argparse
 import json
 import math
+import shlex
 import subprocess
 import tempfile
 import time
@@ -31,8 +33,10 @@ import time
 import yaml
 
 
-def run_default_job(output_dir: Path, seed: int | None = None) -> tuple[str, float]:
-    """``accelerate launch training/dino.py`` (preset cpu_tiny) into ``output_dir``.
+def run_default_job(
+    output_dir: Path, seed: int | None = None, extra: list[str] | tuple[str, ...] = ()
+) -> tuple[str, float]:
+    """``accelerate launch training/dino.py`` (preset cpu_tiny, then the flags ``extra``) into ``output_dir``.
 
     Returns:
         (the job's log, wall seconds from launch to export).
@@ -41,7 +45,7 @@ def run_default_job(output_dir: Path, seed: int | None = None) -> tuple[str, flo
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--num_processes", "1", str(repo / "training" / "dino.py")]
     cmd += ["--output_dir", str(output_dir), "--report_to", "none", "--overwrite_output_dir", "true"]
-    cmd += [] if seed is None else ["--seed", str(seed)]
+    cmd += ([] if seed is None else ["--seed", str(seed)]) + list(extra)
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)
     if done.returncode != 0:
@@ -90,6 +94,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0", help="training seeds of the default job (ignored with --run)")
     p.add_argument("--random_seeds", default="0,1,2,3,4", help="random-init seeds of the same architecture")
     p.add_argument("--queries_per_tile", type=int, default=4)
+    p.add_argument("--train_args", default="", help="extra training flags, one string (ignored with --run)")
     args = p.parse_args()
     from pathfm.evaluation.probe_runner import RunOptions
 
@@ -99,7 +104,9 @@ def main() -> None:
         options = RunOptions(Path(tmp) / "embeddings", batch_size=32, num_workers=1)
         for seed in [None] if args.run else [int(s) for s in args.seeds.split(",")]:
             run = Path(args.run) if args.run else Path(tmp) / f"run-seed{seed}"
-            log, seconds = (None, float("nan")) if args.run else run_default_job(run, seed)
+            log, seconds = (None, float("nan")) if args.run else run_default_job(
+                run, seed, shlex.split(args.train_args)
+            )
             if log is not None:
                 print(f"\ntraining seed {seed}: {seconds:.0f} s (launch to export)")
             print_curve(run, log)
