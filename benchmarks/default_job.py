@@ -68,9 +68,13 @@ def print_curve(run: Path, log: str | None) -> None:
         print(f"collapse warnings in the log: {log.count('collapse')}")
 
 
+_RANDOM_INIT_SCORES: dict[tuple[str, int, int], dict] = {}  # (config.json, seed, queries/tile) -> score
+
+
 def compare_to_random_init(model: Path, options, random_seeds: list[int], queries_per_tile: int) -> dict:
     """Retrieval of ``model`` and of ``random_seeds`` random inits of its architecture, with the paired
-    bootstrap interval of (trained - mean random init) top-1. Returns the bootstrap dict plus the scores."""
+    bootstrap interval of (trained - mean random init) top-1. Returns the bootstrap dict plus the scores.
+    A random init is scored once per architecture (``config.json``) and seed, then reused for later runs."""
     import torch
     from pathfm.evaluation.backbone import load_backbone
     from pathfm.evaluation.bootstrap import paired_mean_bootstrap
@@ -81,7 +85,11 @@ def compare_to_random_init(model: Path, options, random_seeds: list[int], querie
                                   queries_per_tile=queries_per_tile)
 
     trained = score()
-    randoms = [score(random_init=True, seed=s) for s in random_seeds]
+    arch = (model / "config.json").read_text()
+    for s in random_seeds:
+        if (arch, s, queries_per_tile) not in _RANDOM_INIT_SCORES:
+            _RANDOM_INIT_SCORES[arch, s, queries_per_tile] = score(random_init=True, seed=s)
+    randoms = [_RANDOM_INIT_SCORES[arch, s, queries_per_tile] for s in random_seeds]
     random_hits = torch.stack([r["hits"] for r in randoms]).mean(dim=0)
     tiles = [i % (trained["n"] // queries_per_tile) for i in range(trained["n"])]
     gap = paired_mean_bootstrap(trained["hits"].numpy(), random_hits.numpy(), groups=tiles)
