@@ -7,14 +7,18 @@ Slide entries are symlinks to one real slide (``data/slides/CMU-1-Small-Region.s
 own slide by ``evaluation.mil.embed_slides.embed_slides``: tiles on the grid at ``--mpp``, tissue filter off
 and a 56 px grid step so that one small slide yields > 1,000 tiles, ``--tiles`` drawn per entry, one file
 written per entry. Each configuration runs in a fresh child process, which reports its peak RSS
-(``ru_maxrss``) and tiles/s. The bare loop (in the smaller configuration's child, same model and batch) is a
+(``VmHWM``) and tiles/s. The bare loop (in the smaller configuration's child, same model and batch) is a
 ``torch.inference_mode()`` forward over uint8 tiles already in memory, normalised in the loop as the pipeline
 does. Targets (issue 13): RSS(50) / RSS(5) <= 1.2, pipeline / bare forward >= 0.9.
 
 Measured 2026-12-04 on an H200 with 16 CPU cores (``--device cuda --num_workers 8``, defaults otherwise):
-RSS 50 / 5 entries 1.012; 864 tiles/s against a 1,798 tiles/s bare forward, 0.45: the GPU waits for the 8
-workers decoding the slide's JPEG tiles (with a worker pool per slide, before: 364 tiles/s, 0.54 of a 636
-tiles/s bare loop on another H200 machine). Not measured at this scale on the 2-core CPU.
+RSS 50 / 5 entries 1.012 (read then from ``ru_maxrss``, which a child inherits from this parent; with
+``VmHWM`` on the 2-core CPU, ``--preset tiny --entries 20 4 --tiles 200 --tile_size 64``: 1.015); 864
+tiles/s against a 1,798 tiles/s bare forward, 0.45: the GPU waits for the 8 workers decoding the slide's JPEG
+tiles, then read through OpenSlide (with a worker pool per slide, before: 364 tiles/s, 0.54 of a 636 tiles/s
+bare loop on another H200 machine). The embedding now reads with the fast reader (``reader="auto"``): on the
+2-core CPU at load 5-6 that raised the ratio from 0.124 to 0.286 (tiny model, 64 px tiles); not re-measured
+on a GPU.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import argparse
 import json
-import resource
 import subprocess
 import tempfile
 import time
@@ -78,7 +81,12 @@ def child(args: argparse.Namespace, entries: int) -> dict:
         "entries": entries,
         "tiles": n_tiles,
         "tiles_per_s": n_tiles / seconds,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # VmHWM, not ru_maxrss: ru_maxrss survives execve, so the child would inherit this parent's size
+        "peak_rss_mib": next(
+            int(line.split()[1]) / 1024
+            for line in Path("/proc/self/status").read_text().splitlines()
+            if line.startswith("VmHWM:")
+        ),
     }
     if args.bare:
         pixels = torch.randint(

@@ -5,7 +5,7 @@ Run: ``nice .venv/bin/python benchmarks/stream_resources.py [--entries 1000] [--
 Each configuration runs in a fresh process that streams every entry of a manifest of symbolic links to the
 three embedded real slides (each link is a distinct slide to pathfm: opened, masked and read for real) through
 :func:`tile_stream` with its defaults (``max_open_slides=8``: the per-worker LRU of open slides). A thread
-samples ``/proc/self/fd`` every 20 ms; peak RSS is ``getrusage(RUSAGE_SELF).ru_maxrss``. Printed side by side
+samples ``/proc/self/fd`` every 20 ms; peak RSS is the process's ``VmHWM``. Printed side by side
 with the ratios (target: <= 1.2x for both), and the growth above the process's RSS after imports.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,15 @@ def _manifest(root: Path, entries: int) -> Path:
     return path
 
 
+def _rss_mib() -> float:
+    """Peak RSS of this process image (``VmHWM``), MiB. Not ``getrusage``'s ``ru_maxrss``: it survives
+    ``execve``, so a child started from a big parent would report the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("/proc/self/status has no VmHWM")
+
+
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -53,7 +61,7 @@ def child(entries: int, tiles_per_slide: int) -> dict:
             slides=str(manifest), mpps=(0.5, 1.0, 2.0), tile_size=224, tiles_per_slide=tiles_per_slide
         )
         ds = tile_stream(cfg)
-        base_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        base_rss_mib = _rss_mib()
         base_fds = _open_fds()
         peak_fds, done = [base_fds], threading.Event()
 
@@ -78,7 +86,7 @@ def child(entries: int, tiles_per_slide: int) -> dict:
         "slides_done": stats["slides_done"],
         "seconds": elapsed,
         "base_rss_mib": base_rss_mib,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": _rss_mib(),
         "base_fds": base_fds,
         "peak_fds": peak_fds[0],
     }

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.test_utils.testing import AccelerateTestCase
 
 from pathfm.training import dino
 from pathfm.training.config import parse_config
@@ -85,9 +85,7 @@ def run(name: str, argv: list[str], steps: int) -> dict:
         )
         dino.train(m, d, t, p)
         rows = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    AccelerateTestCase().tearDown()  # accelerate's public reset of its singletons: the next run starts afresh
     last = rows[-1]  # window = steps 2 .. steps + 1 (step 1 is warm-up)
     result = {
         "model": name,

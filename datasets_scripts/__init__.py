@@ -6,5 +6,7 @@ One tile, file by file: ``sources`` (folder / manifest / GDC download -> ``Slide
 ``open_slides`` (per-worker LRU pool of open slides) -> ``builder`` (``tile_stream``: a public
 ``IterableDataset.from_generator`` coordinate stream + ``.map`` pixel reads; ``collate_tiles``) -> training.
 ``embedded`` lists the three real slides shipped with the repo; ``publish`` writes fixed tile datasets
-(parquet + dataset card) and pushes them to the Hub.
+(parquet + dataset card) and pushes them to the Hub; ``catalogue`` writes one parquet row per slide (with
+``decode_check``: a test decode of stored tiles inside the tissue). ``skips`` is the one place where a slide
+that cannot be used is classified, counted and named (training's start-up check, the stream, the catalogue).
 """

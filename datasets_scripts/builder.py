@@ -33,11 +33,13 @@ from typing import Any
 
 import datasets
 import numpy as np
+from pathfm.datasets_scripts.catalogue_masks import catalogue_mask, mask_settings
 from pathfm.datasets_scripts.colour import DEFAULT_ICC, check_icc_option
 from pathfm.datasets_scripts.open_slides import SlidePool, slide_pool
 from pathfm.datasets_scripts.samplers import GridTileSampler, RandomTileSampler
-from pathfm.datasets_scripts.slide import DEFAULT_MPP_TOLERANCE, READERS, MissingMppError, SlideError, SlideReader
+from pathfm.datasets_scripts.slide import DEFAULT_MPP_TOLERANCE, READERS, SlideError, SlideReader
 from pathfm.datasets_scripts.resolve import resolve_sources, unique_slide_ids
+from pathfm.datasets_scripts.skips import SlideSkip, open_or_skip, warn_skip
 from pathfm.datasets_scripts.sources import SlideRecord
 from pathfm.datasets_scripts.tissue import TissueMask, compute_tissue_mask
 
@@ -60,7 +62,8 @@ class SlideTilesConfig:
         grid_partial: grid tiles crossing the slide edge: ``"pad"`` (background fill), ``"drop"`` or ``"keep"``
             (moved inward to end at the edge); see :class:`GridTileSampler`.
         mask_mpp: tissue-mask resolution, µm/px.
-        saturation_floor: floor of the Otsu saturation threshold (0-255).
+        saturation_floor: the most saturated glass can be, and the threshold when there is no glass (0-255;
+            :func:`pathfm.datasets_scripts.tissue.tissue_mask_from_rgb`).
         min_object_um2: smallest tissue piece kept in the mask, µm² (lower it for needle biopsies / TMA cores).
         max_open_slides: slides open at once per worker (the random sampler's interleaving width and the
             size of the worker's LRU pool of open slides).
@@ -183,6 +186,7 @@ STAT_NAMES = (
     "no_tissue_slides",
     "unsupported_mpp_slides",
     "failed_regions",
+    "masks_from_catalogue",
 )
 
 
@@ -193,8 +197,9 @@ class SlideStats:
     ``max_region_failures`` failed regions; ``no_mpp_slides``: no level-0 mpp anywhere in the chain (and no
     ``default_mpp``), or non-square pixels; ``no_tissue_slides``: empty tissue mask or no tile passing the
     threshold; ``unsupported_mpp_slides``: none of the requested magnifications is servable without upsampling;
-    ``failed_regions``: tiles whose region failed to decode (skipped). Increments from different workers are not
-    atomic; they are rare events (per slide or per failure), so collisions are practically impossible.
+    ``failed_regions``: tiles whose region failed to decode (skipped); ``masks_from_catalogue``: slides whose
+    tissue mask was read back from their catalogue row instead of computed. Increments from different workers
+    are not atomic; they are rare events (per slide or per failure), so collisions are practically impossible.
     """
 
     def __init__(self) -> None:
@@ -241,19 +246,29 @@ def _warn(message: str) -> None:
 def open_slide_for_tiles(
     index: int, rec: SlideRecord, config: SlideTilesConfig, stats: SlideStats, pool: SlidePool
 ) -> tuple[SlideReader, TissueMask] | None:
-    """Open slide ``rec`` from the worker's pool and compute its mask; None (warned, counted) when unusable."""
-    try:
-        reader = pool.get(
+    """Open slide ``rec`` from the worker's pool and get its mask (read back from the record's catalogue row
+    when that row still matches, :mod:`.catalogue_masks`, else computed); None (warned and counted by
+    :func:`pathfm.datasets_scripts.skips.warn_skip`, as training's start-up check and the catalogue do) when
+    unusable."""
+    reader, skip = open_or_skip(
+        lambda: pool.get(
             rec.path, mpp=rec.mpp, mpp_tolerance=config.mpp_tolerance, **reader_options(config)
-        )
-    except MissingMppError as err:  # "no mpp" is not "unreadable": its own counter
-        stats.add("no_mpp_slides")
-        _warn(f"skipping slide {rec.slide_id}: {err}")
+        ),
+        rec.slide_id,
+        rec.path,
+    )
+    if skip is not None:
+        warn_skip(skip, stats)
         return None
-    except SlideError as err:
-        stats.add("corrupt_slides")
-        _warn(f"skipping slide {rec.slide_id}: {err}")
-        return None
+    if rec.extra.get("catalogue"):
+        settings = mask_settings(
+            config.mask_mpp, config.saturation_floor, min_object_um2=config.min_object_um2,
+            icc_profile=config.icc_profile,
+        )  # fmt: skip
+        mask = catalogue_mask(rec.extra["catalogue"], rec.extra["catalogue_row"], reader, settings)
+        if mask is not None:
+            stats.add("masks_from_catalogue")
+            return reader, mask
     try:
         mask = compute_tissue_mask(
             reader,
@@ -264,8 +279,7 @@ def open_slide_for_tiles(
         )
     except (SlideError, ValueError) as err:
         pool.release(rec.path)
-        stats.add("corrupt_slides")
-        _warn(f"skipping slide {rec.slide_id}: tissue mask failed: {err}")
+        warn_skip(SlideSkip(rec.slide_id, rec.path, "unreadable", f"tissue mask failed: {err}"), stats)
         return None
     return reader, mask
 
@@ -278,35 +292,26 @@ def slide_coords(
     cfg = config
     if cfg.sampler == "grid":
         if not reader.supports_mpp(cfg.grid_mpp):
-            stats.add("unsupported_mpp_slides")
-            _warn(
-                f"slide {rec.slide_id}: grid mpp {cfg.grid_mpp} is finer than its native "
-                f"{reader.mpp:.4g} µm/px; 0 tiles"
-            )
+            reason = f"grid mpp {cfg.grid_mpp} is finer than its native {reader.mpp:.4g} µm/px; 0 tiles"
+            warn_skip(SlideSkip(rec.slide_id, rec.path, "unsupported-mpp", reason), stats)
             return iter(())
         grid = GridTileSampler(cfg.grid_mpp, cfg.tile_size, cfg.grid_stride, cfg.min_tissue, cfg.grid_partial)
         tiles = grid.tiles(reader, mask)
         if not tiles:
-            stats.add("no_tissue_slides")
-            _warn(
-                f"slide {rec.slide_id} ({rec.path}): no grid tile has >= {cfg.min_tissue:.0%} tissue "
-                f"(tissue mask: {mask.tissue_pixels} px); 0 tiles"
+            reason = (
+                f"no grid tile has >= {cfg.min_tissue:.0%} tissue (tissue mask: {mask.tissue_pixels} px); "
+                "0 tiles"
             )
+            warn_skip(SlideSkip(rec.slide_id, rec.path, "no-tissue", reason), stats)
         return iter(tiles)
     sampler = RandomTileSampler(cfg.mpps, cfg.tile_size, cfg.min_tissue)
     if not sampler.allowed_mpps(reader):
-        stats.add("unsupported_mpp_slides")
-        _warn(
-            f"slide {rec.slide_id}: none of mpps {cfg.mpps} is servable from native {reader.mpp:.4g} µm/px; "
-            f"0 tiles"
-        )
+        reason = f"none of mpps {cfg.mpps} is servable from native {reader.mpp:.4g} µm/px; 0 tiles"
+        warn_skip(SlideSkip(rec.slide_id, rec.path, "unsupported-mpp", reason), stats)
         return iter(())
     if mask.tissue_pixels == 0:
-        stats.add("no_tissue_slides")
-        _warn(
-            f"slide {rec.slide_id} ({rec.path}): no tissue found (saturation threshold {mask.threshold:.1f}); "
-            f"0 tiles"
-        )
+        reason = f"no tissue found (saturation threshold {mask.threshold:.1f}); 0 tiles"
+        warn_skip(SlideSkip(rec.slide_id, rec.path, "no-tissue", reason), stats)
         return iter(())
     rng = np.random.default_rng([int(cfg.seed), int(cfg.epoch), int(index)])
     return LimitedTiles(sampler.iter_tiles(reader, mask, rng), cfg.tiles_per_slide, rec, stats)
@@ -328,8 +333,8 @@ class LimitedTiles:
             item = next(self.it)
         except StopIteration:
             if self.got == 0:
-                self.stats.add("no_tissue_slides")
-                _warn(f"slide {self.rec.slide_id} ({self.rec.path}): no position with enough tissue; 0 tiles")
+                reason = "no position with enough tissue; 0 tiles"
+                warn_skip(SlideSkip(self.rec.slide_id, self.rec.path, "no-tissue", reason), self.stats)
             raise
         self.left -= 1
         self.got += 1
@@ -356,8 +361,9 @@ def slide_tile_coords(groups: list[str], config: SlideTilesConfig, stats: SlideS
     try:
         while True:
             while len(active) < width and nxt < len(columns[0]):
-                index, path, slide_id, mpp = (column[nxt] for column in columns)
-                rec = SlideRecord(path=path, slide_id=slide_id, mpp=mpp)
+                index, path, slide_id, mpp, catalogue, row = (column[nxt] for column in columns)
+                extra = {"catalogue": catalogue, "catalogue_row": row} if catalogue else {}
+                rec = SlideRecord(path=path, slide_id=slide_id, mpp=mpp, extra=extra)
                 nxt += 1
                 opened = open_slide_for_tiles(index, rec, config, stats, pool)
                 if opened is not None:
@@ -370,8 +376,8 @@ def slide_tile_coords(groups: list[str], config: SlideTilesConfig, stats: SlideS
             coord = next(coords, None) if failures < config.max_region_failures else None
             if coord is None:
                 if failures >= config.max_region_failures:
-                    stats.add("corrupt_slides")
-                    _warn(f"dropping slide {rec.slide_id} ({rec.path}): {failures} regions failed to decode")
+                    reason = f"dropped: {failures} regions failed to decode (check it: `pathfm catalogue`)"
+                    warn_skip(SlideSkip(rec.slide_id, rec.path, "unreadable", reason), stats)
                 else:
                     stats.add("slides_done")
                 pool.release(rec.path)
@@ -441,7 +447,8 @@ def has_image(example: dict) -> bool:
 
 # ------------------------------------------------------------------------------------------------- the stream
 def encode_group(records: list[SlideRecord], indices: range, mpp_override: float | None = None) -> str:
-    """Slides ``records[i] for i in indices`` as one JSON string of four columns (index, path, slide_id, mpp).
+    """Slides ``records[i] for i in indices`` as one JSON string of six columns (index, path, slide_id, mpp,
+    catalogue path or "", catalogue row or -1).
 
     ``datasets`` fingerprints ``gen_kwargs`` by pickling them: one string per group keeps that cheap for
     30,000 slides (records as objects take seconds). Columns of plain strings and numbers, rather than one
@@ -449,14 +456,17 @@ def encode_group(records: list[SlideRecord], indices: range, mpp_override: float
     whole heap (torch, datasets), not with the slides. ``mpp_override`` replaces every record's mpp.
     """
     mpps = [records[i].mpp for i in indices] if mpp_override is None else [float(mpp_override)] * len(indices)
+    catalogues = [records[i].extra.get("catalogue", "") for i in indices]
+    rows = [records[i].extra.get("catalogue_row", -1) for i in indices]
     return json.dumps(
-        [list(indices), [records[i].path for i in indices], [records[i].slide_id for i in indices], mpps]
-    )
+        [list(indices), [records[i].path for i in indices], [records[i].slide_id for i in indices], mpps,
+         catalogues, rows]
+    )  # fmt: skip
 
 
 def decode_groups(texts: list[str]) -> list[list]:
-    """Inverse of :func:`encode_group` for one or more groups: the four columns, groups concatenated."""
-    columns: list[list] = [[], [], [], []]
+    """Inverse of :func:`encode_group` for one or more groups: the six columns, groups concatenated."""
+    columns: list[list] = [[], [], [], [], [], []]
     for text in texts:
         for column, values in zip(columns, json.loads(text), strict=True):
             column.extend(values)

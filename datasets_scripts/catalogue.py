@@ -12,13 +12,22 @@ GDC manifests, slide files, another catalogue). Row columns: ``path`` (absolute)
 ``objective_power``, ``bounds`` ([x, y, w, h] level-0 px), ``background`` ([r, g, b]), ``mask`` (tissue mask,
 ``numpy.packbits`` rows then zlib), ``mask_shape`` ([h, w]), ``mask_mpp`` (µm/px), ``mask_threshold``,
 ``mask_method``, ``tissue_mm2``, ``icc_profile`` (description of the embedded ICC profile, or null),
-``icc_option`` (``ignore`` / ``apply``, see :mod:`pathfm.datasets_scripts.colour`), ``group`` (manifest
-group or TCGA patient barcode), ``status`` (``ok`` /
-``no-mpp`` / ``unreadable`` / ``no-tissue``) and ``reason`` (words).
+``icc_option`` (``ignore`` / ``apply``, see :mod:`pathfm.datasets_scripts.colour`), ``reader`` (the pixel
+reader the slide was opened and test-decoded with, ``--reader``), ``decode_checked`` / ``decode_failed`` (test
+reads of stored tiles inside the tissue at the levels training reads, and how many failed:
+:mod:`pathfm.datasets_scripts.decode_check`), ``group`` (manifest group or TCGA patient barcode), ``status``
+(``ok`` / ``no-mpp`` / ``unreadable`` / ``no-tissue``), ``reason`` (words) and ``mask_settings`` (what the
+mask was computed with, :func:`pathfm.datasets_scripts.catalogue_masks.mask_settings`). Rows are written in
+parquet row groups of 256, so that a training worker reads a slide's mask back cheaply instead of computing
+it (:mod:`pathfm.datasets_scripts.catalogue_masks`). A slide some of whose test tiles fail is ``ok`` with the
+failures counted (and said in ``reason``); one with a level none of whose test tiles decodes is
+``unreadable``. The statuses and words of a slide that cannot be opened are those of the tile stream and
+training's start-up check (:mod:`pathfm.datasets_scripts.skips`).
 
-Re-running skips files whose size and mtime are unchanged; a killed run resumes: finished rows are appended to
-``<output>.partial.jsonl`` as they come and merged into the parquet file (written atomically) at the end. The
-result is a plain parquet file: ``datasets.load_dataset("parquet", data_files=...)`` reads it.
+Re-running skips files whose size and mtime are unchanged (and whose mask settings and reader are the
+same); a killed run resumes: finished rows are appended to ``<output>.partial.jsonl`` as they come and merged
+into the parquet file (written atomically) at the end. The result is a plain parquet file:
+``datasets.load_dataset("parquet", data_files=...)`` reads it.
 """
 
 from __future__ import annotations
@@ -37,9 +46,12 @@ from typing import Any
 
 import numpy as np
 
-from pathfm.datasets_scripts.resolve import resolve_sources
+from pathfm.datasets_scripts.catalogue_masks import CATALOGUE_ROW_GROUP_ROWS, mask_settings
 from pathfm.datasets_scripts.colour import DEFAULT_ICC, check_icc_option
+from pathfm.datasets_scripts.decode_check import check_decoding
 from pathfm.datasets_scripts.mpp import check_square, resolve_level0_mpp
+from pathfm.datasets_scripts.resolve import resolve_sources
+from pathfm.datasets_scripts.skips import open_or_skip
 from pathfm.datasets_scripts.slide import MissingMppError, SlideError, add_reading_arguments, open_slide
 from pathfm.datasets_scripts.sources import SlideRecord, parse_tcga_barcode
 
@@ -83,11 +95,16 @@ def catalogue_row(
     default_mpp: float | None = None,
     min_object_um2: float = 10_000.0,
     icc_profile: str = DEFAULT_ICC,
+    reader_kind: str = "auto",
+    decode_positions: int = 4,
 ) -> dict[str, Any]:
     """Open one slide and describe it (never raises for a bad slide: the status and reason say what is wrong).
 
     A slide without a usable mpp is ``no-mpp`` (its levels, vendor and ICC profile are still recorded), never
     ``unreadable``; ``mpp_source`` says which link of the chain (:mod:`pathfm.datasets_scripts.mpp`) answered.
+    ``reader_kind`` (``--reader``) opens the slide as the stream will: a slide that ``tiff`` cannot read is
+    ``unreadable`` with the reason. ``decode_positions`` test reads per level training uses check that the
+    stored tiles inside the tissue decode (0: no check).
 
     Returns:
         a catalogue row (see the module docstring).
@@ -100,8 +117,11 @@ def catalogue_row(
         "level_dimensions": None, "level_downsamples": None, "mpp_x": None, "mpp_y": None, "mpp_source": None,
         "objective_power": None, "bounds": None, "background": None, "mask": None, "mask_shape": None,
         "mask_mpp": None, "mask_threshold": None, "mask_method": None, "tissue_mm2": None,
-        "icc_profile": None, "icc_option": icc_profile, "group": _group(rec), "status": "unreadable",
-        "reason": "",
+        "icc_profile": None, "icc_option": icc_profile, "reader": reader_kind, "decode_checked": None,
+        "decode_failed": None, "group": _group(rec), "status": "unreadable", "reason": "",
+        "mask_settings": mask_settings(
+            mask_mpp, saturation_floor, min_object_um2=min_object_um2, icc_profile=icc_profile
+        ),
     }  # fmt: skip
     try:
         st = os.stat(path)
@@ -109,13 +129,14 @@ def catalogue_row(
         row["reason"] = f"cannot stat the file: {err.strerror or err}"
         return row
     row["bytes"], row["mtime_ns"] = int(st.st_size), int(st.st_mtime_ns)
-    try:
-        # a placeholder mpp: the chain is followed below, per axis, so that a slide without one is "no-mpp"
-        reader = open_slide(path, mpp=1.0, icc_profile=icc_profile)
-    except SlideError as err:
-        row["reason"] = str(err)
+    # a placeholder mpp: the chain is followed below, per axis, so that a slide without one is "no-mpp"
+    reader, skip = open_or_skip(
+        lambda: open_slide(path, mpp=1.0, icc_profile=icc_profile, reader=reader_kind), rec.slide_id, path
+    )
+    if skip is not None:
+        row["status"], row["reason"] = skip.status, skip.reason
         return row
-    with reader:
+    try:
         props = reader.properties
         row["vendor"] = props.get("openslide.vendor")
         row["level_dimensions"] = [list(map(int, d)) for d in reader.level_dimensions]
@@ -144,16 +165,29 @@ def catalogue_row(
         except (SlideError, MissingMppError, ValueError) as err:
             row["reason"] = f"tissue mask failed: {err}"
             return row
+        check, reader = check_decoding(
+            reader,
+            lambda: open_slide(path, mpp=mx, icc_profile=icc_profile, reader=reader_kind),
+            mask,
+            positions=decode_positions,
+        )
+    except SlideError as err:  # the slide could not be reopened after a failed test read
+        row["reason"] = f"reopening after a failed test read: {err}"
+        return row
+    finally:
+        reader.close()
+    row["decode_checked"], row["decode_failed"] = check.checked, check.failed
     row["mask"] = encode_mask(mask.mask)
     row["mask_shape"] = list(mask.mask.shape)
     row["mask_mpp"] = float(mask.mpp)
     row["mask_threshold"] = float(mask.threshold)
     row["mask_method"] = mask.method
-    row["tissue_mm2"] = float(mask.tissue_pixels * (mask.mpp / 1000.0) ** 2)
+    mpp_y = mask.mpp if mask.mpp_y is None else mask.mpp_y  # the mask's px are not quite square (rounding)
+    row["tissue_mm2"] = float(mask.tissue_pixels * (mask.mpp / 1000.0) * (mpp_y / 1000.0))
     if mask.tissue_pixels == 0:
         row["status"], row["reason"] = "no-tissue", f"no tissue above saturation {mask.threshold:.1f}"
     else:
-        row["status"], row["reason"] = "ok", ""
+        row["status"], row["reason"] = check.verdict()
     return row
 
 
@@ -193,8 +227,9 @@ def _previous_rows(output: Path, partial: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def _unchanged(row: dict[str, Any] | None, path: str) -> bool:
-    if row is None:
+def _unchanged(row: dict[str, Any] | None, path: str, settings: str, reader_kind: str) -> bool:
+    """The row still describes the file (size, mtime) and was made with the same mask settings and reader."""
+    if row is None or row.get("mask_settings") != settings or row.get("reader") != reader_kind:
         return False
     try:
         st = os.stat(path)
@@ -213,6 +248,8 @@ def build_catalogue(
     default_mpp: float | None = None,
     min_object_um2: float = 10_000.0,
     icc_profile: str = DEFAULT_ICC,
+    reader_kind: str = "auto",
+    decode_positions: int = 4,
 ) -> dict[str, int]:
     """Build or update a catalogue parquet file.
 
@@ -221,11 +258,14 @@ def build_catalogue(
         output: ``.parquet`` path.
         num_proc: worker processes opening slides.
         mask_mpp: tissue-mask µm/px.
-        saturation_floor: floor of the Otsu saturation threshold.
+        saturation_floor: the most saturated glass can be, and the threshold when there is no glass (0-255;
+            :func:`pathfm.datasets_scripts.tissue.tissue_mask_from_rgb`).
         mpp_override: level-0 µm/px for every slide (wins over metadata).
         default_mpp: level-0 µm/px for slides without one.
         min_object_um2: smallest tissue piece kept in the mask, µm² (needle biopsies, TMA cores: lower it).
         icc_profile: ``"ignore"`` or ``"apply"`` embedded ICC profiles for the tissue mask (recorded per row).
+        reader_kind: pixel reader (``--reader``: ``auto``, ``tiff`` or ``openslide``; recorded per row).
+        decode_positions: test reads of stored tiles inside the tissue per level training reads (0: none).
 
     Returns:
         counts: ``{"rows", "opened", "reused", <status>: n}``.
@@ -238,11 +278,17 @@ def build_catalogue(
     records = resolve_sources(sources)
     previous = _previous_rows(out, partial)
     paths = [os.path.abspath(r.path) for r in records]
-    todo = [r for r, p in zip(records, paths) if not _unchanged(previous.get(p), p)]
+    settings = mask_settings(
+        mask_mpp, saturation_floor, min_object_um2=min_object_um2, icc_profile=icc_profile
+    )
+    todo = [r for r, p in zip(records, paths) if not _unchanged(previous.get(p), p, settings, reader_kind)]
     todo_paths = {os.path.abspath(r.path) for r in todo}
     rows = {p: previous[p] for p in paths if p not in todo_paths}
     check_icc_option(icc_profile)
-    options = (mask_mpp, saturation_floor, mpp_override, default_mpp, min_object_um2, icc_profile)
+    options = (
+        mask_mpp, saturation_floor, mpp_override, default_mpp, min_object_um2, icc_profile, reader_kind,
+        decode_positions,
+    )  # fmt: skip
     jobs = [(r, *options) for r in todo]
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(partial, "a") as log:
@@ -254,7 +300,11 @@ def build_catalogue(
     for row, rec in zip(ordered, records):
         row["slide_id"] = rec.slide_id  # ids are made unique over the whole catalogue
     tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(pa.Table.from_pylist(ordered), tmp)
+    # Small row groups: a training worker reads one to get a slide's mask (catalogue_masks). No column
+    # statistics: min/max of the mask blobs would make the footer megabytes, and nothing filters on them.
+    pq.write_table(
+        pa.Table.from_pylist(ordered), tmp, row_group_size=CATALOGUE_ROW_GROUP_ROWS, write_statistics=False
+    )
     os.replace(tmp, out)
     partial.unlink(missing_ok=True)
     counts = Counter(r["status"] for r in ordered)
@@ -280,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--saturation_floor", type=float, default=20.0)
     add_reading_arguments(ap)
     ap.add_argument("--min_object_um2", type=float, default=10_000.0, help="smallest tissue piece kept, µm²")
+    ap.add_argument(
+        "--decode_check", type=int, default=4, metavar="N",
+        help="test-decode N stored tiles inside the tissue per level training reads (0.25-2 µm/px); a slide "
+        "with a level where none decodes is 'unreadable', partial failures are counted (0: no check)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if not args.output.endswith(".parquet"):
         print(f"error: --output {args.output!r} must end with .parquet", file=sys.stderr)
@@ -287,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         counts = build_catalogue(
             args.slides, args.output, args.num_proc, args.mask_mpp, args.saturation_floor,
-            args.mpp_override, args.default_mpp, args.min_object_um2, args.icc_profile,
+            args.mpp_override, args.default_mpp, args.min_object_um2, args.icc_profile, args.reader,
+            args.decode_check,
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -23,12 +23,13 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
-import pyarrow.parquet as pq
-from pathfm.datasets_scripts.builder import SlideTilesConfig, resolve_slides, tile_features, tile_stream
 from pathfm.datasets_scripts.slide import add_reading_arguments
+
+if TYPE_CHECKING:  # datasets / the builder are imported where used, so that --help returns at once
+    import datasets
+    from pathfm.datasets_scripts.builder import SlideStats, SlideTilesConfig
 
 CARD_TEMPLATE = """---
 {yaml}---
@@ -65,9 +66,17 @@ scanner metadata.
 """
 
 
-def stream_examples(config: SlideTilesConfig) -> Iterator[dict]:
-    """The examples of ``tile_stream(config)`` (a generator for ``Dataset.from_generator``)."""
-    yield from tile_stream(config)
+def stream_examples(config: SlideTilesConfig, stats: SlideStats | None = None) -> Iterator[dict]:
+    """The examples of ``tile_stream(config)`` (a generator for ``Dataset.from_generator``); skipped slides
+    are counted in ``stats``."""
+    from pathfm.datasets_scripts.builder import tile_stream
+
+    yield from tile_stream(config, stats=stats)
+
+
+def skipped_slides(stats: SlideStats) -> dict[str, int]:
+    """The non-zero slide skip counters of a stream (``corrupt_slides``, ``no_mpp_slides``, ...)."""
+    return {k: v for k, v in stats.as_dict().items() if v and k not in ("slides_done", "failed_regions")}
 
 
 def features_yaml(features: datasets.Features) -> list[dict]:
@@ -76,6 +85,8 @@ def features_yaml(features: datasets.Features) -> list[dict]:
     Raises:
         TypeError: a feature type the tile datasets do not use.
     """
+    import datasets
+
     out: list[dict] = []
     for name, feature in features.items():
         if isinstance(feature, datasets.Value):
@@ -97,24 +108,37 @@ def build_tile_dataset(
 
     Args:
         config: builder config (grid sampler recommended; ``image_encoding="png"`` for the Hub viewer).
-        output_dir: folder to create; gets ``data/train-*.parquet``, ``README.md``, ``tiles_summary.json``.
+        output_dir: folder to create; gets ``data/train-*.parquet``, ``README.md``, ``tiles_summary.json``
+            (tiles per slide and the stream's skip counters, ``skipped``: the same counters as training's,
+            e.g. ``corrupt_slides`` for a slide ``--reader tiff`` cannot read).
         title: card title.
         license_id: Hub licence id for the card (the slides' licences are listed per slide).
 
     Returns:
         the folder.
-    """
-    from huggingface_hub import DatasetCard, DatasetCardData
 
+    Raises:
+        FileNotFoundError: a slide folder / manifest / catalogue does not exist (nothing is written).
+        ValueError: no slide gave a tile (a folder this call created is removed).
+    """
+    import datasets
+    import pyarrow.parquet as pq
+    from huggingface_hub import DatasetCard, DatasetCardData
+    from pathfm.datasets_scripts.builder import SlideStats, resolve_slides, tile_features
+
+    # a missing folder / manifest is one error here, before any folder is made (inside the generator datasets
+    # would wrap it in a DatasetGenerationError traceback)
+    records = resolve_slides(config.slides)
     out = Path(output_dir)
     created = not out.exists()
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     features = tile_features(config.tile_size, config.image_encoding)
     counted: Counter[str] = Counter()
+    stats = SlideStats()
 
     def counted_examples(config: SlideTilesConfig) -> Iterator[dict[str, Any]]:
-        for example in stream_examples(config):
+        for example in stream_examples(config, stats):
             counted["tiles"] += 1
             yield example
 
@@ -142,7 +166,6 @@ def build_tile_dataset(
         leftover.unlink(missing_ok=True)
     del tiles
     shutil.rmtree(out / ".cache", ignore_errors=True)
-    records = resolve_slides(config.slides)
     rows = []
     for r in records:
         source = r.extra.get("source", r.path) if r.extra else Path(r.path).name
@@ -194,7 +217,9 @@ def build_tile_dataset(
     )
     DatasetCard(text).save(out / "README.md")
     (out / "tiles_summary.json").write_text(
-        json.dumps({"tiles": dict(counts), "total": sum(counts.values())}, indent=2)
+        json.dumps(
+            {"tiles": dict(counts), "total": sum(counts.values()), "skipped": skipped_slides(stats)}, indent=2
+        )
     )
     return out
 
@@ -243,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--push_to_hub", default=None, metavar="REPO_ID")
     ap.add_argument("--private", action="store_true")
     args = ap.parse_args(argv)
+    from pathfm.datasets_scripts.builder import SlideTilesConfig
+
     if args.embedded:
         from pathfm.datasets_scripts.embedded import embedded_slides
 
@@ -259,9 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         mpp_override=args.mpp_override,
         default_mpp=args.default_mpp,
         icc_profile=args.icc_profile,
+        reader=args.reader,
     )
     out = build_tile_dataset(cfg, args.output_dir)
-    print(f"wrote {out}")
+    summary = json.loads((out / "tiles_summary.json").read_text())
+    skipped = ", ".join(f"{n} {name}" for name, n in summary["skipped"].items()) or "none"
+    print(f"wrote {out}: {summary['total']} tiles (slides skipped: {skipped}; see the warnings above)")
     if args.push_to_hub:
         print(push_tile_dataset(out, args.push_to_hub, private=args.private))
     return 0

@@ -78,7 +78,8 @@ def read_catalogue(path: str | os.PathLike) -> list[SlideRecord]:
 
     Returns:
         records with the catalogue's slide id, group and level-0 mpp (x; the catalogue refuses slides whose x
-        and y differ), and ``extra["catalogue"]`` = the catalogue path (such records need no preflight).
+        and y differ), ``extra["catalogue"]`` = the catalogue path (such records need no preflight) and
+        ``extra["catalogue_row"]`` = the row's 0-based position in the file (its stored tissue mask).
 
     Raises:
         FileNotFoundError: no such file.
@@ -100,13 +101,20 @@ def read_catalogue(path: str | os.PathLike) -> list[SlideRecord]:
     table = pq.read_table(cpath, columns=CATALOGUE_RECORD_COLUMNS)
     statuses = table.column("status")
     skipped = Counter(s for s in statuses.to_pylist() if s != "ok")
-    ok = table.filter(pc.equal(statuses, "ok")).to_pydict()
-    source = {"catalogue": str(cpath)}
+    is_ok = pc.equal(statuses, "ok")
+    ok = table.filter(is_ok).to_pydict()
+    rows = pc.indices_nonzero(is_ok).to_pylist()  # the ok rows' positions in the file (catalogue_masks)
+    catalogue = str(cpath)
     with gc_paused():
         records = [
-            SlideRecord(path=path, slide_id=slide_id, mpp=mpp, group=group, extra=dict(source))
-            for path, slide_id, mpp, group in zip(ok["path"], ok["slide_id"], ok["mpp_x"], ok["group"])
-        ]
+            SlideRecord(
+                path=path, slide_id=slide_id, mpp=mpp, group=group,
+                extra={"catalogue": catalogue, "catalogue_row": row},
+            )
+            for path, slide_id, mpp, group, row in zip(
+                ok["path"], ok["slide_id"], ok["mpp_x"], ok["group"], rows
+            )
+        ]  # fmt: skip
     if skipped:
         logger.warning(
             "%s: skipping %d of %d catalogued slides (%s)",

@@ -186,7 +186,7 @@ class RandomTileSampler:
             return
         bx, by, bw, bh = reader.bounds
         ox, oy = mask.origin
-        inv = 1.0 / mask.scale  # level-0 px per mask px
+        inv_x, inv_y = 1.0 / mask.scale, 1.0 / mask.scale_y  # level-0 px per mask px
         levels = {m: reader.best_level(m) for m in allowed}
         failures = 0
         while failures < self.max_failures:
@@ -196,8 +196,8 @@ class RandomTileSampler:
             for _ in range(self.max_attempts):
                 r, c = mask.sample_pixel(rng)
                 u, v = rng.random(2)
-                cx = ox + (c + u) * inv
-                cy = oy + (r + v) * inv
+                cx = ox + (c + u) * inv_x
+                cy = oy + (r + v) * inv_y
                 x = _clamp(cx - extent / 2.0, bx, bx + bw - extent)
                 y = _clamp(cy - extent / 2.0, by, by + bh - extent)
                 # Round to whole px without letting rounding push the tile past the bounds by a fraction.

@@ -528,8 +528,14 @@ class OpenSlideReader(SlideReader):
 
 
 def add_reading_arguments(parser: Any) -> None:
-    """The ``--mpp_override``, ``--default_mpp`` and ``--icc_profile`` flags of the catalogue and grid-tiling
-    command lines (training has the same names as ``DINODataArguments`` fields)."""
+    """The ``--mpp_override``, ``--default_mpp``, ``--icc_profile`` and ``--reader`` flags of the catalogue and
+    grid-tiling command lines (training has the same names as ``DINODataArguments`` fields)."""
+    parser.add_argument(
+        "--reader", choices=READERS, default="auto",
+        help="pixel reader: auto (stored JPEG tiles of TIFF/SVS pyramids decoded directly, OpenSlide for "
+        "every other format), tiff (the fast reader; a slide it cannot read is skipped, named and counted) or "
+        "openslide (reference)",
+    )  # fmt: skip
     parser.add_argument(
         "--mpp_override", type=float, default=None,
         help="level-0 µm/px for every slide (wins over a manifest column and the slide metadata)",

@@ -106,12 +106,22 @@ def load_backbone(
         device: torch device.
 
     Raises:
-        BackboneError: missing preprocessor_config.json (and no ``image_processor``), unloadable model.
+        BackboneError: ``model_id`` is a file or a missing folder, missing preprocessor_config.json (and no
+            ``image_processor``), unloadable model.
     """
     from pathfm.modeling.loading import ModelFolderError, load_checked
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
     local = Path(model_id).is_dir()
+    if Path(model_id).is_file():
+        parent = Path(model_id).parent
+        hint = (
+            f"pass its folder: --model {parent}"
+            if (parent / "config.json").is_file()
+            else "pass the folder save_pretrained wrote (config.json, model.safetensors, "
+            f"{PROCESSOR_FILE}) or a Hub id"
+        )
+        raise BackboneError(f"--model {model_id}: this is a file, not a model folder; {hint}")
     if not local and (model_id.startswith((".", "/", "~")) or Path(model_id).exists()):
         raise BackboneError(f"--model {model_id}: no such model folder")
     if local and not (Path(model_id) / "config.json").is_file():

@@ -32,7 +32,7 @@ import time
 from typing import TYPE_CHECKING
 
 from pathfm.evaluation.protocol import POOLINGS, PROTOCOL_NAME, KnnConfig, LinearProbeConfig
-from pathfm.evaluation.tasks import TASKS, absent_tasks, build_task, present_tasks
+from pathfm.evaluation.tasks import TASK_NAMES  # names only: the task registry imports datasets
 
 if TYPE_CHECKING:  # torch-heavy modules are imported where used, so that --help returns at once
     from pathfm.evaluation.backbone import Backbone
@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="processor folder/Hub id when the model has no preprocessor_config.json (never implied)",
     )
-    p.add_argument("--task", required=True, help=f"one of {sorted(TASKS)}, a comma-separated list, or 'all'")
+    p.add_argument("--task", required=True, help=f"one of {sorted(TASK_NAMES)}, a comma-separated list, or 'all'")
     p.add_argument("--data_dir", default=None, help="folder holding the benchmarks' official layouts")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--n_runs", type=int, default=LinearProbeConfig.n_runs, help="runs with seeds 0..N-1")
@@ -103,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def resolve_tasks(spec: str, data_dir: str | None) -> list[str]:
     """Task names from ``--task`` (``all`` = every task whose data is present)."""
+    from pathfm.evaluation.tasks import TASKS, absent_tasks, present_tasks
+
     if spec == "all":
         for name, reason in absent_tasks(data_dir).items():
             print(f"skipped {name}: {reason}", flush=True)
@@ -151,6 +153,7 @@ def _evaluate(
     from pathfm.evaluation.head_export import save_probe_head
     from pathfm.evaluation.probe_runner import RunOptions, run_task
     from pathfm.evaluation.report import write_task_outputs
+    from pathfm.evaluation.tasks import build_task
 
     options = RunOptions(
         embeddings_dir=Path(args.embeddings_dir or Path(args.output_dir) / "embeddings"),

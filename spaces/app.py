@@ -284,8 +284,7 @@ def classify_tab_of(gr: Any, handlers: Any, model: Any, examples: list[str], has
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line: only ``--help`` (settings are environment variables, as on a hosted Space)."""
-    parser = argparse.ArgumentParser(
-        prog="python spaces/app.py",
+    parser = argparse.ArgumentParser(  # prog: as invoked (app.py, or "pathfm demo" from the console script)
         description="Serve the pathfm Space (tile attention / PCA / neighbours, slide painting, probe head).",
         epilog=ENVIRONMENT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -10,6 +10,8 @@ Layout of ``<output_dir>/checkpoints/checkpoint-<step>/`` (``Accelerator.save_st
   ``masks``: the iBOT mask generator's RNG), which ``save_state`` would keep from the main process only;
 - ``pathfm_checkpoint.json``: backbone config, card facts and the teacher's file + key prefix, so that
   ``training/export.py --checkpoint`` never guesses which file holds the teacher;
+- ``config.yaml``: the run's resolved config (a copy of ``<output_dir>/config.yaml``): a resume with other
+  settings is refused by ``resume_check``, and ``training/dino.py <checkpoint>/config.yaml`` repeats them;
 - ``train_complete.json``: written last; folders without it are ignored by ``latest``.
 
 Sharded runs (FSDP2, ``training/sharding.py``) keep no full copy of any network, so the networks go to
@@ -27,12 +29,14 @@ only together with the data-stream files (one per rank), which it may not.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+import yaml
 from accelerate import Accelerator
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
@@ -55,6 +59,9 @@ REGISTERED_SHARDED = ("loss", "state")  # sharded runs: the teacher goes to SHAR
 TEACHER_PREFIX = "backbone."  # the teacher's file holds the MultiCropWrapper: backbone.* and head.* keys
 SHARDED_STUDENT = "sharded_student"
 SHARDED_TEACHER = "sharded_teacher"
+CONFIG_FILE = "config.yaml"  # the run's resolved config, copied into each checkpoint
+
+logger = logging.getLogger("pathfm.dino")
 
 
 class TrainState:
@@ -151,51 +158,144 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
-def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path:
+def resolve_checkpoint(spec: str, output_dir: str | Path, save_steps: int | None = None) -> Path:
     """``latest`` -> newest complete checkpoint of ``output_dir``; otherwise the given folder.
 
+    Args:
+        spec: ``--resume_from_checkpoint``: ``latest`` or a checkpoint folder.
+        output_dir: ``--output_dir`` (searched by ``latest``, named in the messages).
+        save_steps: ``--save_steps``, named when ``latest`` finds nothing (None: not named).
+
     Raises:
-        FileNotFoundError: No checkpoint (the folder searched is named).
+        FileNotFoundError: One line naming what was found instead of a checkpoint (nothing, a run folder that
+            has not saved one yet, an incomplete or foreign folder) and what to pass instead.
     """
+    output_dir = Path(output_dir)
+    flag = f"--resume_from_checkpoint {spec}"
     if spec == "latest":
         found = checkpoint_dirs(output_dir)
-        if not found:
+        if found:
+            return found[-1]
+        if not output_dir.is_dir():
             raise FileNotFoundError(
-                f"--resume_from_checkpoint latest: no complete checkpoint in "
-                f"{Path(output_dir) / CHECKPOINTS_DIR}"
+                f"{flag}: --output_dir {output_dir} does not exist; pass the --output_dir of the run to "
+                "continue, or leave out --resume_from_checkpoint to start a new run"
             )
-        return found[-1]
-    path = Path(spec)
-    if not (path / COMPLETE_MARKER).exists():
-        raise FileNotFoundError(
-            f"--resume_from_checkpoint {spec}: not a complete checkpoint folder of this script "
-            f"(no {COMPLETE_MARKER})"
+        cadence = {None: "", 0: " (--save_steps 0: at the end only)", -1: " (--save_steps -1: never)"}.get(
+            save_steps, f" (every --save_steps {save_steps} steps and at the end)"
         )
-    return path
+        raise FileNotFoundError(
+            f"{flag}: {output_dir} holds no complete checkpoint{_incomplete_note(output_dir)}: the run there "
+            f"stopped before its first save{cadence}; run the same command without --resume_from_checkpoint "
+            "to start it again (the folder is reused)"
+        )
+    path = Path(spec)
+    if (path / COMPLETE_MARKER).is_file():
+        return path
+    raise FileNotFoundError(f"{flag}: {_not_a_checkpoint(path, output_dir)}")
+
+
+def _incomplete_note(output_dir: Path) -> str:
+    """`` (checkpoint-40 is incomplete: stopped while writing)`` or empty."""
+    names = sorted(p.name for p in _incomplete_checkpoints(output_dir))
+    if not names:
+        return ""
+    return f" ({', '.join(names)} {'is' if len(names) == 1 else 'are'} incomplete: stopped while writing)"
+
+
+def _not_a_checkpoint(path: Path, output_dir: Path) -> str:
+    """Why ``path`` is not a checkpoint folder, and what to pass instead."""
+    if path.is_dir() and checkpoint_dirs(path):
+        return (
+            f"a run folder, not a checkpoint; pass --output_dir {path} --resume_from_checkpoint latest, or "
+            f"its newest checkpoint {checkpoint_dirs(path)[-1]}"
+        )
+    in_run = path.parent.name == CHECKPOINTS_DIR  # <run>/checkpoints/<name>: suggest that run's checkpoints
+    newest = checkpoint_dirs(path.parent.parent if in_run else output_dir)
+    example = newest[-1] if newest else f"<output_dir>/{CHECKPOINTS_DIR}/{CHECKPOINT_PREFIX}<step>"
+    instead = f"pass latest (with the run's --output_dir) or a folder such as {example}"
+    if not path.exists():
+        return f"no such file or folder; {instead}"
+    if not path.is_dir():
+        return f"a file, not a checkpoint folder; {instead}"
+    if path.name == CHECKPOINTS_DIR and checkpoint_dirs(path.parent):
+        newest = checkpoint_dirs(path.parent)
+        return f"the {CHECKPOINTS_DIR}/ folder of a run, not one checkpoint; pass {newest[-1]}"
+    if in_run and path.name.startswith(CHECKPOINT_PREFIX):
+        return f"an incomplete checkpoint (no {COMPLETE_MARKER}: the run stopped while writing it); {instead}"
+    return f"not a checkpoint folder written by training/dino.py (no {COMPLETE_MARKER} in it); {instead}"
+
+
+RUN_FILES = (
+    CONFIG_FILE,
+    "metrics.jsonl",
+    "train_summary.json",
+    "param_digest_rank*.json",
+    "data_stats_rank*.json",
+)
+"""Files of ``<output_dir>`` that belong to the run written there (besides ``checkpoints/``, ``model/`` and
+:data:`TRACKER_DIR`)."""
+# accelerate's trackers write to <logging_dir>/<project>: launch.make_accelerator's logs/, dino.train's "dino"
+TRACKER_DIR = Path("logs") / "dino"
 
 
 def prepare_output_dir(output_dir: Path, resume: str | None, overwrite: bool, is_main: bool) -> None:
-    """Refuse to silently mix two runs in one folder.
+    """Refuse to silently mix two runs in one folder, and start afresh over an attempt that saved nothing.
 
-    A folder that already holds ``checkpoints/`` or ``model/`` is a previous run: continue it with
-    ``--resume_from_checkpoint``, replace it with ``--overwrite_output_dir`` (its checkpoints and model are
-    deleted first, on the main process), or pick another ``--output_dir``.
+    A folder that holds a complete checkpoint or ``model/`` is a previous run: continue it with
+    ``--resume_from_checkpoint``, replace it with ``--overwrite_output_dir`` (its files are deleted first, on
+    the main process), or pick another ``--output_dir``. A folder whose run stopped before its first complete
+    checkpoint (a one-line error or Ctrl-C during the first steps, a kill while saving) is started afresh: the
+    earlier attempt's files are deleted (:data:`RUN_FILES`, :data:`TRACKER_DIR`, incomplete checkpoints), so
+    that its tracker logs do not mix with the new run's. Only incomplete ``checkpoint-<step>`` folders are
+    deleted where ``config.yaml`` is not one this script wrote.
 
     Raises:
         FileExistsError: The folder holds a run and neither flag was given.
     """
-    previous = [output_dir / name for name in (CHECKPOINTS_DIR, "model") if (output_dir / name).exists()]
-    if not previous or resume:
+    if resume:
         return
-    if not overwrite:
+    previous = [p for p in (output_dir / CHECKPOINTS_DIR, output_dir / "model") if p.exists()]
+    holds_run = bool(checkpoint_dirs(output_dir)) or (output_dir / "model").exists()
+    if holds_run and not overwrite:
         raise FileExistsError(
             f"{output_dir} already holds a run ({', '.join(p.name + '/' for p in previous)}): pass "
             f"--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, or "
             f"choose another --output_dir"
         )
-    if is_main:
-        for path in previous:
+    if not is_main:
+        return
+    leftovers = previous if holds_run else _incomplete_checkpoints(output_dir)
+    if _written_by_us(output_dir / CONFIG_FILE):
+        leftovers += [p for pattern in RUN_FILES for p in output_dir.glob(pattern)]
+        leftovers += [output_dir / TRACKER_DIR] if (output_dir / TRACKER_DIR).is_dir() else []
+    for path in leftovers:
+        if path.is_dir():
             shutil.rmtree(path)
+        else:
+            path.unlink()
+    if leftovers and not holds_run:
+        names = sorted(str(p.relative_to(output_dir)) for p in leftovers)
+        logger.info("%s: starting afresh, removed an attempt that saved no checkpoint: %s", output_dir, names)
+
+
+def _incomplete_checkpoints(output_dir: Path) -> list[Path]:
+    """``checkpoint-<step>`` folders without :data:`COMPLETE_MARKER` (the run was killed while saving)."""
+    root = output_dir / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    complete = set(checkpoint_dirs(output_dir))
+    return [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p not in complete]
+
+
+def _written_by_us(config: Path) -> bool:
+    """Whether ``config`` is a run config of ``training/dino.py`` (``config.save_config``'s groups)."""
+    try:
+        data = yaml.safe_load(config.read_text()) if config.is_file() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    training = data.get("training") if isinstance(data, dict) else None
+    return isinstance(training, dict) and "output_dir" in training
 
 
 def save_checkpoint(
@@ -238,6 +338,8 @@ def save_checkpoint(
                 teacher_file=teacher_file(sharded),
                 teacher_prefix=TEACHER_PREFIX,
             )
+        if (output_dir / CONFIG_FILE).is_file():  # what the run was started with: compared on resume
+            shutil.copyfile(output_dir / CONFIG_FILE, ckpt / CONFIG_FILE)
         (ckpt / COMPLETE_MARKER).write_text(json.dumps(state.state_dict()))
         if save_total_limit > 0:
             for old in checkpoint_dirs(output_dir)[:-save_total_limit]:

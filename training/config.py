@@ -404,31 +404,71 @@ def resolve_preset_path(preset: str) -> Path:
 
 
 def load_preset(path: str | Path) -> dict[str, Any]:
-    """Read a flat YAML/JSON preset and check its keys against the config fields.
+    """Read a preset and check its keys against the config fields.
+
+    Two layouts are read: a flat ``key: value`` mapping (``training/presets/*.yaml``), and the ``config.yaml``
+    a run writes (``save_config``; ``model:`` / ``data:`` / ``training:`` groups, ``run:`` facts), so that
+    ``accelerate launch training/dino.py <run>/config.yaml --resume_from_checkpoint latest`` repeats a run's
+    settings. From the latter, ``run:`` and the run-control fields of :data:`NOT_FROM_SAVED_CONFIG` are left
+    out (a saved config starts no resume by itself and holds no token).
 
     Raises:
-        ValueError: If the file is not a mapping or has keys that are not config fields (named).
+        ValueError: The file is not valid YAML/JSON, not a mapping (named: a list, a string, ...), or has keys
+            that are not config fields (named).
     """
     path = Path(path)
     text = path.read_text()
+    kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         where = getattr(err, "problem_mark", None) or getattr(err, "lineno", None)
         line = f" (line {where.line + 1})" if hasattr(where, "line") else (f" (line {where})" if where else "")
         raise ValueError(
-            f"preset {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}{line}; "
+            f"preset {path}: not valid {kind}{line}; "
             "fix the syntax (a flat mapping of config keys, e.g. `max_steps: 100`)"
         ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ValueError(f"preset {path}: expected a mapping of config keys, got {type(data).__name__}")
+        example = '{"max_steps": 100}' if kind == "JSON" else "one `key: value` per line, e.g. `max_steps: 100`"
+        raise ValueError(
+            f"preset {path}: the file holds {_describe(data, kind)}, not a mapping of config keys; write "
+            f"{example} (the keys are the --flags without the dashes, see --help)"
+        )
+    if _is_saved_config(data):
+        data = {
+            key: value
+            for group in SAVED_GROUPS
+            for key, value in (data.get(group) or {}).items()
+            if key not in NOT_FROM_SAVED_CONFIG
+        }
     known = {f.name for cls in CONFIG_CLASSES for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"preset {path}: unknown keys {unknown}; valid keys: {sorted(known)}")
     return data
+
+
+SAVED_GROUPS = ("model", "data", "training")
+"""The groups of a run's ``config.yaml`` that hold config fields (``config_dict``)."""
+NOT_FROM_SAVED_CONFIG = frozenset({"resume_from_checkpoint", "overwrite_output_dir", *SECRET_FIELDS})
+"""Fields of a run's ``config.yaml`` that are not read back when it is used as a preset."""
+
+
+def _is_saved_config(data: dict[str, Any]) -> bool:
+    """Whether ``data`` has the layout ``save_config`` writes (groups of fields, not fields)."""
+    groups = {*SAVED_GROUPS, "run"}
+    return bool(data) and set(data) <= groups and all(isinstance(v, dict) or v is None for v in data.values())
+
+
+def _describe(value: Any, kind: str) -> str:
+    """What a preset file holds instead of a mapping: ``a YAML list (3 items)``, ``a YAML string ('x')``."""
+    if isinstance(value, list):
+        items = f"{len(value)} item{'s' * (len(value) != 1)}"
+        return f"a {kind} {'array' if kind == 'JSON' else 'list'} ({items})"
+    names = {str: "string", int: "number", float: "number", bool: "boolean"}
+    return f"a {kind} {names.get(type(value), type(value).__name__)} ({value!r:.40})"
 
 
 def parse_config(
@@ -557,6 +597,74 @@ def _check_dinov2(m: DINOModelArguments, t: DINOTrainingArguments) -> list[str]:
     return problems
 
 
+# (field, lowest, highest, what it is): numeric fields outside their range are named one by one
+RANGES: tuple[tuple[str, float, float | None, str], ...] = (
+    ("per_device_batch_size", 1, None, "tiles per process per micro-batch"),
+    ("gradient_accumulation_steps", 1, None, "micro-batches per optimizer step"),
+    ("steps_per_epoch", 1, None, "optimizer steps per epoch"),
+    ("tile_size", 1, None, "tile side in px"),
+    ("tiles_per_slide", 1, None, "tiles per slide per pass"),
+    ("global_crop_size", 1, None, "crop side in px"),
+    ("local_crop_size", 1, None, "crop side in px"),
+    ("local_crops_number", 0, None, "local crops per tile"),
+    ("num_workers", 0, None, "DataLoader workers per process"),
+    ("reader_threads", 1, None, "decoder threads"),
+    ("logging_steps", 1, None, "optimizer steps between log rows"),
+    ("save_steps", -1, None, "steps between checkpoints; 0: at the end only, -1: never"),
+    ("save_total_limit", 0, None, "checkpoints kept; 0: all"),
+    ("probe_size", 0, None, "RankMe probe tiles; 0: off"),
+    ("out_dim", 1, None, "prototypes"),
+    ("head_hidden_dim", 1, None, "head MLP width"),
+    ("head_bottleneck_dim", 1, None, "head bottleneck width"),
+    ("head_nlayers", 1, None, "head MLP layers"),
+    ("ibot_head_n_prototypes", 1, None, "iBOT prototypes"),
+    ("ibot_head_hidden_dim", 1, None, "iBOT head MLP width"),
+    ("ibot_head_bottleneck_dim", 1, None, "iBOT head bottleneck width"),
+    ("ibot_head_nlayers", 1, None, "iBOT head MLP layers"),
+    ("drop_path_rate", 0, 0.99, "stochastic depth rate"),
+    ("min_lr", 0, None, "final lr"),
+    ("warmup_epochs", 0, None, "epochs"),
+    ("weight_decay", 0, None, "weight decay"),
+    ("weight_decay_end", 0, None, "weight decay"),
+    ("clip_grad", 0, None, "max gradient norm; 0: off"),
+    ("freeze_last_layer", 0, None, "epochs"),
+    ("warmup_teacher_temp_epochs", 0, None, "epochs"),
+    ("momentum_teacher", 0, 1, "EMA momentum"),
+    ("center_momentum", 0, 1, "EMA momentum"),
+    ("layerwise_decay", 0, 1, "lr factor per block"),
+    ("patch_embed_lr_mult", 0, None, "lr multiplier"),
+)
+POSITIVE = (
+    ("lr", "base lr"),
+    ("teacher_temp", "temperature"),
+    ("warmup_teacher_temp", "temperature"),
+    ("student_temp", "temperature"),
+)
+"""Fields that must be > 0 (0 itself is refused)."""
+
+
+def _check_ranges(*args: Any) -> list[str]:
+    """Each numeric field of :data:`RANGES` / :data:`POSITIVE` outside its range, named with its value."""
+    values = {f.name: getattr(a, f.name) for a in args for f in dataclasses.fields(a)}
+    problems = []
+    for name, low, high, what in RANGES:
+        value = values[name]
+        if value < low or (high is not None and value > high):
+            allowed = f">= {low}" if high is None else f"between {low} and {high}"
+            problems.append(f"--{name} must be {allowed} ({what}), got {value}")
+    for name, what in POSITIVE:
+        if values[name] <= 0:
+            problems.append(f"--{name} must be > 0 ({what}), got {values[name]}")
+    expected = values["expected_world_size"]
+    if expected is not None and expected < 1:
+        problems.append(f"--expected_world_size must be >= 1 (processes), got {expected}")
+    for name in ("global_crops_scale", "local_crops_scale"):
+        scale = values[name]
+        if len(scale) == 2 and not 0 < scale[0] <= scale[1] <= 1:
+            problems.append(f"--{name} takes two area fractions 0 < min <= max <= 1, got {scale}")
+    return problems
+
+
 def _validate(m: DINOModelArguments, d: DINODataArguments, t: DINOTrainingArguments) -> None:
     problems = _check_crops(m, d)
     if t.max_steps == 0 or t.max_steps < -1:
@@ -566,10 +674,7 @@ def _validate(m: DINOModelArguments, d: DINODataArguments, t: DINOTrainingArgume
     problems += _check_dinov2(m, t)
     if t.centering not in ("centering", "sinkhorn_knopp"):
         problems.append(f"centering must be centering or sinkhorn_knopp, got {t.centering!r}")
-    if t.steps_per_epoch < 1:
-        problems.append(f"steps_per_epoch must be >= 1, got {t.steps_per_epoch}")
-    if t.per_device_batch_size < 1 or t.gradient_accumulation_steps < 1:
-        problems.append("per_device_batch_size and gradient_accumulation_steps must be >= 1")
+    problems += _check_ranges(m, d, t)
     if t.mixed_precision not in {"auto", "no", "bf16", "fp16"}:
         problems.append(f"mixed_precision must be auto/no/bf16/fp16, got {t.mixed_precision!r}")
     if t.optim not in {"auto", "adamw_torch", "adamw_torch_fused"}:
@@ -590,8 +695,6 @@ def _validate(m: DINOModelArguments, d: DINODataArguments, t: DINOTrainingArgume
         problems.append(f"--icc_profile must be ignore or apply, got {d.icc_profile!r}")
     if not 0.0 <= d.min_tissue <= 1.0:
         problems.append(f"--min_tissue is a tissue fraction in [0, 1] (default 0.4), got {d.min_tissue}")
-    if t.lr <= 0:
-        problems.append(f"--lr must be > 0, got {t.lr}")
     problems += _check_fsdp(t)
     if t.push_to_hub and not t.hub_model_id:
         problems.append("--push_to_hub needs --hub_model_id")

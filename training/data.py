@@ -54,7 +54,7 @@ def build_data(
     """
     records = resolve_slides(d_args.slides)
     # no readable slide -> ValueError before training
-    readable, failed = preflight_slides(records, d_args.mpp_override, d_args.default_mpp)
+    readable, failed = preflight_slides(records, d_args.mpp_override, d_args.default_mpp, d_args.reader)
     my_slides = partition_slides(readable, rank, world_size)
     stream = TileBatchStream(
         my_slides,

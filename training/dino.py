@@ -18,9 +18,10 @@ Usage::
 one module of ``training/``: ``launch`` (Accelerator), ``data`` + ``tile_batches`` (slides -> tile
 batches), ``augmentations`` (multi-crop), ``objectives/`` (what ``--objective dino|dinov2`` changes: networks,
 loss, optimizer, step), ``networks`` + ``heads`` (student/teacher), ``sharding`` (FSDP2, ``--fsdp``),
-``losses/``, ``optim`` / ``param_groups``, ``schedules``, ``checkpointing`` (save/resume layout), ``step`` /
-``step_dinov2`` (one optimizer step; teacher EMA in ``teacher``), ``loop`` (steps, logging, checkpoints),
-``run_card`` + ``export`` (the exported teacher).
+``losses/``, ``optim`` / ``param_groups``, ``schedules``, ``checkpointing`` (save/resume layout) +
+``resume_check`` (a resume keeps the run's settings), ``step`` / ``step_dinov2`` (one optimizer step;
+teacher EMA in ``teacher``), ``loop`` (steps, logging, checkpoints), ``run_card`` + ``export`` (the exported
+teacher).
 
 Differences, each on purpose: (1) tiles are streamed from slides (online patching, kaiko arXiv 2404.15217)
 and an *epoch* is ``steps_per_epoch`` optimizer steps; (2) multi-crop augmentation runs batched on the
@@ -36,6 +37,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,7 @@ from pathfm.training.checkpointing import (
     load_checkpoint,
     prepare_output_dir,
     register,
+    resolve_checkpoint,
 )
 from pathfm.training.config import (
     DINODataArguments,
@@ -74,6 +77,7 @@ from pathfm.training.loop import Loop, run_loop
 from pathfm.training.mfu import dino_flops_per_image, measure_matmul_peak
 from pathfm.training.networks import param_digest
 from pathfm.training.objectives import build_objective
+from pathfm.training.resume_check import check_resume_config
 from pathfm.training.run_card import RunCard
 from pathfm.training.schedules import build_schedules
 from pathfm.training.sharding import (
@@ -112,7 +116,9 @@ def train(
     Raises:
         WorldSizeMismatchError: The number of processes differs from the expected world size.
         FileExistsError: ``output_dir`` holds a previous run and neither resume nor overwrite was asked.
-        ValueError: No readable slides, fewer slides than processes, or a bad config.
+        ValueError: No readable slides, fewer slides than processes, a bad config, or a resume with other
+            settings than the checkpoint's (``resume_check``).
+        FileNotFoundError: ``--resume_from_checkpoint`` names no complete checkpoint.
         NonFiniteLossError: The loss became NaN/Inf (the last good checkpoint is kept).
     """
     m_args, d_args, t_args = model_args, data_args, training_args
@@ -124,6 +130,7 @@ def train(
         output_dir, t_args.resume_from_checkpoint, t_args.overwrite_output_dir, accelerator.is_main_process
     )
     accelerator.wait_for_everyone()  # the main process may have removed a previous run
+    ckpt = checkpoint_to_resume(accelerator, m_args, d_args, t_args)  # before any slide is opened
     set_seed(t_args.seed)  # same seed on every rank: identical initial weights (DDP also broadcasts them)
 
     # ============ data: slides -> this rank's tile stream -> multi-crop on the device ============
@@ -168,10 +175,9 @@ def train(
     # save_state/load_state hold the prepared student and optimizer, RNG of every process, and these:
     register(accelerator, teacher=teacher, loss=loss, state=state)
     resumed_from = None
-    if t_args.resume_from_checkpoint:
-        spec, per_rank = t_args.resume_from_checkpoint, objective.rank_objects()
+    if ckpt is not None:
         networks = (student, teacher, optimizer)  # sharded runs: read from their DCP folders
-        ckpt = load_checkpoint(accelerator, spec, output_dir, data.stream, per_rank, networks)
+        load_checkpoint(accelerator, str(ckpt), output_dir, data.stream, objective.rank_objects(), networks)
         resumed_from = str(ckpt)
         logger.info("resumed from %s at step %d", resumed_from, state.step)
     card = RunCard(
@@ -240,6 +246,28 @@ def train(
 
 
 
+def checkpoint_to_resume(
+    accelerator: Accelerator,
+    m_args: DINOModelArguments,
+    d_args: DINODataArguments,
+    t_args: DINOTrainingArguments,
+) -> Path | None:
+    """The checkpoint ``--resume_from_checkpoint`` names (None: a fresh run), checked before any slide is
+    opened so that a wrong resume fails in seconds.
+
+    Raises:
+        FileNotFoundError: No such checkpoint (``checkpointing.resolve_checkpoint``).
+        ValueError: It was written with other settings (``resume_check.check_resume_config``).
+    """
+    spec = t_args.resume_from_checkpoint
+    if not spec:
+        return None
+    ckpt = resolve_checkpoint(spec, t_args.output_dir, t_args.save_steps)
+    run_facts = {"world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision}
+    check_resume_config(ckpt, spec, {**config_dict(m_args, d_args, t_args), "run": run_facts})
+    return ckpt
+
+
 def prepare_networks(
     accelerator: Accelerator, objective: Any, student: Any, teacher: Any, fast: FastPaths, sharded: bool
 ) -> tuple[Any, Any, torch.optim.Optimizer]:
@@ -264,10 +292,14 @@ def prepare_networks(
 
 
 def slides_summary(data: Any) -> str:
-    """``"<n> slide(s): [ids] (skipped overall: <k> unreadable, <m> catalogued as <status>, ...)"`` for this
-    rank's part of the data: the slides that failed to open plus those a catalogue left out."""
+    """``"<n> slide(s): [ids] (skipped overall: <k> no mpp, <k> unreadable, <m> catalogued as <status>, ...)"``
+    for this rank's part of the data: the slides that failed to open, by status, plus those a catalogue left
+    out."""
     ids = [r.slide_id for r in data.my_slides]
-    skips = [f"{len(data.failed)} unreadable"] if data.failed else []
+    # each failure reads "<status>: <reason>" (no mpp / unreadable / ...): counted by status
+    failed = data.failed.values() if isinstance(data.failed, dict) else data.failed
+    statuses = Counter(str(message).split(":", 1)[0] for message in failed)
+    skips = [f"{n} {status}" for status, n in sorted(statuses.items())]
     skips += [f"{n} catalogued as {status}" for status, n in sorted(data.catalogue_skipped.items())]
     return f"{len(ids)} slide(s): {ids} (skipped overall: {', '.join(skips) or 'none'})"
 

@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pathfm.training.checkpointing import TrainState, checkpoint_dirs, save_checkpoint
+from pathfm.training.checkpointing import CONFIG_FILE, TrainState, checkpoint_dirs, save_checkpoint
 from pathfm.training.config import DINOModelArguments, DINOTrainingArguments
 from pathfm.training.fast_paths import StepMeter
 from pathfm.training.interrupt import StopFlag, TrainingInterrupted, should_save
@@ -188,13 +188,12 @@ def _stop(loop: Loop, signum: int, loss: float) -> None:
         loop.last_good = _save(loop, loss)
     if loop.last_good is None:
         where = "none (nothing to resume; --save_on_interrupt saves one at the stop)"
-        resume = "start again"
+        resume = "run the same command again to start afresh"
     else:
         where = str(loop.last_good)
-        resume = (
-            f"resume with: accelerate launch training/dino.py ... --output_dir {loop.output_dir} "
-            "--resume_from_checkpoint latest"
-        )
+        saved = loop.last_good / CONFIG_FILE  # the run's settings: a resume must repeat them (resume_check)
+        flags = str(saved) if saved.is_file() else f"... --output_dir {loop.output_dir}"
+        resume = f"resume with: accelerate launch training/dino.py {flags} --resume_from_checkpoint latest"
     message = f"stopped by {name} at step {state.step}; last checkpoint {where}; {resume}"
     raise TrainingInterrupted(signum, message)
 

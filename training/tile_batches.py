@@ -59,22 +59,29 @@ def preflight_slides(
     records: Sequence[SlideRecord],
     mpp_override: float | None = None,
     default_mpp: float | None = None,
+    reader: str = "auto",
 ) -> tuple[list[SlideRecord], dict[str, str]]:
-    """Open every slide once; keep the readable ones. Slides from a catalogue were opened when it was built:
-    they are kept without opening them (the stream's workers open them lazily, skipping and counting failures).
+    """Open every slide once, with the pixel reader the stream will use; keep the usable ones. Slides from a
+    catalogue were opened when it was built: they are kept without opening them (the stream's workers open
+    them lazily, skipping and counting failures). A skipped slide is warned and classified as the stream and
+    the catalogue do (:mod:`pathfm.datasets_scripts.skips`).
 
     Args:
         records: Candidate slides.
         mpp_override: Level-0 µm/px for every slide (``--mpp_override``).
         default_mpp: Level-0 µm/px for slides without one (``--default_mpp``).
+        reader: ``--reader``: a slide that ``tiff`` cannot read is skipped here (and so counted in the start
+            line's "skipped overall"), not only later in a DataLoader worker.
 
     Returns:
-        ``(readable_records, failures)`` where ``failures`` maps a slide path to the error message.
+        ``(readable_records, failures)`` where ``failures`` maps a slide path to ``"<status>: <reason>"``
+        (``no mpp: ...`` or ``unreadable: ...``).
 
     Raises:
         ValueError: If no slide is readable (every path and its error are listed).
     """
-    from pathfm.datasets_scripts.slide import MissingMppError, open_slide
+    from pathfm.datasets_scripts.skips import open_or_skip
+    from pathfm.datasets_scripts.slide import open_slide
 
     ok: list[SlideRecord] = []
     failures: dict[str, str] = {}
@@ -83,16 +90,17 @@ def preflight_slides(
             ok.append(rec)
             continue
         mpp = mpp_override if mpp_override is not None else rec.mpp
-        try:
-            with open_slide(rec.path, mpp=mpp, default_mpp=default_mpp) as reader:
-                _ = reader.dimensions
+        opened, skip = open_or_skip(
+            lambda: open_slide(rec.path, mpp=mpp, default_mpp=default_mpp, reader=reader),
+            rec.slide_id,
+            rec.path,
+        )
+        if skip is None:
+            opened.close()
             ok.append(rec)
-        except MissingMppError as err:  # readable, but no magnification: "no mpp", not "unreadable"
-            failures[rec.path] = f"no mpp: {err}"
-            logger.warning("skipping slide without mpp %s: %s", rec.path, err)
-        except Exception as err:  # noqa: BLE001 - any failure means "skip this slide", reported below
-            failures[rec.path] = f"{type(err).__name__}: {err}"
-            logger.warning("skipping unreadable slide %s: %s", rec.path, err)
+            continue
+        failures[rec.path] = f"{skip.status.replace('-', ' ')}: {skip.reason}"
+        logger.warning("%s", skip.message())
     if not ok:
         listing = "; ".join(f"{p}: {m}" for p, m in failures.items())
         raise ValueError(

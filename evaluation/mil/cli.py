@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pathfm.evaluation.mil.arguments import MilArguments, MilConfig
-from pathfm.evaluation.tasks.base import TaskDataError
+from pathfm.evaluation.tasks.common import TaskDataError
 from pathfm.evaluation.tasks.slide_mil import SLIDE_TASKS, SlideSample
 from transformers import HfArgumentParser
 

@@ -4,8 +4,8 @@ Per slide: pathfm's reader (``datasets_scripts.slide.open_slide``) and tissue ma
 ``tile_size`` px tiles at ``mpp`` µm/px with tissue fraction >= ``min_tissue`` (eva: 0.35), at most
 ``max_tiles`` of them drawn with a seed derived from the slide id, embedded in batches with the frozen
 backbone's ``pooler_output``. Only the slides being read at the moment (one per DataLoader worker) have
-tiles and embeddings in memory, so peak RAM does not grow with the number of slides (eva #537). A slide whose file exists is skipped (a killed run resumes); an
-unreadable slide is skipped and counted.
+tiles and embeddings in memory, so peak RAM does not grow with the number of slides (eva #537). A slide
+whose file exists is skipped (a killed run resumes); an unreadable slide is skipped and counted.
 
 Files: ``<folder>/<slide_id>.safetensors`` with ``embeddings`` (n, D) float32 and ``coords`` (n, 2) int64
 level-0 (x, y) of each tile's top-left corner, plus ``<folder>/failed.json`` listing skipped slides.
@@ -46,11 +46,13 @@ def tile_coords(
     min_tissue: float,
     seed: int,
     stride: int | None = None,
+    reader: str = "auto",
 ) -> list:
-    """Up to ``max_tiles`` tissue grid tiles of one slide (seeded draw, kept in row-major order)."""
-    with open_slide(path) as reader:
+    """Up to ``max_tiles`` tissue grid tiles of one slide (seeded draw, kept in row-major order); ``reader``:
+    one of :data:`pathfm.datasets_scripts.slide.READERS`."""
+    with open_slide(path, reader=reader) as slide:
         coords = GridTileSampler(mpp=mpp, tile_size=tile_size, stride=stride, min_tissue=min_tissue).tiles(
-            reader, compute_tissue_mask(reader)
+            slide, compute_tissue_mask(slide)
         )
     if len(coords) > max_tiles:
         keep = np.random.default_rng(seed).choice(len(coords), max_tiles, replace=False)
@@ -79,10 +81,10 @@ class SlideBatches(IterableDataset):
 
     def __init__(
         self, jobs: list[_SlideJob], mpp: float, tile_size: int, max_tiles: int, min_tissue: float,
-        batch_size: int, stride: int | None,
+        batch_size: int, stride: int | None, reader: str = "auto",
     ) -> None:  # fmt: skip
         self.jobs, self.mpp, self.tile_size, self.max_tiles = jobs, mpp, tile_size, max_tiles
-        self.min_tissue, self.batch_size, self.stride = min_tissue, batch_size, stride
+        self.min_tissue, self.batch_size, self.stride, self.reader = min_tissue, batch_size, stride, reader
 
     def __iter__(self) -> Iterator[tuple]:
         info = get_worker_info()
@@ -94,15 +96,16 @@ class SlideBatches(IterableDataset):
         path = job.slide.path
         try:
             coords = tile_coords(
-                path, self.mpp, self.tile_size, self.max_tiles, self.min_tissue, job.seed, self.stride
+                path, self.mpp, self.tile_size, self.max_tiles, self.min_tissue, job.seed, self.stride,
+                self.reader,
             )
             if not coords:
                 tissue, mpp = self.min_tissue, self.mpp
                 raise SlideError(f"{path}: no tile with tissue fraction >= {tissue} at {mpp} µm/px")
-            with open_slide(path) as reader:
+            with open_slide(path, reader=self.reader) as slide:
                 for start in range(0, len(coords), self.batch_size):
                     part = coords[start : start + self.batch_size]
-                    tiles = np.stack([reader.read_tile(c.x, c.y, self.tile_size, self.mpp) for c in part])
+                    tiles = np.stack([slide.read_tile(c.x, c.y, self.tile_size, self.mpp) for c in part])
                     done = start + self.batch_size >= len(coords)
                     yield job.index, [(c.x, c.y) for c in part], torch.from_numpy(tiles), done
         except SlideError as err:
@@ -154,12 +157,14 @@ def embed_slides(
     seed: int = 0,
     num_workers: int = 0,
     stride: int | None = None,
+    reader: str = "auto",
 ) -> dict[str, int]:
     """Write ``<folder>/<slide_id>.safetensors`` for every slide not done yet.
 
     ``stride``: grid step in px at ``mpp`` (default: ``tile_size``, no overlap). ``num_workers`` DataLoader
     workers draw and read whole slides (:class:`SlideBatches`) while the main process runs the forward pass;
-    0 reads in the main process.
+    0 reads in the main process. ``reader``: ``auto`` (the default, as in training: stored JPEG tiles of
+    TIFF/SVS pyramids decoded directly, OpenSlide for other formats), ``tiff`` or ``openslide``.
 
     Returns:
         ``{"embedded": written now, "reused": found on disk, "failed": skipped (unreadable, no tissue)}``.
@@ -172,7 +177,7 @@ def embed_slides(
             reused += 1
             continue
         jobs.append(_SlideJob(len(jobs), slide, slide_seed(slide.slide_id, seed)))
-    data = SlideBatches(jobs, mpp, tile_size, max_tiles, min_tissue, batch_size, stride)
+    data = SlideBatches(jobs, mpp, tile_size, max_tiles, min_tissue, batch_size, stride, reader)
     workers = min(num_workers, len(jobs))
     loader = DataLoader(
         data, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None

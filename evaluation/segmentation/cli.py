@@ -14,7 +14,7 @@ from pathfm.evaluation.segmentation.arguments import (
     SegmentationArguments,
     SegmentationConfig,
 )
-from pathfm.evaluation.tasks.base import TaskDataError
+from pathfm.evaluation.tasks.common import TaskDataError
 from transformers import HfArgumentParser
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import scipy.io
-from pathfm.evaluation.tasks.base import TaskDataError
+from pathfm.evaluation.tasks.common import TaskDataError
 from pathfm.evaluation.tasks.segmentation_base import SegmentationTask, SegSample, require_folder
 
 # raw type id -> class id: 0 background, 1 other, 2 inflammatory, 3/4 epithelial, 5/6/7 spindle-shaped
@@ -38,6 +37,8 @@ class CoNSeP(SegmentationTask):
 
     def load_mask(self, sample: SegSample) -> np.ndarray:
         try:
+            import scipy.io  # here, not at import: the segmentation --help names this task
+
             content = scipy.io.loadmat(sample.label)
         except (OSError, ValueError) as err:
             raise TaskDataError(f"consep: cannot read {sample.label}: {err}") from err

@@ -15,10 +15,9 @@ from typing import ClassVar
 from xml.etree import ElementTree
 
 import numpy as np
-from pathfm.evaluation.tasks.base import TaskDataError
+from pathfm.evaluation.tasks.common import TaskDataError
 from pathfm.evaluation.tasks.segmentation_base import SegmentationTask, SegSample, require_folder
 from PIL import Image
-from skimage import draw
 
 
 def polygons_to_mask(xml_path: str | Path, size: tuple[int, int], class_names: tuple[str, ...]) -> np.ndarray:
@@ -33,6 +32,8 @@ def polygons_to_mask(xml_path: str | Path, size: tuple[int, int], class_names: t
     except (OSError, ElementTree.ParseError) as err:
         raise TaskDataError(f"monusac: cannot parse {xml_path}: {err}") from err
     width, height = size
+    from skimage import draw  # here, not at import: the segmentation --help names this task
+
     mask = np.zeros((height, width), dtype=np.int64)
     for annotation in root.iter("Annotation"):
         attribute = annotation.find("Attributes/Attribute")

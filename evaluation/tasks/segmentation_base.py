@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-from pathfm.evaluation.tasks.base import TaskDataError, read_rgb
+from pathfm.evaluation.tasks.common import TaskDataError, read_rgb
 
 
 @dataclass(frozen=True)

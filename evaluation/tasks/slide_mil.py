@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-from pathfm.evaluation.tasks.base import TaskDataError
+from pathfm.evaluation.tasks.common import TaskDataError
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ resolution tags (unit centimetre). Tissue is drawn as saturated pink on white gl
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -161,4 +162,25 @@ def corrupt_tile_copy(src: Path, dst: Path) -> Path:
     mid = len(data) // 3
     data[mid : mid + 2000] = bytes(range(256)) * 7 + bytes(208)
     Path(dst).write_bytes(bytes(data))
+    return dst
+
+
+def scramble_tiles(src: Path, dst: Path, page: int = 0, rows: range | None = None) -> Path:
+    """Copy a tiled TIFF/SVS and scramble the stored tiles of one page (all, or those in tile ``rows``): each
+    tile keeps its first 32 bytes (JPEG markers) and gets seeded random bytes after them, so it no longer
+    decodes while the file, its other pages and its metadata stay intact."""
+    shutil.copy(src, dst)
+    with tifffile.TiffFile(dst) as tif:
+        p = tif.pages[page]
+        across = -(-p.imagewidth // p.tilewidth)
+        spans = [
+            (offset, count)
+            for i, (offset, count) in enumerate(zip(p.dataoffsets, p.databytecounts))
+            if count > 64 and (rows is None or i // across in rows)
+        ]
+    rng = np.random.default_rng(0)
+    with open(dst, "r+b") as f:
+        for offset, count in spans:
+            f.seek(offset + 32)
+            f.write(rng.integers(0, 256, count - 32, dtype=np.uint8).tobytes())
     return dst

@@ -55,7 +55,7 @@ def test_catalogue_rows_statuses_masks_and_unique_ids(mixed_slides, tmp_path):
     with open_slide(mixed_slides / "good.tiff") as reader:
         mask = compute_tissue_mask(reader, mask_mpp=8.0)
     np.testing.assert_array_equal(decode_mask(good["mask"], good["mask_shape"]), mask.mask)
-    assert good["tissue_mm2"] == pytest.approx(mask.mask.sum() * (good["mask_mpp"] / 1000) ** 2)
+    assert good["tissue_mm2"] == pytest.approx(mask.mask.sum() * mask.mpp * mask.mpp_y / 1e6)
     assert good["mask_threshold"] == pytest.approx(mask.threshold)
 
 
@@ -159,11 +159,12 @@ def test_training_log_counts_the_slides_a_catalogue_left_out(mixed_slides, tmp_p
 
     out = tmp_path / "catalogue.parquet"
     build_catalogue([str(mixed_slides)], out)
-    sources = [str(out), str(tmp_path / "missing.svs")]
+    write_slide(tmp_path / "uncatalogued_nompp.tiff", blank(256, 256), mpp=None)
+    sources = [str(out), str(tmp_path / "missing.svs"), str(tmp_path / "uncatalogued_nompp.tiff")]
     readable, failed = preflight_slides(resolve_slides(sources))
     data = RunData(readable, failed, readable[:1], stream=None, catalogue_skipped=dict(catalogue_skips(sources)))
     summary = slides_summary(data)
     assert summary.endswith(
-        "(skipped overall: 1 unreadable, 1 catalogued as no-mpp, 1 catalogued as no-tissue, "
+        "(skipped overall: 1 no mpp, 1 unreadable, 1 catalogued as no-mpp, 1 catalogued as no-tissue, "
         "1 catalogued as unreadable)"
     ), summary

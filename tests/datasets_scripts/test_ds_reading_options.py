@@ -82,7 +82,8 @@ def test_grayscale_slide_tissue_found_by_darkness(tmp_path):
     assert (row["status"], row["mask_method"]) == ("ok", "darkness-otsu")
     he = tissue_rect_slide(tmp_path / "he.tiff", 512, 512, (128, 128, 256, 256), level_sizes=[(128, 128)])
     build_catalogue([str(he)], tmp_path / "he.parquet")
-    assert pq.read_table(tmp_path / "he.parquet").to_pylist()[0]["mask_method"] == "hsv-saturation-otsu"
+    he_row = pq.read_table(tmp_path / "he.parquet").to_pylist()[0]
+    assert he_row["mask_method"] == "hsv-saturation-glass-relative"
 
 
 @pytest.mark.parametrize("mpp", [0.01, 25.0])

@@ -124,10 +124,17 @@ def broken_models(good: Path, root: Path) -> dict[str, tuple[Path, str]]:
     shutil.copytree(good, other)
     save_file({"encoder.weight": torch.zeros(4, 4)}, str(other / "model.safetensors"))
     cases["other_arch"] = (other, "model.safetensors")
+    # a file instead of a folder: the weights file of a good folder (its folder is suggested), or any file
+    cases["weights_file"] = (good / "model.safetensors", f"this is a file, not a model folder; pass its folder: "
+                             f"--model {good}")  # fmt: skip
+    (root / "notes.txt").write_text("not a model")
+    cases["other_file"] = (root / "notes.txt", "notes.txt: this is a file, not a model folder; pass the folder")
     return cases
 
 
-@pytest.mark.parametrize("case", ["truncated", "not_json", "missing", "other_arch"])
+@pytest.mark.parametrize(
+    "case", ["truncated", "not_json", "missing", "other_arch", "weights_file", "other_file"]
+)
 def test_broken_model_folders_give_one_line(probe, case, tiny_model_dir, tmp_path):
     folder, needle = broken_models(tiny_model_dir, tmp_path)[case]
     done = probe(folder, "embedded_tissue", tmp_path / "out")

@@ -182,5 +182,5 @@ def test_app_help_starts_nothing_and_imports_no_gradio(repo_root):
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=60
     ).stdout
-    assert "usage: python spaces/app.py" in out and "PATHFM_SPACE_MODEL_DIRS" in out
+    assert "usage: app.py [-h]" in out and "PATHFM_SPACE_MODEL_DIRS" in out  # prog as invoked
     assert out.strip().endswith("EXIT 0 False False")

@@ -1,15 +1,14 @@
 """Fixtures shared by the training tests."""
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.test_utils.testing import AccelerateTestCase
 
 
 def reset_accelerate_state() -> None:
-    """Forget the process-wide Accelerator singletons so the next ``Accelerator()`` starts afresh
-    (accelerate's own tests do the same between in-process runs)."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    """Forget the process-wide Accelerator singletons (AcceleratorState with its PartialState, GradientState)
+    so the next ``Accelerator()`` starts afresh, through accelerate's public test case, whose tear-down does
+    exactly that between in-process runs."""
+    AccelerateTestCase().tearDown()
 
 
 @pytest.fixture

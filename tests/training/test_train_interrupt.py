@@ -79,6 +79,9 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(sig, extra, referenc
         and f"checkpoint-{step}" in stopped[0]
         and "--resume_from_checkpoint latest" in stopped[0]
     )
+    # the resume command names the checkpoint's saved config: the flags a resume must repeat
+    saved = out / "checkpoints" / f"checkpoint-{step}" / "config.yaml"
+    assert f"accelerate launch training/dino.py {saved} --resume_from_checkpoint latest" in stopped[0]
     assert (out / "checkpoints" / f"checkpoint-{step}").is_dir() and not (out / "model").exists()
 
     resumed = launch(repo_root, out, 29555, "--resume_from_checkpoint", "latest")

@@ -1,4 +1,5 @@
-"""The run refuses a launch whose process count differs from the one asked for."""
+"""The run refuses a launch whose process count differs from the one asked for, and a folder that holds
+another run."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pathfm.training.launch_check import parse_num_processes
 
@@ -85,3 +87,51 @@ def test_existing_run_is_not_silently_replaced(tmp_path: Path) -> None:
     prepare_output_dir(
         tmp_path / "fresh", resume=None, overwrite=False, is_main=True
     )  # new folder: nothing to do
+
+
+def _our_config(run: Path) -> None:
+    config = {"model": {}, "data": {}, "training": {"output_dir": str(run)}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_a_folder_whose_run_saved_no_checkpoint_is_started_afresh(tmp_path: Path) -> None:
+    """Killed while writing the first checkpoint (or stopped before it): a rerun of the same command starts
+    afresh instead of being refused as 'already holds a run', and the stopped run's logs go."""
+    from pathfm.training.checkpointing import prepare_output_dir
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "checkpoint-120").mkdir(parents=True)  # no train_complete.json
+    (run / "checkpoints" / "checkpoint-120" / "model.safetensors").write_bytes(b"partial")
+    (run / "logs" / "dino").mkdir(parents=True)
+    (run / "logs" / "dino" / "events.out.tfevents.1").write_bytes(b"")
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    (run / "notes.txt").write_text("the user's")
+    _our_config(run)
+    prepare_output_dir(run, resume=None, overwrite=False, is_main=True)
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == ["checkpoints", "logs", "notes.txt"]
+
+    # a folder this script did not write: only the incomplete checkpoint goes
+    other = tmp_path / "other"
+    (other / "checkpoints" / "checkpoint-3").mkdir(parents=True)
+    (other / "logs" / "dino").mkdir(parents=True)
+    (other / "config.yaml").write_text("lr: 1\n")
+    (other / "metrics.jsonl").write_text("x\n")
+    prepare_output_dir(other, resume=None, overwrite=False, is_main=True)
+    assert sorted(str(p.relative_to(other)) for p in other.rglob("*")) == [
+        "checkpoints", "config.yaml", "logs", "logs/dino", "metrics.jsonl"
+    ]
+
+
+def test_overwrite_also_removes_the_replaced_runs_logs(tmp_path: Path) -> None:
+    from pathfm.training.checkpointing import COMPLETE_MARKER, prepare_output_dir
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint-2" / COMPLETE_MARKER).write_text("{}")
+    (run / "logs" / "dino").mkdir(parents=True)
+    (run / "train_summary.json").write_text("{}")
+    _our_config(run)
+    with pytest.raises(FileExistsError, match=r"already holds a run \(checkpoints/\)"):
+        prepare_output_dir(run, resume=None, overwrite=False, is_main=True)
+    prepare_output_dir(run, resume=None, overwrite=True, is_main=True)
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == ["logs"]
