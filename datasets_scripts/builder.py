@@ -33,7 +33,7 @@ from typing import Any
 
 import datasets
 import numpy as np
-from pathfm.datasets_scripts.catalogue_masks import catalogue_mask, mask_settings
+from pathfm.datasets_scripts.catalogue_masks import catalogue_mask, changed_since, mask_settings, read_row
 from pathfm.datasets_scripts.colour import DEFAULT_ICC, check_icc_option
 from pathfm.datasets_scripts.open_slides import SlidePool, slide_pool
 from pathfm.datasets_scripts.samplers import GridTileSampler, RandomTileSampler
@@ -124,14 +124,15 @@ class SlideTilesConfig:
         check_icc_option(self.icc_profile)
 
 
-def resolve_slides(spec: Any) -> list[SlideRecord]:
-    """Turn ``SlideTilesConfig.slides`` into records (:func:`pathfm.datasets_scripts.resolve.resolve_sources`).
+def resolve_slides(spec: Any, mpp_given: bool = False) -> list[SlideRecord]:
+    """Turn ``SlideTilesConfig.slides`` into records (:func:`pathfm.datasets_scripts.resolve.resolve_sources`;
+    ``mpp_given``: an ``mpp_override`` or ``default_mpp`` is set, so a catalogue's ``no-mpp`` rows are usable).
 
     Raises:
         FileNotFoundError: a folder, manifest or catalogue that does not exist.
         ValueError: nothing given or no slides found.
     """
-    return resolve_sources(spec)
+    return resolve_sources(spec, mpp_given=mpp_given)
 
 
 def tile_features(tile_size: int, image_encoding: str = "array") -> datasets.Features:
@@ -187,6 +188,7 @@ STAT_NAMES = (
     "unsupported_mpp_slides",
     "failed_regions",
     "masks_from_catalogue",
+    "changed_slides",
 )
 
 
@@ -198,8 +200,10 @@ class SlideStats:
     ``default_mpp``), or non-square pixels; ``no_tissue_slides``: empty tissue mask or no tile passing the
     threshold; ``unsupported_mpp_slides``: none of the requested magnifications is servable without upsampling;
     ``failed_regions``: tiles whose region failed to decode (skipped); ``masks_from_catalogue``: slides whose
-    tissue mask was read back from their catalogue row instead of computed. Increments from different workers
-    are not atomic; they are rare events (per slide or per failure), so collisions are practically impossible.
+    tissue mask was read back from their catalogue row instead of computed; ``changed_slides``: catalogued
+    slides whose file changed since the catalogue was built (read with their own mpp, mask computed).
+    Increments from different workers are not atomic; they are rare events (per slide or per failure), so
+    collisions are practically impossible.
     """
 
     def __init__(self) -> None:
@@ -249,7 +253,23 @@ def open_slide_for_tiles(
     """Open slide ``rec`` from the worker's pool and get its mask (read back from the record's catalogue row
     when that row still matches, :mod:`.catalogue_masks`, else computed); None (warned and counted by
     :func:`pathfm.datasets_scripts.skips.warn_skip`, as training's start-up check and the catalogue do) when
-    unusable."""
+    unusable. A catalogued slide whose file changed since (size, mtime) is warned and counted
+    (``changed_slides``) and read with its own metadata's mpp, not the catalogued one."""
+    stored = None
+    if rec.extra.get("catalogue"):
+        try:
+            stored = read_row(rec.extra["catalogue"], rec.extra["catalogue_row"])
+        except (OSError, ValueError, IndexError):  # the catalogue moved or was rewritten since the start
+            stored = None
+        changed = changed_since(stored, rec.path)
+        if changed:
+            stats.add("changed_slides")
+            _warn(
+                f"slide {rec.slide_id} ({rec.path}) changed since {rec.extra['catalogue']} was built "
+                f"({changed}): its catalogued mpp and tissue mask are not used; rebuild the catalogue (only "
+                "changed slides are reopened)"
+            )
+            rec.mpp, stored = config.mpp_override, None
     reader, skip = open_or_skip(
         lambda: pool.get(
             rec.path, mpp=rec.mpp, mpp_tolerance=config.mpp_tolerance, **reader_options(config)
@@ -260,12 +280,12 @@ def open_slide_for_tiles(
     if skip is not None:
         warn_skip(skip, stats)
         return None
-    if rec.extra.get("catalogue"):
+    if stored is not None:
         settings = mask_settings(
             config.mask_mpp, config.saturation_floor, min_object_um2=config.min_object_um2,
             icc_profile=config.icc_profile,
         )  # fmt: skip
-        mask = catalogue_mask(rec.extra["catalogue"], rec.extra["catalogue_row"], reader, settings)
+        mask = catalogue_mask(stored, reader, settings)
         if mask is not None:
             stats.add("masks_from_catalogue")
             return reader, mask
@@ -528,7 +548,7 @@ def tile_stream(
     if isinstance(given, list) and given and all(isinstance(r, SlideRecord) for r in given):
         records = unique_slide_ids(list(given))  # already resolved (e.g. training's records): no second pass
     else:
-        records = resolve_slides(given)
+        records = resolve_slides(given, config.mpp_override is not None or config.default_mpp is not None)
     stats = stats if stats is not None else SlideStats()
     config = dataclasses.replace(config, slides=None)  # the slides travel in the groups, hashed cheaply
     coords = datasets.IterableDataset.from_generator(

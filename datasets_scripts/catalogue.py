@@ -17,16 +17,18 @@ reader the slide was opened and test-decoded with, ``--reader``), ``decode_check
 reads of stored tiles inside the tissue at the levels training reads, and how many failed:
 :mod:`pathfm.datasets_scripts.decode_check`), ``group`` (manifest group or TCGA patient barcode), ``status``
 (``ok`` / ``no-mpp`` / ``unreadable`` / ``no-tissue``), ``reason`` (words) and ``mask_settings`` (what the
-mask was computed with, :func:`pathfm.datasets_scripts.catalogue_masks.mask_settings`). Rows are written in
+mask was computed with, :func:`pathfm.datasets_scripts.catalogue_masks.mask_settings`) and ``mpp_options``
+(the ``--mpp_override`` / ``--default_mpp`` the row was made with, :func:`mpp_options`). Rows are written in
 parquet row groups of 256, so that a training worker reads a slide's mask back cheaply instead of computing
 it (:mod:`pathfm.datasets_scripts.catalogue_masks`). A slide some of whose test tiles fail is ``ok`` with the
 failures counted (and said in ``reason``); one with a level none of whose test tiles decodes is
 ``unreadable``. The statuses and words of a slide that cannot be opened are those of the tile stream and
 training's start-up check (:mod:`pathfm.datasets_scripts.skips`).
 
-Re-running skips files whose size and mtime are unchanged (and whose mask settings and reader are the
-same); a killed run resumes: finished rows are appended to ``<output>.partial.jsonl`` as they come and merged
-into the parquet file (written atomically) at the end. The result is a plain parquet file:
+Re-running skips files whose size and mtime are unchanged (and whose mask settings, reader and mpp options
+are the same: changing ``--mpp_override`` reopens every slide, adding, changing or removing ``--default_mpp``
+the slides without an mpp of their own); a killed run resumes: finished rows are appended to
+``<output>.partial.jsonl`` as they come and merged into the parquet file (written atomically) at the end. The result is a plain parquet file:
 ``datasets.load_dataset("parquet", data_files=...)`` reads it.
 """
 
@@ -49,14 +51,13 @@ import numpy as np
 from pathfm.datasets_scripts.catalogue_masks import CATALOGUE_ROW_GROUP_ROWS, mask_settings
 from pathfm.datasets_scripts.colour import DEFAULT_ICC, check_icc_option
 from pathfm.datasets_scripts.decode_check import check_decoding
-from pathfm.datasets_scripts.mpp import check_square, resolve_level0_mpp
+from pathfm.datasets_scripts.mpp import check_square, given_mpp_problem, resolve_level0_mpp
 from pathfm.datasets_scripts.resolve import resolve_sources
 from pathfm.datasets_scripts.skips import open_or_skip
 from pathfm.datasets_scripts.slide import MissingMppError, SlideError, add_reading_arguments, open_slide
 from pathfm.datasets_scripts.sources import SlideRecord, parse_tcga_barcode
 
-__all__ = ["build_catalogue", "catalogue_row", "decode_mask", "main"]
-
+__all__ = ["build_catalogue", "catalogue_row", "decode_mask", "main", "mpp_options"]
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
@@ -69,6 +70,11 @@ def decode_mask(blob: bytes, shape: tuple[int, int] | list[int]) -> np.ndarray:
     h, w = int(shape[0]), int(shape[1])
     packed = np.frombuffer(zlib.decompress(blob), dtype=np.uint8).reshape(h, (w + 7) // 8)
     return np.unpackbits(packed, axis=1, count=w).astype(bool)
+
+
+def mpp_options(mpp_override: float | None, default_mpp: float | None) -> str:
+    """The mpp flags a row was made with, as the JSON string stored in its ``mpp_options`` column."""
+    return json.dumps({"mpp_override": mpp_override, "default_mpp": default_mpp}, sort_keys=True)
 
 
 def _group(rec: SlideRecord) -> str | None:
@@ -122,11 +128,12 @@ def catalogue_row(
         "mask_settings": mask_settings(
             mask_mpp, saturation_floor, min_object_um2=min_object_um2, icc_profile=icc_profile
         ),
+        "mpp_options": mpp_options(mpp_override, default_mpp),
     }  # fmt: skip
     try:
         st = os.stat(path)
     except OSError as err:
-        row["reason"] = f"cannot stat the file: {err.strerror or err}"
+        row["reason"] = rec.extra.get("not_downloaded") or f"cannot stat the file: {err.strerror or err}"
         return row
     row["bytes"], row["mtime_ns"] = int(st.st_size), int(st.st_mtime_ns)
     # a placeholder mpp: the chain is followed below, per axis, so that a slide without one is "no-mpp"
@@ -210,11 +217,28 @@ def _from_json(line: str) -> dict[str, Any]:
 
 
 def _previous_rows(output: Path, partial: Path) -> dict[str, dict[str, Any]]:
+    """The rows of an earlier run (the catalogue at ``output``, then the partial log of a killed run).
+
+    Raises:
+        ValueError: ``output`` exists but is not a slide catalogue (named; the file is left as it is).
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows: dict[str, dict[str, Any]] = {}
     if output.is_file():
-        for row in pq.read_table(output).to_pylist():
+        try:
+            table = pq.read_table(output)
+        except (pa.ArrowException, OSError) as err:
+            table, why = None, f"not a parquet file ({err})"
+        else:
+            why = "no 'path' column"
+        if table is None or "path" not in table.column_names:
+            raise ValueError(
+                f"--output {output} exists and is not a slide catalogue ({why}); it was left untouched: "
+                f"give another --output path, or move that file away"
+            )
+        for row in table.to_pylist():
             rows[row["path"]] = row
     if partial.is_file():
         for line in partial.read_text().splitlines():
@@ -227,9 +251,31 @@ def _previous_rows(output: Path, partial: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def _unchanged(row: dict[str, Any] | None, path: str, settings: str, reader_kind: str) -> bool:
-    """The row still describes the file (size, mtime) and was made with the same mask settings and reader."""
+def _same_mpp_answer(row: dict[str, Any], mpp_flags: str) -> bool:
+    """Whether the mpp flags of this run would give the row's slide the mpp it has: the same flags, or only
+    ``--default_mpp`` changed for a slide whose mpp came from elsewhere (so that adding ``--default_mpp`` to
+    a 30,000-slide catalogue reopens only the slides that need it). A row made before ``mpp_options`` was
+    stored is reopened."""
+    made_with = row.get("mpp_options")
+    if made_with == mpp_flags:
+        return True
+    if made_with is None:
+        return False
+    old, new = json.loads(made_with), json.loads(mpp_flags)
+    if old["mpp_override"] != new["mpp_override"]:
+        return False
+    # the same override wins over any default; without one, a default only fills a slide the chain left empty
+    return new["mpp_override"] is not None or row.get("mpp_source") not in (None, "default_mpp")
+
+
+def _unchanged(
+    row: dict[str, Any] | None, path: str, settings: str, reader_kind: str, mpp_flags: str
+) -> bool:
+    """The row still describes the file (size, mtime) and was made with the same mask settings, reader and mpp
+    options (a row from before ``mpp_options`` was stored is reopened)."""
     if row is None or row.get("mask_settings") != settings or row.get("reader") != reader_kind:
+        return False
+    if not _same_mpp_answer(row, mpp_flags):
         return False
     try:
         st = os.stat(path)
@@ -269,10 +315,21 @@ def build_catalogue(
 
     Returns:
         counts: ``{"rows", "opened", "reused", <status>: n}``.
+
+    Raises:
+        ValueError: an implausible ``mpp_override`` / ``default_mpp``, ``num_proc`` < 1, or an ``output`` that
+            exists and is not a catalogue (checked before any slide is opened).
+        FileNotFoundError: a missing source (see :func:`resolve_sources`).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    problems = [given_mpp_problem(name, value) for name, value in
+                (("mpp_override", mpp_override), ("default_mpp", default_mpp))]  # fmt: skip
+    if num_proc < 1:
+        problems.append(f"--num_proc is the number of processes opening slides (1 or more), got {num_proc}")
+    if any(problems):
+        raise ValueError("; ".join(p for p in problems if p))
     out = Path(output)
     partial = out.with_name(out.name + ".partial.jsonl")
     records = resolve_sources(sources)
@@ -281,7 +338,10 @@ def build_catalogue(
     settings = mask_settings(
         mask_mpp, saturation_floor, min_object_um2=min_object_um2, icc_profile=icc_profile
     )
-    todo = [r for r, p in zip(records, paths) if not _unchanged(previous.get(p), p, settings, reader_kind)]
+    flags = mpp_options(mpp_override, default_mpp)
+    todo = [
+        r for r, p in zip(records, paths) if not _unchanged(previous.get(p), p, settings, reader_kind, flags)
+    ]
     todo_paths = {os.path.abspath(r.path) for r in todo}
     rows = {p: previous[p] for p in paths if p not in todo_paths}
     check_icc_option(icc_profile)
@@ -325,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Build a slide catalogue (one parquet row per slide).")
     ap.add_argument("slides", nargs="+", help="slide files, folders, manifests, GDC manifests, or 'embedded'")
     ap.add_argument("--output", required=True, help="catalogue .parquet path")
-    ap.add_argument("--num_proc", type=int, default=1)
+    ap.add_argument("--num_proc", type=int, default=1, help="processes opening slides (1 or more)")
     ap.add_argument("--mask_mpp", type=float, default=8.0)
     ap.add_argument("--saturation_floor", type=float, default=20.0)
     add_reading_arguments(ap)

@@ -1,9 +1,9 @@
 """Tissue masks stored in a slide catalogue, reused by the tile stream instead of being computed again.
 
 Computing a mask reads a thumbnail of the whole slide (about 1 s for a 40,000 px square pyramid on one
-core, several seconds for a full TCGA slide), while the stream reads ~64 tiles of a slide per visit (~0.15 s):
-without reuse, a worker spends most of its time on masks, in every epoch. A catalogue row already holds the mask
-(:mod:`pathfm.datasets_scripts.catalogue`), so a worker reads it back (one parquet row group of
+core, several seconds for a full TCGA slide), while the stream reads ~64 tiles of a slide per visit
+(~0.15 s): without reuse, a worker spends most of its time on masks, in every epoch. A catalogue row already
+holds the mask (:mod:`pathfm.datasets_scripts.catalogue`), so a worker reads it back (one parquet row group of
 :data:`CATALOGUE_ROW_GROUP_ROWS` rows) when it opens a catalogued slide, and computes the mask only when the
 row no longer describes what the stream would compute:
 
@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 from pathfm.datasets_scripts.tissue import MASK_VERSION, TissueMask
 
-__all__ = ["CATALOGUE_ROW_GROUP_ROWS", "TISSUE_ALGORITHM", "catalogue_mask", "mask_settings"]
+__all__ = [
+    "CATALOGUE_ROW_GROUP_ROWS",
+    "TISSUE_ALGORITHM",
+    "catalogue_mask",
+    "changed_since",
+    "mask_settings",
+    "read_row",
+]
 
 CATALOGUE_ROW_GROUP_ROWS = 256
 """Rows per parquet row group of a catalogue: what a worker reads to get one slide's mask (256 masks, ~9 MB
@@ -86,7 +93,13 @@ def _footer(catalogue: str) -> tuple[Any, np.ndarray]:
     return hit
 
 
-def _read_row(catalogue: str, row: int) -> dict[str, Any] | None:
+def read_row(catalogue: str, row: int) -> dict[str, Any] | None:
+    """The columns of row ``row`` (0-based) of ``catalogue`` that describe its file and mask, or None when the
+    file cannot give them cheaply (written before ``mask_settings`` existed, or in big row groups).
+
+    Raises:
+        OSError, ValueError, IndexError: the catalogue cannot be read (moved, rewritten, cut).
+    """
     import pyarrow.parquet as pq
 
     meta, starts = _footer(catalogue)
@@ -103,33 +116,43 @@ def _read_row(catalogue: str, row: int) -> dict[str, Any] | None:
     return table.slice(row - int(starts[group]), 1).to_pylist()[0]
 
 
-def catalogue_mask(catalogue: str, row: int, reader: Any, settings: str) -> TissueMask | None:
-    """The mask stored in row ``row`` of ``catalogue`` if it is the mask the stream would compute for the
-    open slide ``reader`` with ``settings`` (:func:`mask_settings`); else None (compute it).
+def changed_since(stored: dict[str, Any] | None, path: str) -> str:
+    """Why the file at ``path`` is no longer the one a catalogue row (:func:`read_row`) describes ("" when it
+    is, or when the row or the file cannot tell)."""
+    if stored is None or stored.get("bytes") is None:
+        return ""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""  # a missing file is the reader's error to report
+    if (stored["bytes"], stored["mtime_ns"]) != (st.st_size, st.st_mtime_ns):
+        if stored["bytes"] != st.st_size:
+            return f"{stored['bytes']} bytes then, {st.st_size} now"
+        return "another mtime"
+    return ""
+
+
+def catalogue_mask(stored: dict[str, Any] | None, reader: Any, settings: str) -> TissueMask | None:
+    """The mask of a catalogue row (:func:`read_row`) if it is the mask the stream would compute for the open
+    slide ``reader`` with ``settings`` (:func:`mask_settings`); else None (compute it).
 
     Args:
-        catalogue: catalogue ``.parquet`` path.
-        row: 0-based row index in that file.
+        stored: the row, or None.
         reader: the open :class:`pathfm.datasets_scripts.slide.SlideReader` of the row's slide.
         settings: the stream's :func:`mask_settings`.
 
     Returns:
-        :class:`TissueMask` or None. Never raises for an unreadable or outdated catalogue: it returns None.
+        :class:`TissueMask` or None.
     """
     from pathfm.datasets_scripts.catalogue import decode_mask
 
-    try:
-        stored = _read_row(catalogue, row)
-        st = os.stat(reader.path)
-    except (OSError, ValueError, IndexError):  # a catalogue moved, rewritten or cut since the start
-        return None
     if (
         stored is None
+        or changed_since(stored, reader.path)
         or stored["status"] != "ok"
         or stored["mask"] is None
         or stored["mask_settings"] != settings
         or stored["path"] != os.path.abspath(reader.path)
-        or (stored["bytes"], stored["mtime_ns"]) != (st.st_size, st.st_mtime_ns)
         or stored["mpp_x"] is None
         or abs(float(stored["mpp_x"]) - reader.mpp) > 1e-9 * reader.mpp
         or list(stored["bounds"]) != [int(b) for b in reader.bounds]

@@ -33,6 +33,7 @@ __all__ = [
     "MppError",
     "MissingMppError",
     "check_square",
+    "given_mpp_problem",
     "metadata_mpp",
     "resolve_level0_mpp",
 ]
@@ -159,6 +160,20 @@ def metadata_mpp(props: dict[str, str], path: str) -> tuple[Level0Mpp | None, li
         if not candidates or abs(x - candidates[-1][0][0]) > 1e-6 * x:  # the same tag OpenSlide read: once
             passed_over.append(f"{x:.4g} µm/px from {what}")
     return None, passed_over
+
+
+def given_mpp_problem(name: str, value: float | None) -> str | None:
+    """What is wrong with a user's ``--mpp_override`` / ``--default_mpp`` value (None: nothing, or not given).
+
+    The same bounds as training's config check (``MIN_LEVEL0_MPP``-``MAX_LEVEL0_MPP`` level-0 µm/px, finite),
+    so that a command line refuses the value up front instead of opening every slide to refuse it per slide.
+    """
+    if value is None or (math.isfinite(value) and MIN_LEVEL0_MPP <= value <= MAX_LEVEL0_MPP):
+        return None
+    return (
+        f"--{name} is a level-0 µm/px between {MIN_LEVEL0_MPP} and {MAX_LEVEL0_MPP:g} (0.25 at 40x), "
+        f"got {value}"
+    )
 
 
 def _given(value: float, source: str, path: str) -> Level0Mpp:

@@ -128,7 +128,8 @@ def build_tile_dataset(
 
     # a missing folder / manifest is one error here, before any folder is made (inside the generator datasets
     # would wrap it in a DatasetGenerationError traceback)
-    records = resolve_slides(config.slides)
+    mpp_given = config.mpp_override is not None or config.default_mpp is not None
+    records = resolve_slides(config.slides, mpp_given)
     out = Path(output_dir)
     created = not out.exists()
     data_dir = out / "data"

@@ -7,9 +7,13 @@ everywhere:
 * a :class:`SlideRecord` (or a dict of its fields);
 * a folder: every slide file under it (recursive, sorted);
 * ``*.parquet``: a slide catalogue (``python -m pathfm.datasets_scripts.catalogue``): its ``ok`` rows, with
-  the catalogue's mpp; other rows are skipped with one line naming how many and why;
+  the catalogue's mpp, and its ``no-mpp`` rows too when the caller has an mpp for them (``mpp_given``:
+  ``--mpp_override`` / ``--default_mpp``; such records carry no mpp and the stream resolves it); other rows
+  are skipped with one line naming how many and why;
 * ``*.csv`` / ``*.tsv`` / ``*.txt``: a GDC manifest when its header has ``id`` and ``filename`` (files under
-  ``<manifest folder>/<id>/<filename>``), else a pathfm manifest (``path``, optional ``mpp``, ``slide_id``...);
+  ``<manifest folder>/<id>/<filename>``; listed slides not downloaded are kept, see
+  :func:`pathfm.datasets_scripts.sources.read_gdc_manifest`), else a pathfm manifest (``path``, optional
+  ``mpp``, ``slide_id``...);
 * any other path: one slide file. A missing slide file stays in the list and is skipped and counted when the
   stream opens it; a missing folder/manifest/catalogue raises.
 
@@ -70,11 +74,18 @@ def _is_gdc_manifest(path: Path) -> bool:
     return {"id", "filename"} <= {h.strip() for h in header}
 
 
-def read_catalogue(path: str | os.PathLike) -> list[SlideRecord]:
+def _usable_statuses(mpp_given: bool) -> tuple[str, ...]:
+    return ("ok", "no-mpp") if mpp_given else ("ok",)
+
+
+def read_catalogue(path: str | os.PathLike, mpp_given: bool = False) -> list[SlideRecord]:
     """The usable slides of a catalogue parquet file (rows with status ``ok``), without opening any slide.
 
     Args:
         path: catalogue written by ``pathfm.datasets_scripts.catalogue``.
+        mpp_given: the caller has an ``--mpp_override`` or ``--default_mpp``: ``no-mpp`` rows are usable too
+            (their records carry mpp None, so the stream follows the mpp chain to the given value; a row
+            refused for non-square pixels stays refused unless the override is given).
 
     Returns:
         records with the catalogue's slide id, group and level-0 mpp (x; the catalogue refuses slides whose x
@@ -83,15 +94,22 @@ def read_catalogue(path: str | os.PathLike) -> list[SlideRecord]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a catalogue (columns missing).
+        ValueError: not a catalogue (not parquet, or columns missing; the file is named).
     """
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     cpath = Path(path)
     if not cpath.is_file():
         raise FileNotFoundError(f"{cpath}: slide catalogue not found")
-    names = set(pq.read_schema(cpath).names)
+    try:
+        names = set(pq.read_schema(cpath).names)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(
+            f"{cpath}: not a slide catalogue (cannot read it as parquet: {err}); build one with "
+            f"`python -m pathfm.datasets_scripts.catalogue SLIDES... --output {cpath.name}`"
+        ) from None
     missing = [c for c in CATALOGUE_RECORD_COLUMNS if c not in names]
     if missing:
         raise ValueError(
@@ -100,9 +118,12 @@ def read_catalogue(path: str | os.PathLike) -> list[SlideRecord]:
         )
     table = pq.read_table(cpath, columns=CATALOGUE_RECORD_COLUMNS)
     statuses = table.column("status")
-    skipped = Counter(s for s in statuses.to_pylist() if s != "ok")
-    is_ok = pc.equal(statuses, "ok")
+    usable = _usable_statuses(mpp_given)
+    skipped = Counter(s for s in statuses.to_pylist() if s not in usable)
+    is_ok = pc.is_in(statuses, value_set=pa.array(usable))
     ok = table.filter(is_ok).to_pydict()
+    # a no-mpp row's mpp_x (set when its pixels are not square) is not a given value: the stream resolves it
+    mpps = [m if s == "ok" else None for m, s in zip(ok["mpp_x"], ok["status"])]
     rows = pc.indices_nonzero(is_ok).to_pylist()  # the ok rows' positions in the file (catalogue_masks)
     catalogue = str(cpath)
     with gc_paused():
@@ -111,9 +132,7 @@ def read_catalogue(path: str | os.PathLike) -> list[SlideRecord]:
                 path=path, slide_id=slide_id, mpp=mpp, group=group,
                 extra={"catalogue": catalogue, "catalogue_row": row},
             )
-            for path, slide_id, mpp, group, row in zip(
-                ok["path"], ok["slide_id"], ok["mpp_x"], ok["group"], rows
-            )
+            for path, slide_id, mpp, group, row in zip(ok["path"], ok["slide_id"], mpps, ok["group"], rows)
         ]  # fmt: skip
     if skipped:
         logger.warning(
@@ -126,12 +145,13 @@ def read_catalogue(path: str | os.PathLike) -> list[SlideRecord]:
     return records
 
 
-def catalogue_skips(sources: Any) -> Counter[str]:
+def catalogue_skips(sources: Any, mpp_given: bool = False) -> Counter[str]:
     """How many catalogued slides :func:`read_catalogue` leaves out, by status (``unreadable``, ``no-mpp``,
     ``no-tissue``, ...), over the catalogue ``.parquet`` files among ``sources`` (other sources count 0).
 
     Args:
         sources: one source or a list of them, as for :func:`resolve_sources`.
+        mpp_given: as for :func:`read_catalogue` (``no-mpp`` rows are then used, not left out).
     """
     import pyarrow.parquet as pq
 
@@ -141,11 +161,12 @@ def catalogue_skips(sources: Any) -> Counter[str]:
         if isinstance(item, (str, os.PathLike)) and Path(item).suffix.lower() == CATALOGUE_SUFFIX:
             if Path(item).is_file():
                 statuses = pq.read_table(item, columns=["status"]).column("status").to_pylist()
-                skipped.update(status for status in statuses if status != "ok")
+                usable = _usable_statuses(mpp_given)
+                skipped.update(status for status in statuses if status not in usable)
     return skipped
 
 
-def _records_of(item: Any) -> list[SlideRecord]:
+def _records_of(item: Any, mpp_given: bool) -> list[SlideRecord]:
     if isinstance(item, SlideRecord):
         return [item]
     if isinstance(item, dict):
@@ -159,11 +180,13 @@ def _records_of(item: Any) -> list[SlideRecord]:
     if p.is_dir():
         return find_slides(p)
     if suffix == CATALOGUE_SUFFIX:
-        return read_catalogue(p)
+        return read_catalogue(p, mpp_given)
     if suffix in MANIFEST_SUFFIXES:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: manifest not found (expected a .csv/.tsv manifest or GDC manifest)")
-        return read_gdc_manifest(p) if _is_gdc_manifest(p) else read_manifest(p)
+        # A partial download is common: its missing slides are kept (the stream skips and counts them, the
+        # catalogue writes them as unreadable rows saying so); none downloaded at all is an error.
+        return read_gdc_manifest(p, missing="keep") if _is_gdc_manifest(p) else read_manifest(p)
     if not p.exists() and not suffix:
         raise FileNotFoundError(
             f"slide source {str(item)!r} does not exist (expected a slide file, a folder, a manifest "
@@ -197,31 +220,52 @@ def unique_slide_ids(records: list[SlideRecord]) -> list[SlideRecord]:
     return records
 
 
-def resolve_sources(sources: Any, sort: bool = False) -> list[SlideRecord]:
+def _nothing_usable(items: list[Any], mpp_given: bool) -> str:
+    """Why ``items`` gave no slide: the statuses of the catalogue rows left out, and the fix."""
+    skipped = catalogue_skips(items, mpp_given)
+    if not skipped:
+        return (
+            f"no slides found in {items!r}: give slide files, folders that contain slides, a manifest, "
+            f"a catalogue or 'embedded'"
+        )
+    fixes = []
+    if skipped.get("no-mpp"):
+        fixes.append(
+            "no-mpp rows need a level-0 mpp: pass --default_mpp 0.25 (or --mpp_override) here, or rebuild "
+            "the catalogue with --default_mpp"
+        )
+    if set(skipped) - {"no-mpp"}:
+        fixes.append("the catalogue's reason column says why each other row was left out")
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(skipped.items()))
+    left_out = f"every catalogued slide was left out ({statuses})"
+    return f"no usable slides in {items!r}: {left_out}; " + "; ".join(fixes)
+
+
+def resolve_sources(sources: Any, sort: bool = False, mpp_given: bool = False) -> list[SlideRecord]:
     """Turn slide sources into records (see the module docstring for what each kind of source means).
 
     Args:
         sources: one source or a list of them.
         sort: sort by absolute path (else: the sources' order, folders sorted inside).
+        mpp_given: an ``--mpp_override`` / ``--default_mpp`` will be applied: a catalogue's ``no-mpp`` rows
+            are usable (:func:`read_catalogue`).
 
     Returns:
         records, each file once (the first mention wins), ids unique.
 
     Raises:
         FileNotFoundError: a folder, manifest or catalogue that does not exist (named).
-        ValueError: nothing given, or no slides found (the sources are listed).
+        ValueError: nothing given, or no slides found (the sources are listed; for catalogues whose rows were
+            all left out, their statuses and the fix).
     """
     if sources is None or (isinstance(sources, (list, tuple)) and not sources):
         raise ValueError("no slide sources given: give slide files, folders, manifests, a catalogue or 'embedded'")
     items = [sources] if isinstance(sources, (str, os.PathLike, SlideRecord, dict)) else list(sources)
     seen: dict[str, SlideRecord] = {}
     for item in items:
-        for rec in _records_of(item):
+        for rec in _records_of(item, mpp_given):
             seen.setdefault(_abspath(rec.path), rec)
     if not seen:
-        raise ValueError(
-            f"no slides found in {items!r}: give slide files, folders that contain slides, a manifest, "
-            f"a catalogue or 'embedded'"
-        )
+        raise ValueError(_nothing_usable(items, mpp_given))
     records = [seen[k] for k in sorted(seen)] if sort else list(seen.values())
     return unique_slide_ids(records)

@@ -294,7 +294,10 @@ def read_gdc_manifest(
         manifest: GDC manifest TSV (columns ``id``, ``filename``; ``md5``, ``size``, ``state`` ignored).
         root: download folder holding ``<id>/<filename>`` (default: the manifest's folder).
         ffpe_only: keep only FFPE diagnostic slides (barcode slide type ``DX``).
-        missing: ``"error"`` (raise listing the missing files) or ``"skip"`` (drop them).
+        missing: what to do with listed slides that are not under ``root`` (a partial download):
+            ``"error"`` (raise listing them), ``"skip"`` (drop them) or ``"keep"`` (keep their records, with
+            ``extra["not_downloaded"]`` = the reason in words and the fix: the catalogue writes them as
+            ``unreadable`` rows and the tile stream skips and counts them, as any missing slide file).
         mpp: optional mpp override for every slide (TCGA slides normally carry one).
 
     Returns:
@@ -302,7 +305,8 @@ def read_gdc_manifest(
         ``file_id``, ``tss``, ``sample_type``, ``slide_type``. Non-TCGA file names keep their stem as id.
 
     Raises:
-        FileNotFoundError: manifest missing, or (``missing="error"``) listed files absent under ``root``.
+        FileNotFoundError: manifest missing, (``missing="error"``) listed files absent under ``root``, or
+            (``missing="keep"``) none of the listed slides under ``root``.
         ValueError: manifest lacks the ``id``/``filename`` columns.
     """
     mpath = Path(manifest)
@@ -314,16 +318,19 @@ def read_gdc_manifest(
         raise ValueError(
             f"{mpath}: not a GDC manifest (expected tab-separated columns id, filename, md5, size, state)"
         )
+    hint = f"rerun `gdc-client download -m {mpath.name} -d {base}` (partial downloads are common)"
     records, absent = [], []
     for row in rows:
         fname = row["filename"].strip()
         if Path(fname).suffix.lower() not in SLIDE_EXTENSIONS:
             continue
         p = base / row["id"].strip() / fname
+        extra = {"file_id": row["id"].strip()}
         if not p.is_file():
             absent.append(str(p))
-            continue
-        extra = {"file_id": row["id"].strip()}
+            if missing != "keep":
+                continue
+            extra["not_downloaded"] = f"not downloaded: {p}; {hint} (listed in {mpath})"
         try:
             bc = parse_tcga_barcode(fname)
         except ValueError:
@@ -337,10 +344,12 @@ def read_gdc_manifest(
             continue
         extra.update(tss=bc.tss, sample_type=bc.sample_type, slide_type=bc.slide_type)
         records.append(SlideRecord(path=str(p), slide_id=bc.barcode, mpp=mpp, group=bc.patient, extra=extra))
-    if absent and missing == "error":
-        shown = "\n  ".join(absent[:5])
+    downloaded = sum("not_downloaded" not in r.extra for r in records)
+    if absent and (missing == "error" or (missing == "keep" and downloaded == 0)):
+        shown = ", ".join(absent[:3]) + (f" and {len(absent) - 3} more" if len(absent) > 3 else "")
+        what = "no listed slide downloaded" if missing == "keep" else f"{len(absent)} listed slide(s) missing"
         raise FileNotFoundError(
-            f"{mpath}: {len(absent)} listed slide(s) missing under {base} (expected <file_id>/<file_name> as "
-            f"written by `gdc-client download -m {mpath.name} -d {base}`), e.g.\n  {shown}"
+            f"{mpath}: {what} under {base} (expected <file_id>/<file_name> as written by "
+            f"`gdc-client download -m {mpath.name} -d {base}`): {shown}"
         )
     return records

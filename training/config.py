@@ -152,6 +152,20 @@ class DINODataArguments:
     )
     tile_size: int = field(default=256, metadata={"help": "Tile side in px read from the slide."})
     min_tissue: float = field(default=0.4, metadata={"help": "Minimum tissue fraction of a kept tile."})
+    min_object_um2: float = field(
+        default=10_000.0,
+        metadata={
+            "help": "Smallest tissue piece kept in a slide's tissue mask, µm² (lower it for needle biopsies "
+            "and TMA cores). Give the value the catalogue was built with, or its masks are computed again."
+        },
+    )
+    saturation_floor: float = field(
+        default=20.0,
+        metadata={"help": "Tissue mask: the most saturated the glass can be, 0-255 (as the catalogue's flag)."},
+    )
+    mask_mpp: float = field(
+        default=8.0, metadata={"help": "Tissue mask resolution, µm/px (as the catalogue's flag)."}
+    )
     tiles_per_slide: int = field(
         default=1000,
         metadata={"help": "Tiles drawn per slide per pass of the stream (a new pass is re-seeded)."},
@@ -604,6 +618,8 @@ RANGES: tuple[tuple[str, float, float | None, str], ...] = (
     ("steps_per_epoch", 1, None, "optimizer steps per epoch"),
     ("tile_size", 1, None, "tile side in px"),
     ("tiles_per_slide", 1, None, "tiles per slide per pass"),
+    ("min_object_um2", 0, None, "µm²"),
+    ("saturation_floor", 0, 255, "0-255"),
     ("global_crop_size", 1, None, "crop side in px"),
     ("local_crop_size", 1, None, "crop side in px"),
     ("local_crops_number", 0, None, "local crops per tile"),
@@ -635,6 +651,7 @@ RANGES: tuple[tuple[str, float, float | None, str], ...] = (
     ("patch_embed_lr_mult", 0, None, "lr multiplier"),
 )
 POSITIVE = (
+    ("mask_mpp", "µm/px"),
     ("lr", "base lr"),
     ("teacher_temp", "temperature"),
     ("warmup_teacher_temp", "temperature"),

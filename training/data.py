@@ -6,14 +6,22 @@ its seed, and the RankMe probe tiles.
 
 from __future__ import annotations
 
-import math
+import logging
 from dataclasses import dataclass, field
 
 import torch
 
 from pathfm.datasets_scripts.resolve import catalogue_skips
 from pathfm.training.config import DINODataArguments, DINOTrainingArguments
-from pathfm.training.tile_batches import TileBatchStream, partition_slides, preflight_slides, resolve_slides
+from pathfm.training.tile_batches import (
+    EmptyTileStreamError,
+    TileBatchStream,
+    partition_slides,
+    preflight_slides,
+    resolve_slides,
+)
+
+logger = logging.getLogger("pathfm.dino")
 
 
 @dataclass
@@ -36,11 +44,15 @@ class RunData:
 
 
 def slide_options(d_args: DINODataArguments) -> dict:
-    """The reading options of ``--mpp_override``, ``--default_mpp`` and ``--icc_profile``."""
+    """The reading and tissue-mask options (``--mpp_override``, ``--default_mpp``, ``--icc_profile``,
+    ``--min_object_um2``, ``--saturation_floor``, ``--mask_mpp``)."""
     return {
         "mpp_override": d_args.mpp_override,
         "default_mpp": d_args.default_mpp,
         "icc_profile": d_args.icc_profile,
+        "min_object_um2": d_args.min_object_um2,
+        "saturation_floor": d_args.saturation_floor,
+        "mask_mpp": d_args.mask_mpp,
     }
 
 
@@ -52,7 +64,8 @@ def build_data(
     Raises:
         ValueError: No slide, none readable, or fewer slides than processes.
     """
-    records = resolve_slides(d_args.slides)
+    mpp_given = d_args.mpp_override is not None or d_args.default_mpp is not None
+    records = resolve_slides(d_args.slides, mpp_given)
     # no readable slide -> ValueError before training
     readable, failed = preflight_slides(records, d_args.mpp_override, d_args.default_mpp, d_args.reader)
     my_slides = partition_slides(readable, rank, world_size)
@@ -69,7 +82,7 @@ def build_data(
         reader=d_args.reader,
         reader_threads=d_args.reader_threads,
     )
-    return RunData(readable, failed, my_slides, stream, dict(catalogue_skips(d_args.slides)))
+    return RunData(readable, failed, my_slides, stream, dict(catalogue_skips(d_args.slides, mpp_given)))
 
 
 def probe_pixels(tiles: torch.Tensor, size: int) -> torch.Tensor:
@@ -85,7 +98,11 @@ def build_probe(
 ) -> torch.Tensor | None:
     """Fixed RankMe probe batch (B, 3, global_crop_size, global_crop_size), or None if ``probe_size`` is 0.
 
-    It has its own seeded stream so it never touches the training RNG.
+    It has its own seeded stream so it never touches the training RNG. The stream interleaves the slides, so
+    the batch mixes them even though any one slide may give all of it (``tiles_per_slide = probe_size``): a
+    slide that fails to open (moved since the catalogue was built, corrupt) costs the probe nothing. The probe
+    is a diagnostic: when the slides cannot fill it, it is turned off with a warning, and the training
+    stream says what is wrong with them.
     """
     if t_args.probe_size <= 0:
         return None
@@ -96,9 +113,14 @@ def build_probe(
         mpps=d_args.mpps,
         tile_size=d_args.tile_size,
         min_tissue=d_args.min_tissue,
-        tiles_per_slide=max(1, math.ceil(t_args.probe_size / len(readable))) + 1,
+        tiles_per_slide=t_args.probe_size,
         **slide_options(d_args),
     )
-    probe = probe_pixels(next(probe_stream)["pixel_values"], d_args.global_crop_size).to(device)
-    probe_stream.close()
-    return probe
+    try:
+        pixels = next(probe_stream)["pixel_values"]
+    except EmptyTileStreamError as err:
+        logger.warning("RankMe probe off (--probe_size %d): %s", t_args.probe_size, err)
+        return None
+    finally:
+        probe_stream.close()
+    return probe_pixels(pixels, d_args.global_crop_size).to(device)

@@ -42,9 +42,10 @@ __all__ = ["resolve_slides", "preflight_slides", "partition_slides", "TileBatchS
 
 logger = logging.getLogger(__name__)
 
-def resolve_slides(sources: Sequence[str]) -> list[SlideRecord]:
+def resolve_slides(sources: Sequence[str], mpp_given: bool = False) -> list[SlideRecord]:
     """Turn slide sources into records, sorted by path (:func:`pathfm.datasets_scripts.resolve.resolve_sources`:
-    slide files, folders, manifests, GDC manifests, catalogues ``.parquet``, or ``embedded``).
+    slide files, folders, manifests, GDC manifests, catalogues ``.parquet``, or ``embedded``). ``mpp_given``
+    (an ``--mpp_override`` / ``--default_mpp``) makes a catalogue's ``no-mpp`` rows usable.
 
     Raises:
         FileNotFoundError: A folder, manifest or catalogue that does not exist (named).
@@ -52,7 +53,7 @@ def resolve_slides(sources: Sequence[str]) -> list[SlideRecord]:
     """
     from pathfm.datasets_scripts.resolve import resolve_sources
 
-    return resolve_sources(list(sources), sort=True)
+    return resolve_sources(list(sources), sort=True, mpp_given=mpp_given)
 
 
 def preflight_slides(
@@ -156,6 +157,8 @@ class TileBatchStream:
         icc_profile: ``"ignore"`` or ``"apply"`` embedded ICC profiles.
         reader, reader_threads: pixel reader and its decoder threads (``SlideTilesConfig.reader`` /
             ``reader_threads``).
+        min_object_um2, saturation_floor, mask_mpp: tissue-mask settings (``SlideTilesConfig``; equal to the
+            catalogue's, its stored masks are read back instead of computed).
     """
 
     def __init__(
@@ -173,8 +176,14 @@ class TileBatchStream:
         icc_profile: str = "ignore",
         reader: str = "auto",
         reader_threads: int = 1,
+        min_object_um2: float = 10_000.0,
+        saturation_floor: float = 20.0,
+        mask_mpp: float = 8.0,
     ) -> None:
         self.records = list(records)
+        self.mask_options = {
+            "min_object_um2": min_object_um2, "saturation_floor": saturation_floor, "mask_mpp": mask_mpp
+        }
         self.mpp_override, self.default_mpp, self.icc_profile = mpp_override, default_mpp, icc_profile
         self.reader = reader
         self.reader_threads = reader_threads
@@ -213,6 +222,7 @@ class TileBatchStream:
             icc_profile=self.icc_profile,
             reader=self.reader,
             reader_threads=self.reader_threads,
+            **self.mask_options,
         )
         # This rank's slides are already partitioned: no second split by node.
         self._ds = tile_stream(config, rank=0, world_size=1, num_workers=self.num_workers)

@@ -86,9 +86,9 @@ def test_catalogue_cli_mpp_flags_and_bad_output(mixed_slides, tmp_path, capsys):
     assert main([str(mixed_slides / "nompp.tiff"), "--output", str(out), "--default_mpp", "0.5"]) == 0
     row = next(iter(_rows(out).values()))
     assert (row["mpp_x"], row["mpp_source"]) == (0.5, "default_mpp")
-    assert main([str(mixed_slides / "good.tiff"), "--output", str(out), "--mpp_override", "30"]) == 0
-    row = _rows(out)["good.tiff"]
-    assert row["status"] == "no-mpp" and "30" in row["reason"] and "mpp_override" in row["reason"]
+    # an implausible override is refused up front (bounds named), not written as no-mpp rows
+    assert main([str(mixed_slides / "good.tiff"), "--output", str(out), "--mpp_override", "30"]) == 2
+    assert "--mpp_override is a level-0 µm/px between 0.05 and 10" in capsys.readouterr().err
     assert main([str(mixed_slides), "--output", str(tmp_path / "c.csv")]) == 2
     assert "must end with .parquet" in capsys.readouterr().err
 
@@ -168,3 +168,138 @@ def test_training_log_counts_the_slides_a_catalogue_left_out(mixed_slides, tmp_p
         "(skipped overall: 1 no mpp, 1 unreadable, 1 catalogued as no-mpp, 1 catalogued as no-tissue, "
         "1 catalogued as unreadable)"
     ), summary
+
+
+def test_catalogue_rerun_reopens_when_mpp_flags_change(mixed_slides, tmp_path, capsys):
+    out = tmp_path / "c.parquet"
+    slides = [str(mixed_slides / "nompp.tiff"), str(mixed_slides / "good.tiff")]
+    assert build_catalogue(slides, out)["no-mpp"] == 1
+    # the README's advice: add --default_mpp. Only the slide without an mpp of its own needs reopening.
+    counts = build_catalogue(slides, out, default_mpp=0.5)
+    assert (counts["opened"], counts["reused"], counts.get("no-mpp", 0)) == (1, 1, 0)
+    row = _rows(out)["nompp.tiff"]
+    assert (row["status"], row["mpp_x"], row["mpp_source"]) == ("no-tissue", 0.5, "default_mpp")  # blank
+    assert build_catalogue(slides, out, default_mpp=0.5)["opened"] == 0
+    assert build_catalogue(slides, out, default_mpp=0.25)["opened"] == 1  # a changed default
+    counts = build_catalogue(slides, out)  # the flag removed: the row it made is stale
+    assert (counts["opened"], counts["no-mpp"]) == (1, 1)
+    counts = build_catalogue(slides, out, mpp_override=0.25)  # an override changes every slide
+    assert counts["opened"] == 2 and _rows(out)["good.tiff"]["mpp_source"] == "mpp_override"
+    assert build_catalogue(slides, out, mpp_override=0.25, default_mpp=0.5)["opened"] == 0  # override wins
+    assert build_catalogue(slides, out)["opened"] == 2
+    import pyarrow.parquet as pq
+
+    pq.write_table(pq.read_table(out).drop(["mpp_options"]), out)  # a catalogue from before the column
+    assert build_catalogue(slides, out)["opened"] == 2
+
+
+def test_catalogue_output_that_is_not_a_catalogue_is_refused_untouched(mixed_slides, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    other = tmp_path / "features.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), other)
+    text = tmp_path / "notes.parquet"
+    text.write_text("not parquet")
+    for target in (other, text):
+        before = target.read_bytes()
+        assert main([str(mixed_slides / "good.tiff"), "--output", str(target)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(target) in err and "not a slide catalogue" in err
+        assert "--output" in err and target.read_bytes() == before
+        assert not (tmp_path / (target.name + ".partial.jsonl")).exists()
+
+
+@pytest.mark.parametrize(
+    "flag,value",
+    [("--mpp_override", "0"), ("--mpp_override", "-1"), ("--default_mpp", "nan"), ("--default_mpp", "inf"),
+     ("--mpp_override", "1e6"), ("--default_mpp", "0.01"), ("--num_proc", "0"), ("--num_proc", "-1")],
+)  # fmt: skip
+def test_catalogue_cli_refuses_bad_mpp_and_num_proc_before_opening(
+    mixed_slides, tmp_path, capsys, flag, value
+):
+    out = tmp_path / "c.parquet"
+    assert main([str(mixed_slides), "--output", str(out), flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and flag in err and value in err.replace("1000000.0", "1e6")
+    assert not out.exists() and not (tmp_path / "c.parquet.partial.jsonl").exists()
+
+
+def _gdc_download(tmp_path, slides) -> tuple[Path, list[Path]]:
+    """A GDC manifest listing ``slides`` copied into ``<root>/<file_id>/<barcode>.svs`` (TCGA layout)."""
+    root = tmp_path / "gdc"
+    paths, lines = [], ["id\tfilename\tmd5\tsize\tstate"]
+    for i, src in enumerate(slides):
+        fid, name = f"{i:08d}-aaaa", f"TCGA-A1-A0S{i}-01A-01-DX1.uuid{i}.svs"
+        (root / fid).mkdir(parents=True)
+        shutil.copy(src, root / fid / name)
+        paths.append(root / fid / name)
+        lines.append(f"{fid}\t{name}\tx\t1\treleased")
+    (root / "gdc_manifest.txt").write_text("\n".join(lines) + "\n")
+    return root / "gdc_manifest.txt", paths
+
+
+def test_partial_gdc_download_catalogued_as_not_downloaded_and_skipped_by_training(
+    tmp_path, eight_slides, caplog, capsys
+):
+    from pathfm.training.tile_batches import preflight_slides, resolve_slides
+
+    manifest, paths = _gdc_download(tmp_path, eight_slides[:3])
+    paths[1].unlink()  # gdc-client failed on this one
+    out = tmp_path / "cat.parquet"
+    counts = build_catalogue([str(manifest)], out)
+    assert (counts["rows"], counts["ok"], counts["unreadable"]) == (3, 2, 1)
+    row = next(r for r in datasets.load_dataset("parquet", data_files=str(out), split="train")
+               if r["path"] == str(paths[1]))  # fmt: skip
+    assert row["status"] == "unreadable" and row["slide_id"] == "TCGA-A1-A0S1-01A-01-DX1"
+    assert row["reason"].startswith(f"not downloaded: {paths[1]}; rerun `gdc-client download -m gdc_manifest")
+    # training straight from the manifest: the missing slide is skipped and counted, one warning line
+    caplog.clear()
+    readable, failed = preflight_slides(resolve_slides([str(manifest)]))
+    assert sorted(r.path for r in readable) == sorted(map(str, [paths[0], paths[2]]))
+    assert list(failed) == [str(paths[1])] and failed[str(paths[1])].startswith("unreadable")
+    warned = [r.getMessage() for r in caplog.records if str(paths[1]) in r.getMessage()]
+    assert len(warned) == 1 and len(warned[0].splitlines()) == 1
+    for p in (paths[0], paths[2]):
+        p.unlink()
+    with pytest.raises(FileNotFoundError, match=r"no listed slide downloaded under .*gdc-client download"):
+        resolve_sources(str(manifest))
+    capsys.readouterr()
+    assert main([str(manifest), "--output", str(tmp_path / "none.parquet")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(paths[2]) in err and "no listed slide downloaded" in err
+
+
+def test_corrupt_catalogue_named_in_one_line(tmp_path):
+    bad = tmp_path / "x.parquet"
+    bad.write_bytes(b"definitely not parquet" * 10)
+    match = r"x\.parquet: not a slide catalogue \(cannot read it as parquet"
+    with pytest.raises(ValueError, match=match) as info:
+        resolve_sources(str(bad))
+    assert len(str(info.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag", ["--default_mpp", "--mpp_override"])
+def test_training_uses_no_mpp_catalogue_rows_when_an_mpp_is_given(tmp_path, flag):
+    from pathfm.training.config import parse_config
+    from pathfm.training.data import build_data
+    from pathfm.training.dino import slides_summary
+    from pathfm.training.tile_batches import resolve_slides
+    from tests.datasets_scripts.synthetic import tissue_rect_slide
+
+    nompp = tissue_rect_slide(tmp_path / "nompp.tiff", 1024, 768, (64, 64, 640, 512), mpp=None)
+    out = tmp_path / "nompp.parquet"
+    assert build_catalogue([str(nompp)], out)["no-mpp"] == 1
+    with pytest.raises(ValueError) as info:  # without a flag: why (the statuses) and the fix, in one line
+        resolve_slides([str(out)])
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and "every catalogued slide was left out (1 no-mpp)" in message
+    assert "--default_mpp" in message and "rebuild the catalogue" in message
+    argv = ["--slides", str(out), flag, "0.5", "--mpps", "1.0", "--tile_size", "32",
+            "--per_device_batch_size", "4", "--output_dir", str(tmp_path / "run")]  # fmt: skip
+    _, d_args, t_args, _ = parse_config(argv)
+    data = build_data(d_args, t_args, rank=0, world_size=1)
+    assert [r.mpp for r in data.my_slides] == [None]  # the stream resolves it from the flag
+    assert slides_summary(data).endswith("(skipped overall: none)"), slides_summary(data)
+    assert next(data.stream)["pixel_values"].shape == (4, 3, 32, 32)
+    data.stream.close()

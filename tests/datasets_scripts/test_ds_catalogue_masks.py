@@ -68,8 +68,23 @@ def test_stale_rows_are_computed_again(catalogued, tmp_path):
     cmu = tmp_path / "slides" / SVS[0]
     st = os.stat(cmu)
     os.utime(cmu, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file changed since cataloguing
-    _, _, stats = _tiles(str(catalogue))
-    assert stats["masks_from_catalogue"] == 1 and stats["slides_done"] == 2
+    with pytest.warns(RuntimeWarning, match=r"changed since .*\(another mtime\).*rebuild the catalogue"):
+        _, _, stats = _tiles(str(catalogue))
+    assert stats["masks_from_catalogue"] == 1 and stats["slides_done"] == 2 and stats["changed_slides"] == 1
+
+
+def test_a_slide_replaced_after_cataloguing_is_read_with_its_own_mpp(catalogued, tmp_path):
+    """CMU-1 (0.499 µm/px) overwritten by the TCGA sample, which has no mpp: the catalogued 0.499 must not be
+    used; without --default_mpp the slide is skipped as no mpp, with it the slide streams at that mpp."""
+    _, catalogue = catalogued
+    shutil.copy(default_slides_dir() / SVS[1], tmp_path / "slides" / SVS[0])
+    with pytest.warns(RuntimeWarning, match="bytes then"):
+        keys, _, stats = _tiles(str(catalogue))
+    assert stats["changed_slides"] == 1 and stats["no_mpp_slides"] == 1 and stats["slides_done"] == 1
+    assert {k[0] for k in keys} == {"tcga-cr-7395-01a-01-ts1"}
+    with pytest.warns(RuntimeWarning, match="bytes then"):
+        keys, _, stats = _tiles(str(catalogue), default_mpp=0.25)
+    assert stats["changed_slides"] == 1 and stats["slides_done"] == 2 and len(keys) == 12
 
 
 def test_catalogue_rerun_with_other_mask_settings_recomputes_rows(catalogued):
@@ -79,3 +94,39 @@ def test_catalogue_rerun_with_other_mask_settings_recomputes_rows(catalogued):
     assert counts["opened"] == 2 and counts["reused"] == 0
     _, _, stats = _tiles(str(catalogue), min_object_um2=5_000.0)
     assert stats["masks_from_catalogue"] == 2
+
+
+@pytest.mark.parametrize("given, reused", [("5000", 2), ("10000", 0)])
+def test_training_flags_reach_the_mask_settings(catalogued, tmp_path, given, reused):
+    """A catalogue built for needle biopsies (--min_object_um2 5000) is read back by a training run with the
+    same flag; with the default the stream computes its own masks (other settings, other masks)."""
+    from pathfm.training.config import parse_config
+    from pathfm.training.data import build_data
+
+    manifest, catalogue = catalogued
+    build_catalogue(manifest, catalogue, min_object_um2=5_000.0)
+    _, d_args, t_args, _ = parse_config(
+        ["--slides", str(catalogue), "--output_dir", str(tmp_path / "run"), "--num_workers", "0",
+         "--per_device_batch_size", "4", "--tiles_per_slide", "2", "--min_object_um2", given]
+    )  # fmt: skip
+    clear_mask_cache()
+    data = build_data(d_args, t_args, rank=0, world_size=1)
+    assert next(data.stream)["pixel_values"].shape[0] == 4
+    assert data.stream.stats()["masks_from_catalogue"] == reused
+    data.stream.close()
+
+
+def test_no_mpp_rows_stream_when_the_stream_has_an_mpp_for_them(tmp_path):
+    """A catalogue of the two SVS without a manifest mpp: the TCGA sample is a no-mpp row; the stream (and so
+    grid tiling and publish) uses it once --default_mpp gives it one, and leaves it out otherwise."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for name in SVS:
+        shutil.copy(default_slides_dir() / name, folder / name)
+    catalogue = tmp_path / "catalogue.parquet"
+    assert build_catalogue([str(folder)], catalogue)["no-mpp"] == 1
+    keys, _, _ = _tiles(str(catalogue))
+    assert {k[0] for k in keys} == {"CMU-1-Small-Region"}
+    keys, _, stats = _tiles(str(catalogue), default_mpp=0.25)
+    assert {k[0] for k in keys} == {"CMU-1-Small-Region", "tcga-cr-7395-01a-01-ts1"}
+    assert stats["slides_done"] == 2
