@@ -3,6 +3,7 @@
     python benchmarks/default_job.py                         # runs `accelerate launch training/dino.py` first
     python benchmarks/default_job.py --seeds 0,1,2           # ... once per training seed
     python benchmarks/default_job.py --run outputs/dino      # reads a finished run instead
+    python benchmarks/default_job.py --train_args "--random_rot90 false"   # the job with other flags
 
 Prints, side by side in one run: the run's loss / teacher entropy (fraction of log K) / RankMe per logged
 step from ``metrics.jsonl``, the number of collapse warnings in the log, and top-1 of the
@@ -24,6 +25,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 import argparse
 import json
 import math
+import shlex
 import subprocess
 import tempfile
 import time
@@ -31,8 +33,10 @@ import time
 import yaml
 
 
-def run_default_job(output_dir: Path, seed: int | None = None) -> tuple[str, float]:
-    """``accelerate launch training/dino.py`` (preset cpu_tiny) into ``output_dir``.
+def run_default_job(
+    output_dir: Path, seed: int | None = None, extra: list[str] | tuple[str, ...] = ()
+) -> tuple[str, float]:
+    """``accelerate launch training/dino.py`` (preset cpu_tiny, then the flags ``extra``) into ``output_dir``.
 
     Returns:
         (the job's log, wall seconds from launch to export).
@@ -41,7 +45,7 @@ def run_default_job(output_dir: Path, seed: int | None = None) -> tuple[str, flo
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--num_processes", "1", str(repo / "training" / "dino.py")]
     cmd += ["--output_dir", str(output_dir), "--report_to", "none", "--overwrite_output_dir", "true"]
-    cmd += [] if seed is None else ["--seed", str(seed)]
+    cmd += ([] if seed is None else ["--seed", str(seed)]) + list(extra)
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)
     if done.returncode != 0:
@@ -64,9 +68,13 @@ def print_curve(run: Path, log: str | None) -> None:
         print(f"collapse warnings in the log: {log.count('collapse')}")
 
 
+_RANDOM_INIT_SCORES: dict[tuple[str, int, int], dict] = {}  # (config.json, seed, queries/tile) -> score
+
+
 def compare_to_random_init(model: Path, options, random_seeds: list[int], queries_per_tile: int) -> dict:
     """Retrieval of ``model`` and of ``random_seeds`` random inits of its architecture, with the paired
-    bootstrap interval of (trained - mean random init) top-1. Returns the bootstrap dict plus the scores."""
+    bootstrap interval of (trained - mean random init) top-1. Returns the bootstrap dict plus the scores.
+    A random init is scored once per architecture (``config.json``) and seed, then reused for later runs."""
     import torch
     from pathfm.evaluation.backbone import load_backbone
     from pathfm.evaluation.bootstrap import paired_mean_bootstrap
@@ -77,7 +85,11 @@ def compare_to_random_init(model: Path, options, random_seeds: list[int], querie
                                   queries_per_tile=queries_per_tile)
 
     trained = score()
-    randoms = [score(random_init=True, seed=s) for s in random_seeds]
+    arch = (model / "config.json").read_text()
+    for s in random_seeds:
+        if (arch, s, queries_per_tile) not in _RANDOM_INIT_SCORES:
+            _RANDOM_INIT_SCORES[arch, s, queries_per_tile] = score(random_init=True, seed=s)
+    randoms = [_RANDOM_INIT_SCORES[arch, s, queries_per_tile] for s in random_seeds]
     random_hits = torch.stack([r["hits"] for r in randoms]).mean(dim=0)
     tiles = [i % (trained["n"] // queries_per_tile) for i in range(trained["n"])]
     gap = paired_mean_bootstrap(trained["hits"].numpy(), random_hits.numpy(), groups=tiles)
@@ -90,6 +102,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0", help="training seeds of the default job (ignored with --run)")
     p.add_argument("--random_seeds", default="0,1,2,3,4", help="random-init seeds of the same architecture")
     p.add_argument("--queries_per_tile", type=int, default=4)
+    p.add_argument("--train_args", default="", help="extra training flags, one string (ignored with --run)")
     args = p.parse_args()
     from pathfm.evaluation.probe_runner import RunOptions
 
@@ -99,7 +112,9 @@ def main() -> None:
         options = RunOptions(Path(tmp) / "embeddings", batch_size=32, num_workers=1)
         for seed in [None] if args.run else [int(s) for s in args.seeds.split(",")]:
             run = Path(args.run) if args.run else Path(tmp) / f"run-seed{seed}"
-            log, seconds = (None, float("nan")) if args.run else run_default_job(run, seed)
+            log, seconds = (None, float("nan")) if args.run else run_default_job(
+                run, seed, shlex.split(args.train_args)
+            )
             if log is not None:
                 print(f"\ntraining seed {seed}: {seconds:.0f} s (launch to export)")
             print_curve(run, log)

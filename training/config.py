@@ -195,6 +195,14 @@ class DINODataArguments:
         default_factory=lambda: [0.05, 0.4],
         metadata={"help": "Area range of the local crops (DINO 0.05 0.4)."},
     )
+    random_rot90: bool = field(
+        default=False,
+        metadata={
+            "help": "Also turn every crop by a random multiple of 90 degrees: with DINO's horizontal flip, "
+            "each of the square's 8 rotations/mirrors (vertical flips included) with probability 1/8. "
+            "Tissue has no up or down (Elphick et al. 2024, arXiv 2412.11938). Not in DINO: default off."
+        },
+    )
 
 
 @dataclass

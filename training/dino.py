@@ -141,6 +141,7 @@ def train(
         d_args.local_crops_number,
         d_args.global_crops_scale,
         d_args.local_crops_scale,
+        random_rot90=d_args.random_rot90,
     ).to(device)
     logger.info("rank %d/%d reads %s", rank, world_size, slides_summary(data))
 
