@@ -28,8 +28,8 @@ training's start-up check (:mod:`pathfm.datasets_scripts.skips`).
 Re-running skips files whose size and mtime are unchanged (and whose mask settings, reader and mpp options
 are the same: changing ``--mpp_override`` reopens every slide, adding, changing or removing ``--default_mpp``
 the slides without an mpp of their own); a killed run resumes: finished rows are appended to
-``<output>.partial.jsonl`` as they come and merged into the parquet file (written atomically) at the end. The result is a plain parquet file:
-``datasets.load_dataset("parquet", data_files=...)`` reads it.
+``<output>.partial.jsonl`` as they come and merged into the parquet file (written atomically) at the end.
+The result is a plain parquet file: ``datasets.load_dataset("parquet", data_files=...)`` reads it.
 """
 
 from __future__ import annotations
