@@ -165,8 +165,8 @@ def metadata_mpp(props: dict[str, str], path: str) -> tuple[Level0Mpp | None, li
 def given_mpp_problem(name: str, value: float | None) -> str | None:
     """What is wrong with a user's ``--mpp_override`` / ``--default_mpp`` value (None: nothing, or not given).
 
-    The same bounds as training's config check (``MIN_LEVEL0_MPP``-``MAX_LEVEL0_MPP`` level-0 µm/px, finite),
-    so that a command line refuses the value up front instead of opening every slide to refuse it per slide.
+    ``MIN_LEVEL0_MPP``-``MAX_LEVEL0_MPP`` level-0 µm/px, finite; the training config and the catalogue CLI both
+    call it, so that a command line refuses the value up front instead of opening every slide to refuse it.
     """
     if value is None or (math.isfinite(value) and MIN_LEVEL0_MPP <= value <= MAX_LEVEL0_MPP):
         return None

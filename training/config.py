@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pathfm.datasets_scripts.mpp import given_mpp_problem
 from pathfm.training import hf_aliases
 from transformers import HfArgumentParser
 
@@ -705,9 +706,9 @@ def _validate(m: DINOModelArguments, d: DINODataArguments, t: DINOTrainingArgume
     elif any(not 0.05 <= mpp <= 20 for mpp in d.mpps):
         problems.append(f"--mpps must be µm/px between 0.05 and 20 (kaiko: 0.25 0.5 1 2), got {d.mpps}")
     for name in ("mpp_override", "default_mpp"):
-        value = getattr(d, name)
-        if value is not None and not 0.05 <= value <= 10:
-            problems.append(f"--{name} is a level-0 µm/px between 0.05 and 10 (0.25 at 40x), got {value}")
+        problem = given_mpp_problem(name, getattr(d, name))
+        if problem:
+            problems.append(problem)
     if d.icc_profile not in ("ignore", "apply"):
         problems.append(f"--icc_profile must be ignore or apply, got {d.icc_profile!r}")
     if not 0.0 <= d.min_tissue <= 1.0:
