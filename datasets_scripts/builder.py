@@ -24,7 +24,8 @@ counted (:func:`stream_stats`); a slide with no tissue yields zero tiles and say
 from __future__ import annotations
 
 import dataclasses
-import json
+import itertools
+import pickle
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -361,7 +362,7 @@ class LimitedTiles:
         return item
 
 
-def slide_tile_coords(groups: list[str], config: SlideTilesConfig, stats: SlideStats) -> Iterator[dict]:
+def slide_tile_coords(groups: list[bytes], config: SlideTilesConfig, stats: SlideStats) -> Iterator[dict]:
     """Generator of one shard: the tile coordinates of a group of slides, interleaved.
 
     Args:
@@ -466,36 +467,53 @@ def has_image(example: dict) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- the stream
-def encode_group(records: list[SlideRecord], indices: range, mpp_override: float | None = None) -> str:
-    """Slides ``records[i] for i in indices`` as one JSON string of six columns (index, path, slide_id, mpp,
+def _pack(strings: list[str]) -> str | list[str]:
+    """One NUL-separated string (pickled ~10x faster than 30,000 small ones); the list itself if a string
+    holds a NUL (no path can; a manifest's slide id could)."""
+    joined = "\0".join(strings)
+    return joined if strings and joined.count("\0") == len(strings) - 1 else strings
+
+
+def _unpack(packed: str | list[str]) -> list[str]:
+    return packed.split("\0") if isinstance(packed, str) else packed
+
+
+def encode_group(records: list[SlideRecord], indices: range, mpp_override: float | None = None) -> bytes:
+    """Slides ``records[i] for i in indices`` as one pickled list of six columns (index, path, slide_id, mpp,
     catalogue path or "", catalogue row or -1).
 
-    ``datasets`` fingerprints ``gen_kwargs`` by pickling them: one string per group keeps that cheap for
+    ``datasets`` fingerprints ``gen_kwargs`` by pickling them: one bytes object per group keeps that cheap for
     30,000 slides (records as objects take seconds). Columns of plain strings and numbers, rather than one
     small list per slide, also keep start-up from triggering full garbage collections, whose cost grows with the
-    whole heap (torch, datasets), not with the slides. ``mpp_override`` replaces every record's mpp.
+    whole heap (torch, datasets), not with the slides. Pickle, with the paths and ids each joined into one
+    string, rather than JSON: both directions take ~10 rather than ~30 ms for 30,000 slides, all of it before
+    the first batch. The bytes never leave the job (the DataLoader pickles its dataset to its workers the same
+    way). ``mpp_override`` replaces every record's mpp.
     """
-    mpps = [records[i].mpp for i in indices] if mpp_override is None else [float(mpp_override)] * len(indices)
-    catalogues = [records[i].extra.get("catalogue", "") for i in indices]
-    rows = [records[i].extra.get("catalogue_row", -1) for i in indices]
-    return json.dumps(
-        [list(indices), [records[i].path for i in indices], [records[i].slide_id for i in indices], mpps,
-         catalogues, rows]
+    chosen = records[indices.start : indices.stop : indices.step]
+    extras = [r.extra for r in chosen]
+    mpps = [r.mpp for r in chosen] if mpp_override is None else [float(mpp_override)] * len(chosen)
+    return pickle.dumps(
+        [(indices.start, indices.stop, indices.step), _pack([r.path for r in chosen]),
+         _pack([r.slide_id for r in chosen]), mpps, [e.get("catalogue", "") for e in extras],
+         [e.get("catalogue_row", -1) for e in extras]],
+        protocol=pickle.HIGHEST_PROTOCOL,
     )  # fmt: skip
 
 
-def decode_groups(texts: list[str]) -> list[list]:
+def decode_groups(groups: list[bytes]) -> list[list]:
     """Inverse of :func:`encode_group` for one or more groups: the six columns, groups concatenated."""
     columns: list[list] = [[], [], [], [], [], []]
-    for text in texts:
-        for column, values in zip(columns, json.loads(text), strict=True):
+    for group in groups:
+        span, paths, ids, *rest = pickle.loads(group)
+        for column, values in zip(columns, [range(*span), _unpack(paths), _unpack(ids), *rest], strict=True):
             column.extend(values)
     return columns
 
 
 def slide_groups(
     records: list[SlideRecord], world_size: int, num_workers: int, mpp_override: float | None = None
-) -> list[str]:
+) -> list[bytes]:
     """Split slides into shards: one group per consumer (rank x worker), a multiple of ``world_size``.
 
     Slides are dealt round robin, so group sizes differ by at most one. With fewer slides than consumers there
@@ -545,7 +563,7 @@ def tile_stream(
     from datasets.distributed import split_dataset_by_node
 
     given = config.slides
-    if isinstance(given, list) and given and all(isinstance(r, SlideRecord) for r in given):
+    if isinstance(given, list) and given and all(map(isinstance, given, itertools.repeat(SlideRecord))):
         records = unique_slide_ids(list(given))  # already resolved (e.g. training's records): no second pass
     else:
         records = resolve_slides(given, config.mpp_override is not None or config.default_mpp is not None)

@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt")
 CATALOGUE_SUFFIX = ".parquet"
 CATALOGUE_RECORD_COLUMNS = ["path", "slide_id", "mpp_x", "mpp_y", "group", "status", "reason"]
+_RECORD_FIELDS = ["path", "slide_id", "mpp_x", "group", "status"]  # the columns a record is built from
 
 
 @contextmanager
@@ -104,7 +105,8 @@ def read_catalogue(path: str | os.PathLike, mpp_given: bool = False) -> list[Sli
     if not cpath.is_file():
         raise FileNotFoundError(f"{cpath}: slide catalogue not found")
     try:
-        names = set(pq.read_schema(cpath).names)
+        parquet = pq.ParquetFile(cpath)
+        names = set(parquet.schema_arrow.names)
     except (pa.ArrowException, OSError) as err:
         raise ValueError(
             f"{cpath}: not a slide catalogue (cannot read it as parquet: {err}); build one with "
@@ -116,7 +118,9 @@ def read_catalogue(path: str | os.PathLike, mpp_given: bool = False) -> list[Sli
             f"{cpath}: not a slide catalogue (missing columns {missing}); build one with "
             f"`python -m pathfm.datasets_scripts.catalogue SLIDES... --output {cpath.name}`"
         )
-    table = pq.read_table(cpath, columns=CATALOGUE_RECORD_COLUMNS)
+    # ParquetFile.read rather than pq.read_table: the latter goes through pyarrow.dataset, ~4x slower on a
+    # 30,000-row catalogue's 118 row groups (20 vs 5 ms), all of it before the first batch
+    table = parquet.read(columns=_RECORD_FIELDS)
     statuses = table.column("status")
     usable = _usable_statuses(mpp_given)
     skipped = Counter(s for s in statuses.to_pylist() if s not in usable)
@@ -128,12 +132,9 @@ def read_catalogue(path: str | os.PathLike, mpp_given: bool = False) -> list[Sli
     catalogue = str(cpath)
     with gc_paused():
         records = [
-            SlideRecord(
-                path=path, slide_id=slide_id, mpp=mpp, group=group,
-                extra={"catalogue": catalogue, "catalogue_row": row},
-            )
+            SlideRecord(path, slide_id, mpp, None, group, {"catalogue": catalogue, "catalogue_row": row})
             for path, slide_id, mpp, group, row in zip(ok["path"], ok["slide_id"], mpps, ok["group"], rows)
-        ]  # fmt: skip
+        ]  # positional: a third cheaper than keywords, 30,000 times
     if skipped:
         logger.warning(
             "%s: skipping %d of %d catalogued slides (%s)",
@@ -160,7 +161,7 @@ def catalogue_skips(sources: Any, mpp_given: bool = False) -> Counter[str]:
     for item in items:
         if isinstance(item, (str, os.PathLike)) and Path(item).suffix.lower() == CATALOGUE_SUFFIX:
             if Path(item).is_file():
-                statuses = pq.read_table(item, columns=["status"]).column("status").to_pylist()
+                statuses = pq.ParquetFile(item).read(columns=["status"]).column("status").to_pylist()
                 usable = _usable_statuses(mpp_given)
                 skipped.update(status for status in statuses if status not in usable)
     return skipped
@@ -201,6 +202,15 @@ def _abspath(path: str) -> str:
     if path.startswith(os.sep) and "/./" not in path and "/../" not in path and "//" not in path:
         return path
     return os.path.abspath(path)
+
+
+def _absolute_paths(paths: list[str]) -> list[str]:
+    """``os.path.abspath`` of each path; one check over all of them when they already are (a catalogue's)."""
+    joined = "\0".join(paths)  # no path holds a NUL byte
+    if joined.startswith(os.sep) and joined.count("\0" + os.sep) == len(paths) - 1:
+        if "/./" not in joined and "/../" not in joined and "//" not in joined:
+            return paths
+    return [_abspath(p) for p in paths]
 
 
 def unique_slide_ids(records: list[SlideRecord]) -> list[SlideRecord]:
@@ -263,8 +273,15 @@ def resolve_sources(sources: Any, sort: bool = False, mpp_given: bool = False) -
     items = [sources] if isinstance(sources, (str, os.PathLike, SlideRecord, dict)) else list(sources)
     seen: dict[str, SlideRecord] = {}
     for item in items:
-        for rec in _records_of(item, mpp_given):
-            seen.setdefault(_abspath(rec.path), rec)
+        records = _records_of(item, mpp_given)
+        keys = _absolute_paths([r.path for r in records])
+        if not seen:
+            first = dict(zip(keys, records))
+            if len(first) == len(records):  # no file twice (a catalogue): no per-record work
+                seen = first
+                continue
+        for key, rec in zip(keys, records):
+            seen.setdefault(key, rec)
     if not seen:
         raise ValueError(_nothing_usable(items, mpp_given))
     records = [seen[k] for k in sorted(seen)] if sort else list(seen.values())

@@ -418,6 +418,7 @@ def cli(argv: list[str]) -> int:
     except TrainingInterrupted as stopped:
         if os.environ.get("RANK", "0") == "0":
             print(stopped.message, file=sys.stderr)
+        stopped.restore_signals()  # the stream is closed: nothing left that a second Ctrl-C must cut short
         return 128 + stopped.signum
     except KeyboardInterrupt:  # a second Ctrl-C while the first one's clean stop was unwinding
         if os.environ.get("RANK", "0") == "0":

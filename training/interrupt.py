@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -25,11 +26,17 @@ class TrainingInterrupted(Exception):
     Attributes:
         signum: The signal that stopped the run.
         message: "stopped at step N; last checkpoint ...; resume with ..." (one paragraph).
+        restore_signals: Puts back the SIGINT / SIGTERM handlers that were there before the loop. The loop
+            leaves its own installed when it raises this: closing the tile stream joins the DataLoader workers,
+            and a second Ctrl-C there must still exit at once with one line, not raise ``KeyboardInterrupt``
+            inside the iterator's ``__del__`` (a traceback). Whoever catches this calls it once the stream is
+            closed (``cli`` does, after printing :attr:`message`).
     """
 
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
         self.signum, self.message = signum, message
+        self.restore_signals: Callable[[], None] = lambda: None
 
 
 @dataclass

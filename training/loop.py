@@ -81,7 +81,8 @@ def run_loop(loop: Loop) -> None:
 
     Raises:
         NonFiniteLossError: The loss or the teacher's probe embeddings became NaN/Inf.
-        TrainingInterrupted: SIGINT / SIGTERM received; every rank stopped after the same step.
+        TrainingInterrupted: SIGINT / SIGTERM received; every rank stopped after the same step. The signal
+            handlers stay installed until the caller calls its ``restore_signals``.
     """
     acc, t_args, state = loop.accelerator, loop.t_args, loop.state
     total = t_args.total_steps
@@ -101,10 +102,16 @@ def run_loop(loop: Loop) -> None:
 
     loop.student.train()
     stop = StopFlag().install()
+    interrupted = False
     try:
         _steps(loop, total, next_crops, timer, metrics_path, progress, stop)
+    except TrainingInterrupted as stopped:
+        # the stop's clean-up (closing the stream joins the workers) still runs under our handlers
+        stopped.restore_signals, interrupted = stop.restore, True
+        raise
     finally:
-        stop.restore()
+        if not interrupted:
+            stop.restore()
         progress.close()
 
 

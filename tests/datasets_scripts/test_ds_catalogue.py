@@ -111,6 +111,26 @@ def test_resolver_one_rule_for_every_source(mixed_slides, tmp_path):
         resolve_sources(str(tmp_path / "no_such_folder"))
 
 
+def test_resolver_keeps_each_file_once_within_one_source(mixed_slides, tmp_path):
+    """A catalogue edited by hand may list a file twice, once through a path that is not normal: each file
+    is kept once, the first mention wins (the path-keyed dict is only skipped when no file repeats)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "catalogue.parquet"
+    build_catalogue([str(mixed_slides / "good.tiff"), str(mixed_slides / "a")], out)
+    rows = pq.read_table(out).to_pylist()
+    good = next(r for r in rows if r["path"].endswith("good.tiff"))
+    again = dict(good, path=f"{mixed_slides}/./good.tiff", slide_id="again")
+    edited = tmp_path / "edited.parquet"
+    pq.write_table(pa.Table.from_pylist([*rows, again, dict(good, slide_id="third")]), edited)
+    records = resolve_sources(str(edited))
+    assert sorted(r.path for r in records) == sorted(r["path"] for r in rows) and len(rows) == 2
+    assert [r.slide_id for r in records if r.path.endswith("good.tiff")] == [good["slide_id"]]
+    # the same catalogue twice: its slides once
+    assert [r.path for r in resolve_sources([str(out), str(out)])] == [r.path for r in resolve_sources(str(out))]
+
+
 def test_training_from_catalogue_opens_no_slide_before_first_batch(tmp_path, eight_slides, monkeypatch):
     from pathfm.datasets_scripts import slide as slide_mod
     from pathfm.training.tile_batches import TileBatchStream, partition_slides, preflight_slides, resolve_slides

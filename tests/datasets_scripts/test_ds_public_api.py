@@ -174,6 +174,26 @@ def test_uneven_slides_ranks_x_workers_no_duplicates_no_missing(eight_slides, n_
     assert all(0 < len(s) < n_slides for s in slides_per_rank)
 
 
+def test_slide_groups_carry_every_record_field_once():
+    """The groups that travel in ``gen_kwargs`` give back each slide's index, path, id, mpp and catalogue row,
+    dealt round robin; an id with a NUL byte (possible in a manifest) survives the joined-string packing."""
+    from pathfm.datasets_scripts.builder import decode_groups, slide_groups
+    from pathfm.datasets_scripts.sources import SlideRecord
+
+    records = [
+        SlideRecord(f"/s/{i}.svs", f"id{i}", 0.25 * (i + 1), extra={"catalogue": "/c.parquet", "catalogue_row": i})
+        for i in range(5)
+    ]
+    records[3] = SlideRecord("/s/3.svs", "odd\0id", None)
+    groups = slide_groups(records, world_size=1, num_workers=2)
+    assert len(groups) == 2
+    index, paths, ids, mpps, catalogues, rows = decode_groups(groups)
+    assert index == [0, 2, 4, 1, 3] and paths == [f"/s/{i}.svs" for i in index]
+    assert ids == ["id0", "id2", "id4", "id1", "odd\0id"] and mpps == [0.25, 0.75, 1.25, 0.5, None]
+    assert catalogues == ["/c.parquet"] * 4 + [""] and rows == [0, 2, 4, 1, -1]
+    assert decode_groups(slide_groups(records[:1], 1, 0, mpp_override=0.5))[3] == [0.5]
+
+
 def test_state_dict_resume_through_map_reads_no_skipped_pixels(eight_slides, monkeypatch):
     cfg = _random(eight_slides[:3])
     full = [_key(e) for e in tile_stream(cfg).map(lambda e: {"s": 1})]

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from pathfm.training import dino
+from pathfm.training.interrupt import StopFlag
 from pathfm.training.resume_check import FREE_FLAGS, resume_differences, saved_config_path
 from tests.training.conftest import reset_accelerate_state
 from tests.training.test_train_loop import _args, _run
@@ -121,11 +122,27 @@ def _wait_and_interrupt(metrics: Path, deadline_s: float = 300) -> None:
         time.sleep(0.02)
 
 
-def test_ctrl_c_before_the_first_checkpoint_then_the_same_command_starts_afresh(cmu_svs, tmp_path, capsys):
+def test_ctrl_c_before_the_first_checkpoint_then_the_same_command_starts_afresh(
+    cmu_svs, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "run"
     argv = _args(cmu_svs, out, "--max_steps", "8", "--save_steps", "0", "--report_to", "tensorboard")
     threading.Thread(target=_wait_and_interrupt, args=(out / "metrics.jsonl",), daemon=True).start()
+    # the handler in force while the stop closes the stream (joining the DataLoader workers): still the
+    # loop's, so that a second Ctrl-C there exits at once instead of raising inside the iterator's __del__
+    before, during_close = signal.getsignal(signal.SIGINT), []
+    run_and_close = dino.run_until_done_or_interrupted
+
+    def recording(loop, stream):
+        close = stream.close
+        stream.close = lambda: (during_close.append(signal.getsignal(signal.SIGINT)), close())
+        return run_and_close(loop, stream)
+
+    monkeypatch.setattr(dino, "run_until_done_or_interrupted", recording)
     assert dino.cli(argv) == 130
+    assert len(during_close) == 1 and isinstance(getattr(during_close[0], "__self__", None), StopFlag)
+    assert signal.getsignal(signal.SIGINT) is before  # cli put the caller's handler back
+    monkeypatch.undo()
     stopped = capsys.readouterr().err.strip().splitlines()[-1]
     assert stopped.startswith("stopped by SIGINT at step ") and stopped.endswith(
         "last checkpoint none (nothing to resume; --save_on_interrupt saves one at the stop); run the same "
