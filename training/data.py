@@ -7,6 +7,8 @@ its seed, and the RankMe probe tiles.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -56,6 +58,21 @@ def slide_options(d_args: DINODataArguments) -> dict:
     }
 
 
+@contextmanager
+def warnings_on_rank_zero(rank: int) -> Iterator[None]:
+    """Every rank resolves and opens the same slides at start-up: only rank 0 logs what it skips (one line
+    per slide, as for one process). The counts still reach every rank's start line; what a DataLoader worker
+    skips later is its rank's own and is logged there."""
+    package = logging.getLogger("pathfm")
+    level = package.level
+    if rank != 0:
+        package.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        package.setLevel(level)
+
+
 def build_data(
     d_args: DINODataArguments, t_args: DINOTrainingArguments, rank: int, world_size: int
 ) -> RunData:
@@ -65,9 +82,10 @@ def build_data(
         ValueError: No slide, none readable, or fewer slides than processes.
     """
     mpp_given = d_args.mpp_override is not None or d_args.default_mpp is not None
-    records = resolve_slides(d_args.slides, mpp_given)
-    # no readable slide -> ValueError before training
-    readable, failed = preflight_slides(records, d_args.mpp_override, d_args.default_mpp, d_args.reader)
+    with warnings_on_rank_zero(rank):
+        records = resolve_slides(d_args.slides, mpp_given)
+        # no readable slide -> ValueError before training
+        readable, failed = preflight_slides(records, d_args.mpp_override, d_args.default_mpp, d_args.reader)
     my_slides = partition_slides(readable, rank, world_size)
     stream = TileBatchStream(
         my_slides,

