@@ -167,6 +167,14 @@ class DINODataArguments:
     mask_mpp: float = field(
         default=8.0, metadata={"help": "Tissue mask resolution, µm/px (as the catalogue's flag)."}
     )
+    mask_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder for the tissue masks of slides given as files, folders or manifests (.npz, keyed "
+            "by path, size, mtime and mask settings): later visits and epochs read them back instead of "
+            "computing them again (seconds per TCGA slide). A catalogue's rows already hold their masks."
+        },
+    )
     tiles_per_slide: int = field(
         default=1000,
         metadata={"help": "Tiles drawn per slide per pass of the stream (a new pass is re-seeded)."},
@@ -713,6 +721,8 @@ def _validate(m: DINOModelArguments, d: DINODataArguments, t: DINOTrainingArgume
         problems.append(f"--icc_profile must be ignore or apply, got {d.icc_profile!r}")
     if not 0.0 <= d.min_tissue <= 1.0:
         problems.append(f"--min_tissue is a tissue fraction in [0, 1] (default 0.4), got {d.min_tissue}")
+    if d.mask_cache_dir and Path(d.mask_cache_dir).exists() and not Path(d.mask_cache_dir).is_dir():
+        problems.append(f"--mask_cache_dir {d.mask_cache_dir} is a file: give a folder (created if missing)")
     problems += _check_fsdp(t)
     if t.push_to_hub and not t.hub_model_id:
         problems.append("--push_to_hub needs --hub_model_id")

@@ -47,7 +47,7 @@ class RunData:
 
 def slide_options(d_args: DINODataArguments) -> dict:
     """The reading and tissue-mask options (``--mpp_override``, ``--default_mpp``, ``--icc_profile``,
-    ``--min_object_um2``, ``--saturation_floor``, ``--mask_mpp``)."""
+    ``--min_object_um2``, ``--saturation_floor``, ``--mask_mpp``, ``--mask_cache_dir``)."""
     return {
         "mpp_override": d_args.mpp_override,
         "default_mpp": d_args.default_mpp,
@@ -55,6 +55,7 @@ def slide_options(d_args: DINODataArguments) -> dict:
         "min_object_um2": d_args.min_object_um2,
         "saturation_floor": d_args.saturation_floor,
         "mask_mpp": d_args.mask_mpp,
+        "mask_cache_dir": d_args.mask_cache_dir,
     }
 
 

@@ -17,6 +17,8 @@ run computes:
 - ``export``, ``push_to_hub``, ``hub_model_id``, ``hub_token``: what happens after the last step;
 - ``expected_world_size``: a launch check (the number of processes itself is compared);
 - ``reader_threads``: decoder threads inside one region read (the same pixels);
+- ``mask_cache_dir``: where computed tissue masks are kept (a file is read back only when its key, which holds
+  the slide's path, size, mtime and every mask setting, matches: the same mask);
 - ``gradient_checkpointing``: the backward recomputes the same activations, drop path included
   (``torch.utils.checkpoint`` replays the RNG state), so it is the memory lever left after an out-of-memory
   stop (bit-exact on CPU: ``tests/training/test_train_resume.py``).
@@ -59,6 +61,7 @@ FREE_FLAGS = frozenset(
         "hub_token",
         "expected_world_size",
         "reader_threads",
+        "mask_cache_dir",
         "gradient_checkpointing",
     }
 )

@@ -159,6 +159,7 @@ class TileBatchStream:
             ``reader_threads``).
         min_object_um2, saturation_floor, mask_mpp: tissue-mask settings (``SlideTilesConfig``; equal to the
             catalogue's, its stored masks are read back instead of computed).
+        mask_cache_dir: folder for computed masks (``SlideTilesConfig.mask_cache_dir``), or None.
     """
 
     def __init__(
@@ -179,10 +180,12 @@ class TileBatchStream:
         min_object_um2: float = 10_000.0,
         saturation_floor: float = 20.0,
         mask_mpp: float = 8.0,
+        mask_cache_dir: str | None = None,
     ) -> None:
         self.records = list(records)
         self.mask_options = {
-            "min_object_um2": min_object_um2, "saturation_floor": saturation_floor, "mask_mpp": mask_mpp
+            "min_object_um2": min_object_um2, "saturation_floor": saturation_floor, "mask_mpp": mask_mpp,
+            "mask_cache_dir": mask_cache_dir,
         }
         self.mpp_override, self.default_mpp, self.icc_profile = mpp_override, default_mpp, icc_profile
         self.reader = reader

@@ -124,11 +124,14 @@ CASES = {
     "tissue fraction": (["--min_tissue", "1.5"], "--min_tissue is a tissue fraction in [0, 1]", "1.5"),
     "negative lr": (["--learning_rate", "-1"], "--lr must be > 0", "-1"),
     "mpp override": (["--mpp_override", "30"], "--mpp_override is a level-0 µm/px between 0.05 and 10", "30"),
+    "mask cache a file": (
+        ["--mask_cache_dir", "{bad_yaml}"], "--mask_cache_dir ", "bad_preset.yaml is a file: give a folder"
+    ),
 }
 PARSE_ONLY = {
     "unknown preset", "unknown backbone", "unknown flag", "crop size", "preset not yaml", "mpp zero",
     "tissue fraction", "negative lr", "mpp override", "batch size negative", "tile size zero",
-    "logging steps zero", "preset a list", "preset a string",
+    "logging steps zero", "preset a list", "preset a string", "mask cache a file",
 }
 
 

@@ -258,3 +258,41 @@ def test_a_runs_config_yaml_reads_as_a_preset_without_its_run_control_fields(tmp
     m2, d2, t2, _ = parse_config([str(path)])
     assert (m2, d2) == (m, d) and t2.max_steps == 7
     assert t2.resume_from_checkpoint is None and t2.hub_token is None
+
+
+def test_mask_cache_dir_keeps_computed_masks_for_later_runs(cmu_svs, tmp_path, monkeypatch):
+    """``--mask_cache_dir``: the first run's data step writes each slide's tissue mask; a later one (memory
+    cache cleared, as in a new process) reads it back instead of reading a thumbnail again, and the tiles
+    are the same. A free flag: it cannot change what the run computes."""
+    import hashlib
+
+    from pathfm.datasets_scripts.slide import SlideReader
+    from pathfm.datasets_scripts.tissue import clear_mask_cache
+    from pathfm.training.config import parse_config
+    from pathfm.training.data import build_data
+
+    cache = tmp_path / "masks"
+    flags = ["--slides", str(cmu_svs), "--num_workers", "0", "--per_device_batch_size", "4", "--tile_size", "64"]
+
+    def first_batch(*extra: str) -> str:
+        clear_mask_cache()
+        _, d, t, _ = parse_config([*flags, *extra, "--output_dir", str(tmp_path / "run")])
+        stream = build_data(d, t, 0, 1).stream
+        try:
+            return hashlib.sha256(next(stream)["pixel_values"].numpy().tobytes()).hexdigest()
+        finally:
+            stream.close()
+
+    uncached = first_batch()
+    assert first_batch("--mask_cache_dir", str(cache)) == uncached
+    assert [p.suffix for p in cache.iterdir()] == [".npz"]
+    thumbnails, original = [], SlideReader.thumbnail
+
+    def counted(self, *args, **kwargs):
+        thumbnails.append(self.path)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SlideReader, "thumbnail", counted)
+    assert first_batch("--mask_cache_dir", str(cache)) == uncached and thumbnails == []
+    assert first_batch() == uncached and len(thumbnails) == 1  # without the flag: computed again
+    assert "mask_cache_dir" in FREE_FLAGS
