@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -74,6 +75,20 @@ def warnings_on_rank_zero(rank: int) -> Iterator[None]:
         package.setLevel(level)
 
 
+def make_mask_cache_dir(folder: str) -> None:
+    """Create ``--mask_cache_dir`` before any DataLoader worker needs it.
+
+    Raises:
+        ValueError: it cannot be created (the folder and the reason named), rather than each worker failing.
+    """
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"--mask_cache_dir {folder}: cannot create it ({err.strerror or err}); give a writable folder"
+        ) from None
+
+
 def build_data(
     d_args: DINODataArguments, t_args: DINOTrainingArguments, rank: int, world_size: int
 ) -> RunData:
@@ -83,6 +98,8 @@ def build_data(
         ValueError: No slide, none readable, or fewer slides than processes.
     """
     mpp_given = d_args.mpp_override is not None or d_args.default_mpp is not None
+    if d_args.mask_cache_dir:
+        make_mask_cache_dir(d_args.mask_cache_dir)
     with warnings_on_rank_zero(rank):
         records = resolve_slides(d_args.slides, mpp_given)
         # no readable slide -> ValueError before training

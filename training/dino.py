@@ -317,14 +317,15 @@ def measure_mfu_terms(
 
 
 def run_until_done_or_interrupted(loop: Loop, stream: Any) -> None:
-    """Run the loop; the tile stream is closed either way, and an interrupt also ends the trackers."""
+    """Run the loop; the tile stream is closed however it ends, and an interrupt also ends the trackers."""
     try:
         run_loop(loop)
     except TrainingInterrupted:
-        stream.close()
         loop.accelerator.end_training()
         raise
-    stream.close()
+    finally:
+        stream.close()
+
 
 def finish(loop: Loop, stream: Any, summary: dict[str, Any]) -> dict[str, Any]:
     """Check that all ranks hold the same weights, export the teacher (+ push), write the summary.

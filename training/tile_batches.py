@@ -27,8 +27,11 @@ process, with a state that a checkpoint can hold.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import multiprocessing
 import signal
+import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -134,6 +137,32 @@ def leave_stop_signals_to_main(worker_id: int) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+_WORKERS: weakref.WeakSet[multiprocessing.Process] = weakref.WeakSet()
+
+
+def _end_workers_at_exit() -> None:
+    """Kill this process's tile workers still alive when it exits.
+
+    multiprocessing's own exit hook stops daemonic children with SIGTERM, which the workers ignore
+    (:func:`leave_stop_signals_to_main`), and then joins them: a run that ends on an exception while the
+    traceback still holds its DataLoader iterator (so ``__del__`` has not stopped the workers) would wait
+    forever. atexit runs its hooks last-registered first, so this one runs before multiprocessing's.
+    """
+    alive = [worker for worker in list(_WORKERS) if worker.is_alive()]
+    if alive:
+        # the DataLoader's SIGCHLD handler would report each kill as a worker failure while exiting
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for worker in alive:
+            worker.kill()
+
+
+def track_workers(started: set[multiprocessing.Process]) -> None:
+    """Have :func:`_end_workers_at_exit` end ``started`` (DataLoader workers) if they outlive the process."""
+    if not _WORKERS and started:
+        atexit.register(_end_workers_at_exit)  # registering again is harmless: the set is then empty
+    _WORKERS.update(started)
 
 
 class EmptyTileStreamError(ValueError):
@@ -247,7 +276,9 @@ class TileBatchStream:
             # page-locked batches: the host-to-GPU copy (non_blocking) overlaps with compute
             pin_memory=torch.cuda.is_available(),
         )
+        before = set(multiprocessing.active_children())
         iterator = iter(loader)
+        track_workers(set(multiprocessing.active_children()) - before)
         for _ in range(skip_batches):
             next(iterator)
         return iterator

@@ -127,6 +127,10 @@ CASES = {
     "mask cache a file": (
         ["--mask_cache_dir", "{bad_yaml}"], "--mask_cache_dir ", "bad_preset.yaml is a file: give a folder"
     ),
+    "mask cache not creatable": (
+        ["--mask_cache_dir", "/proc/pathfm-masks"],
+        "--mask_cache_dir /proc/pathfm-masks: cannot create it (No such file or directory); give a writable folder",
+    ),
 }
 PARSE_ONLY = {
     "unknown preset", "unknown backbone", "unknown flag", "crop size", "preset not yaml", "mpp zero",

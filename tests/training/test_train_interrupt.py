@@ -174,3 +174,31 @@ def test_second_ctrl_c_stops_at_once_without_traceback(repo_root, tmp_path):
     time.sleep(5)  # the worker notices its parent is gone (DataLoader's watchdog polls every few seconds)
     alive = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"left running: {alive}"
+
+
+WORKERS_ALIVE_AT_EXIT = """
+import sys
+from pathfm.training.tile_batches import TileBatchStream, resolve_slides
+stream = TileBatchStream(resolve_slides([sys.argv[1]]), batch_size=2, seed=0, mpps=[1.0], tile_size=32,
+                         min_tissue=0.4, tiles_per_slide=4, num_workers=1)
+assert next(stream)["pixel_values"].shape[0] == 2
+print("first batch", flush=True)
+# exits with the stream (and its worker, which ignores SIGTERM) still alive: a module global
+"""
+
+
+def test_process_exits_with_its_tile_workers_still_running(cmu_svs, repo_root):
+    """A process that ends while its stream's DataLoader worker still runs (a global, or an exception whose
+    traceback holds the iterator) exits: multiprocessing's exit hook alone would SIGTERM the worker, which
+    ignores SIGTERM, and then wait for it forever."""
+    import psutil
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", WORKERS_ALIVE_AT_EXIT, str(cmu_svs)],
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert run.returncode == 0 and run.stdout == "first batch\n", run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "killed by signal" not in run.stderr, run.stderr[-3000:]
+    leftovers = [p for p in psutil.process_iter(["cmdline"]) if WORKERS_ALIVE_AT_EXIT in (p.info["cmdline"] or [])]
+    assert not leftovers
