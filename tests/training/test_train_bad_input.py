@@ -129,7 +129,8 @@ CASES = {
     ),
     "mask cache not creatable": (
         ["--mask_cache_dir", "/proc/pathfm-masks"],
-        "--mask_cache_dir /proc/pathfm-masks: cannot create it (No such file or directory); give a writable folder",
+        "--mask_cache_dir /proc/pathfm-masks: cannot create it (No such file or directory);",
+        "give a writable folder",
     ),
 }
 PARSE_ONLY = {
