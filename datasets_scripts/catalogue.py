@@ -51,13 +51,21 @@ import numpy as np
 from pathfm.datasets_scripts.catalogue_masks import CATALOGUE_ROW_GROUP_ROWS, mask_settings
 from pathfm.datasets_scripts.colour import DEFAULT_ICC, check_icc_option
 from pathfm.datasets_scripts.decode_check import check_decoding
+from pathfm.datasets_scripts.flag_ranges import TISSUE_POSITIVE, TISSUE_RANGES, ranges_problems
 from pathfm.datasets_scripts.mpp import check_square, given_mpp_problem, resolve_level0_mpp
 from pathfm.datasets_scripts.resolve import resolve_sources
 from pathfm.datasets_scripts.skips import open_or_skip
 from pathfm.datasets_scripts.slide import MissingMppError, SlideError, add_reading_arguments, open_slide
 from pathfm.datasets_scripts.sources import SlideRecord, parse_tcga_barcode
 
-__all__ = ["build_catalogue", "catalogue_row", "decode_mask", "main", "mpp_options"]
+__all__ = ["CATALOGUE_RANGES", "build_catalogue", "catalogue_row", "decode_mask", "main", "mpp_options"]
+
+CATALOGUE_RANGES = (
+    ("num_proc", 1, None, "processes opening slides"),
+    ("decode_check", 0, None, "test reads per level; 0: no check"),
+)
+"""Bounds of the catalogue's own numeric flags; the tissue-mask flags' are training's too
+(:data:`pathfm.datasets_scripts.flag_ranges.TISSUE_RANGES`)."""
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
@@ -317,8 +325,10 @@ def build_catalogue(
         counts: ``{"rows", "opened", "reused", <status>: n}``.
 
     Raises:
-        ValueError: an implausible ``mpp_override`` / ``default_mpp``, ``num_proc`` < 1, or an ``output`` that
-            exists and is not a catalogue (checked before any slide is opened).
+        ValueError: an implausible ``mpp_override`` / ``default_mpp``, a numeric option outside its bounds
+            (:data:`CATALOGUE_RANGES`, :data:`~pathfm.datasets_scripts.flag_ranges.TISSUE_RANGES`: named as
+            its ``--flag``, with training's words), or an ``output`` that exists and is not a catalogue
+            (checked before any slide is opened).
         FileNotFoundError: a missing source (see :func:`resolve_sources`).
     """
     import pyarrow as pa
@@ -326,8 +336,11 @@ def build_catalogue(
 
     problems = [given_mpp_problem(name, value) for name, value in
                 (("mpp_override", mpp_override), ("default_mpp", default_mpp))]  # fmt: skip
-    if num_proc < 1:
-        problems.append(f"--num_proc is the number of processes opening slides (1 or more), got {num_proc}")
+    numbers = {
+        "num_proc": num_proc, "mask_mpp": mask_mpp, "saturation_floor": saturation_floor,
+        "min_object_um2": min_object_um2, "decode_check": decode_positions,
+    }  # fmt: skip
+    problems += ranges_problems(numbers, (*CATALOGUE_RANGES, *TISSUE_RANGES), TISSUE_POSITIVE)
     if any(problems):
         raise ValueError("; ".join(p for p in problems if p))
     out = Path(output)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pathfm.datasets_scripts.flag_ranges import TISSUE_POSITIVE, TISSUE_RANGES, ranges_problems
 from pathfm.datasets_scripts.mpp import given_mpp_problem
 from pathfm.training import hf_aliases
 from transformers import HfArgumentParser
@@ -620,15 +621,15 @@ def _check_dinov2(m: DINOModelArguments, t: DINOTrainingArguments) -> list[str]:
     return problems
 
 
-# (field, lowest, highest, what it is): numeric fields outside their range are named one by one
+# (field, lowest, highest, what it is): numeric fields outside their range are named one by one; the tissue
+# flags' bounds are shared with the catalogue CLI (datasets_scripts/flag_ranges.py)
 RANGES: tuple[tuple[str, float, float | None, str], ...] = (
     ("per_device_batch_size", 1, None, "tiles per process per micro-batch"),
     ("gradient_accumulation_steps", 1, None, "micro-batches per optimizer step"),
     ("steps_per_epoch", 1, None, "optimizer steps per epoch"),
     ("tile_size", 1, None, "tile side in px"),
     ("tiles_per_slide", 1, None, "tiles per slide per pass"),
-    ("min_object_um2", 0, None, "µm²"),
-    ("saturation_floor", 0, 255, "0-255"),
+    *TISSUE_RANGES,
     ("global_crop_size", 1, None, "crop side in px"),
     ("local_crop_size", 1, None, "crop side in px"),
     ("local_crops_number", 0, None, "local crops per tile"),
@@ -660,7 +661,7 @@ RANGES: tuple[tuple[str, float, float | None, str], ...] = (
     ("patch_embed_lr_mult", 0, None, "lr multiplier"),
 )
 POSITIVE = (
-    ("mask_mpp", "µm/px"),
+    *TISSUE_POSITIVE,
     ("lr", "base lr"),
     ("teacher_temp", "temperature"),
     ("warmup_teacher_temp", "temperature"),
@@ -672,15 +673,7 @@ POSITIVE = (
 def _check_ranges(*args: Any) -> list[str]:
     """Each numeric field of :data:`RANGES` / :data:`POSITIVE` outside its range, named with its value."""
     values = {f.name: getattr(a, f.name) for a in args for f in dataclasses.fields(a)}
-    problems = []
-    for name, low, high, what in RANGES:
-        value = values[name]
-        if value < low or (high is not None and value > high):
-            allowed = f">= {low}" if high is None else f"between {low} and {high}"
-            problems.append(f"--{name} must be {allowed} ({what}), got {value}")
-    for name, what in POSITIVE:
-        if values[name] <= 0:
-            problems.append(f"--{name} must be > 0 ({what}), got {values[name]}")
+    problems = ranges_problems(values, RANGES, POSITIVE)
     expected = values["expected_world_size"]
     if expected is not None and expected < 1:
         problems.append(f"--expected_world_size must be >= 1 (processes), got {expected}")

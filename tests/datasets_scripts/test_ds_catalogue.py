@@ -245,6 +245,29 @@ def test_catalogue_cli_refuses_bad_mpp_and_num_proc_before_opening(
     assert not out.exists() and not (tmp_path / "c.parquet.partial.jsonl").exists()
 
 
+@pytest.mark.parametrize(
+    "flag,value,allowed",
+    [("--mask_mpp", "0", "> 0"), ("--mask_mpp", "-1", "> 0"), ("--mask_mpp", "nan", "> 0"),
+     ("--saturation_floor", "-5", "between 0 and 255"), ("--saturation_floor", "300", "between 0 and 255"),
+     ("--min_object_um2", "-1", ">= 0"), ("--decode_check", "-1", ">= 0")],
+)  # fmt: skip
+def test_catalogue_cli_refuses_bad_tissue_and_decode_flags_as_training_does(
+    cmu_svs, tmp_path, capsys, flag, value, allowed
+):
+    from pathfm.training.config import parse_config
+
+    out = tmp_path / "c.parquet"
+    assert main([str(cmu_svs), "--output", str(out), flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {flag} must be {allowed} (")
+    assert err.endswith(f"got {float(value) if flag != '--decode_check' else int(value)}"), err
+    assert not out.exists() and not (tmp_path / "c.parquet.partial.jsonl").exists()  # no slide opened
+    if flag != "--decode_check":  # a catalogue-only flag; the others are training's too, in the same words
+        with pytest.raises(ValueError) as caught:
+            parse_config([flag, value, "--output_dir", str(tmp_path / "run")])
+        assert err.removeprefix("error: ") in str(caught.value), (err, caught.value)
+
+
 def _gdc_download(tmp_path, slides) -> tuple[Path, list[Path]]:
     """A GDC manifest listing ``slides`` copied into ``<root>/<file_id>/<barcode>.svs`` (TCGA layout)."""
     root = tmp_path / "gdc"
