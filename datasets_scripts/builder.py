@@ -271,10 +271,15 @@ def open_slide_for_tiles(
                 "changed slides are reopened)"
             )
             rec.mpp, stored = config.mpp_override, None
+    # the record's mpp is the override, a catalogue's or a manifest's: only the last is compared with the
+    # slide's metadata (skips.warn_given_mpp_disagreement)
+    catalogued = rec.extra.get("catalogue")
+    source = "mpp_override" if config.mpp_override is not None else "catalogue" if catalogued else "manifest"
     reader, skip = open_or_skip(
         lambda: pool.get(
-            rec.path, mpp=rec.mpp, mpp_tolerance=config.mpp_tolerance, **reader_options(config)
-        ),
+            rec.path, mpp=rec.mpp, mpp_tolerance=config.mpp_tolerance, mpp_source=source,
+            **reader_options(config),
+        ),  # fmt: skip
         rec.slide_id,
         rec.path,
     )

@@ -54,7 +54,7 @@ from pathfm.datasets_scripts.decode_check import check_decoding
 from pathfm.datasets_scripts.flag_ranges import TISSUE_POSITIVE, TISSUE_RANGES, ranges_problems
 from pathfm.datasets_scripts.mpp import check_square, given_mpp_problem, resolve_level0_mpp
 from pathfm.datasets_scripts.resolve import resolve_sources
-from pathfm.datasets_scripts.skips import open_or_skip
+from pathfm.datasets_scripts.skips import open_or_skip, skip_of, warn_given_mpp_disagreement
 from pathfm.datasets_scripts.slide import MissingMppError, SlideError, add_reading_arguments, open_slide
 from pathfm.datasets_scripts.sources import SlideRecord, parse_tcga_barcode
 
@@ -116,6 +116,8 @@ def catalogue_row(
 
     A slide without a usable mpp is ``no-mpp`` (its levels, vendor and ICC profile are still recorded), never
     ``unreadable``; ``mpp_source`` says which link of the chain (:mod:`pathfm.datasets_scripts.mpp`) answered.
+    A manifest mpp that the slide's metadata contradicts by more than 10 % is used and warned (once per slide,
+    :func:`pathfm.datasets_scripts.skips.warn_given_mpp_disagreement`); ``--mpp_override`` is not compared.
     ``reader_kind`` (``--reader``) opens the slide as the stream will: a slide that ``tiff`` cannot read is
     ``unreadable`` with the reason. ``decode_positions`` test reads per level training uses check that the
     stored tiles inside the tissue decode (0: no check).
@@ -146,7 +148,11 @@ def catalogue_row(
     row["bytes"], row["mtime_ns"] = int(st.st_size), int(st.st_mtime_ns)
     # a placeholder mpp: the chain is followed below, per axis, so that a slide without one is "no-mpp"
     reader, skip = open_or_skip(
-        lambda: open_slide(path, mpp=1.0, icc_profile=icc_profile, reader=reader_kind), rec.slide_id, path
+        lambda: open_slide(
+            path, mpp=1.0, mpp_source="placeholder", icc_profile=icc_profile, reader=reader_kind
+        ),
+        rec.slide_id,
+        path,
     )
     if skip is not None:
         row["status"], row["reason"] = skip.status, skip.reason
@@ -168,8 +174,10 @@ def catalogue_row(
             )
             row["mpp_x"], row["mpp_y"], row["mpp_source"] = found.x, found.y, found.source
             check_square(found, rec.slide_id, path)
+            warn_given_mpp_disagreement(props, path, rec.slide_id, found.x, found.source)
         except SlideError as err:  # MissingMppError, or an implausible given value (MppError)
-            row["status"], row["reason"] = "no-mpp", str(err)
+            skip = skip_of(err, rec.slide_id, path)  # "no-mpp", in the words of training and the stream
+            row["status"], row["reason"] = skip.status, skip.reason
             return row
         mx = found.x
         reader.mpp = float(mx)
@@ -182,7 +190,9 @@ def catalogue_row(
             return row
         check, reader = check_decoding(
             reader,
-            lambda: open_slide(path, mpp=mx, icc_profile=icc_profile, reader=reader_kind),
+            lambda: open_slide(
+                path, mpp=mx, mpp_source=found.source, icc_profile=icc_profile, reader=reader_kind
+            ),
             mask,
             positions=decode_positions,
         )

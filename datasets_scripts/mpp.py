@@ -13,9 +13,15 @@ The chain, first usable answer wins:
    converters write (OpenSlide reports those as "unknown"); a resolution without a unit is no mpp;
 6. ``default_mpp``: a value the user gave for slides without one (``--default_mpp``).
 
-Values 1, 2 and 6 are the user's: an implausible one (outside ``MIN_LEVEL0_MPP``-``MAX_LEVEL0_MPP``) is an
-error naming it. An implausible metadata value (3-5, e.g. a 72 dpi tag) is passed over; when nothing plausible
-follows, :class:`MissingMppError` names the value and its source. Pixels whose x and y differ by more than
+Values 1, 2 and 6 are the user's: an implausible one (outside ``MIN_LEVEL0_MPP``-``MAX_LEVEL0_MPP``: negative,
+0, 25) is an :class:`MppError` naming it and its source. Command lines refuse an implausible 1 or 6 up front
+(:func:`given_mpp_problem`); an implausible 2 concerns one slide, which is then skipped as ``no-mpp``
+(:mod:`pathfm.datasets_scripts.skips`) like a slide without any mpp, never stopping a run. A manifest value
+that the slide's own metadata (3-5) contradicts by more than ``MPP_DISAGREEMENT`` still wins, with one
+warning per slide (:func:`given_mpp_disagreement`); ``--mpp_override`` is not compared (the user's choice
+for every slide, usually because the metadata is wrong), nor is a catalogue's (warned when it was built).
+An implausible metadata value (3-5, e.g. a 72 dpi tag) is passed over; when nothing plausible follows,
+:class:`MissingMppError` names the value and its source. Pixels whose x and y differ by more than
 ``NON_SQUARE_TOLERANCE`` are refused by name (tiles would cover different µm in x and y), never averaged.
 """
 
@@ -28,11 +34,13 @@ from dataclasses import dataclass
 __all__ = [
     "MAX_LEVEL0_MPP",
     "MIN_LEVEL0_MPP",
+    "MPP_DISAGREEMENT",
     "NON_SQUARE_TOLERANCE",
     "Level0Mpp",
     "MppError",
     "MissingMppError",
     "check_square",
+    "given_mpp_disagreement",
     "given_mpp_problem",
     "metadata_mpp",
     "resolve_level0_mpp",
@@ -44,6 +52,8 @@ MIN_LEVEL0_MPP = 0.05
 """Finer than any scanner (0.1 µm/px at 100x oil): a wrong unit or tag."""
 NON_SQUARE_TOLERANCE = 0.01
 """Relative difference of mpp x and y still treated as square pixels (scanner rounding)."""
+MPP_DISAGREEMENT = 0.10
+"""Relative difference between a manifest mpp and the slide's metadata above which it is warned."""
 
 OVERRIDE_HINT = (
     "pass an explicit mpp: `--mpp_override 0.25` (every slide) or `--default_mpp 0.25` (slides without one), "
@@ -176,12 +186,54 @@ def given_mpp_problem(name: str, value: float | None) -> str | None:
     )
 
 
+_GIVEN_FIX = {
+    "manifest": "correct the slide's mpp cell in the manifest, or empty it to read the slide's own metadata",
+    "mpp_override": "pass a plausible --mpp_override",
+    "default_mpp": "pass a plausible --default_mpp",
+    "catalogue": "rebuild the catalogue",
+}
+
+
+def given_mpp_disagreement(
+    props: dict[str, str], path: str, slide_id: str, given: float, source: str
+) -> str | None:
+    """The warning for a given mpp that the slide's own metadata contradicts (None: they agree, or the
+    metadata has no plausible mpp).
+
+    The given value still wins (it is the user's word for this slide); a factor of 2 between them is the
+    usual 20x/40x mix-up of a manifest, which would make every tile of the slide twice or half the intended
+    µm wide. Which sources are compared is the caller's choice
+    (:func:`pathfm.datasets_scripts.skips.warn_given_mpp_disagreement`).
+
+    Args:
+        props: OpenSlide properties; path: slide file (sources 3-5 of the chain, :func:`metadata_mpp`).
+        slide_id: named in the message.
+        given: the given level-0 µm/px; source: where it came from (``manifest``...).
+
+    Returns:
+        one line naming the slide, both values and their sources, and the fix, when they differ by more
+        than ``MPP_DISAGREEMENT`` (relative to the smaller), else None.
+    """
+    found, _ = metadata_mpp(props, path)
+    if found is None:
+        return None
+    ratio = max(given, found.x) / min(given, found.x)
+    if ratio <= 1.0 + MPP_DISAGREEMENT:
+        return None
+    return (
+        f"slide {slide_id} ({path}): the {source} mpp {given:g} µm/px differs from the slide's own "
+        f"{found.x:.4g} µm/px ({found.source}) by a factor {ratio:.2f}; the {source} value is used: if the "
+        f"slide's value is right, correct the {source} mpp or leave it empty (the metadata is then read)"
+    )
+
+
 def _given(value: float, source: str, path: str) -> Level0Mpp:
     value = float(value)
     if not (math.isfinite(value) and MIN_LEVEL0_MPP <= value <= MAX_LEVEL0_MPP):
+        fix = _GIVEN_FIX.get(source, "give a plausible mpp or none (the slide's metadata is then read)")
         raise MppError(
-            f"{path}: mpp override {value!r} µm/px ({source}) is not a plausible level-0 resolution "
-            f"(expected {MIN_LEVEL0_MPP} <= mpp <= {MAX_LEVEL0_MPP})"
+            f"{path}: {source} mpp {value!r} µm/px is not a plausible level-0 resolution (expected "
+            f"{MIN_LEVEL0_MPP}-{MAX_LEVEL0_MPP:g} µm/px, 0.25 at 40x): {fix}"
         )
     return Level0Mpp(value, value, source)
 

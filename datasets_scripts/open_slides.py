@@ -42,12 +42,15 @@ class SlidePool:
         icc_profile: str = "ignore",
         reader_kind: str = "openslide",
         threads: int = 1,
+        mpp_source: str = "manifest",
     ) -> SlideReader:
         """The open reader of ``path`` (opened now if needed, evicting the least recently used).
 
         Args:
             path, mpp, mpp_tolerance, default_mpp, icc_profile: as :func:`open_slide`.
             reader_kind, threads: see :func:`open_slide` (``reader``, ``threads``).
+            mpp_source: what ``mpp`` is (``manifest``, ``mpp_override``, ``catalogue``), used when the slide
+                is opened now; not part of the key (the same value gives the same reader).
 
         Raises:
             SlideError: the slide cannot be opened (see :func:`open_slide`).
@@ -60,7 +63,7 @@ class SlidePool:
             return reader
         reader = open_slide(
             path, mpp=mpp, mpp_tolerance=mpp_tolerance, reader=reader_kind, threads=threads,
-            default_mpp=default_mpp, icc_profile=icc_profile,
+            default_mpp=default_mpp, icc_profile=icc_profile, mpp_source=mpp_source,
         )  # fmt: skip
         self.readers[key] = reader
         while len(self.readers) > self.capacity:

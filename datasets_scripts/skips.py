@@ -9,6 +9,9 @@ Training's start-up check (``training.tile_batches.preflight_slides``), the tile
 tiles, a vendor layout of its own) is ``unreadable``, counted in ``corrupt_slides`` and
 reported as ``skipping slide s1 (/data/s1.svs): the fast TIFF reader cannot read it (level 0: ...); use
 --reader auto ...``.
+
+A slide that is used but whose manifest mpp its own metadata contradicts is warned here too, once per slide
+per process (:func:`warn_given_mpp_disagreement`).
 """
 
 from __future__ import annotations
@@ -19,9 +22,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from pathfm.datasets_scripts.mpp import MissingMppError, SlideError
+from pathfm.datasets_scripts.mpp import MissingMppError, MppError, SlideError, given_mpp_disagreement
 
-__all__ = ["SKIP_STATUSES", "STREAM_COUNTERS", "SlideSkip", "open_or_skip", "skip_of", "warn_skip"]
+__all__ = [
+    "SKIP_STATUSES",
+    "STREAM_COUNTERS",
+    "MppDisagreementWarning",
+    "SlideSkip",
+    "open_or_skip",
+    "skip_of",
+    "warn_given_mpp_disagreement",
+    "warn_skip",
+]
 
 SKIP_STATUSES = ("unreadable", "no-mpp", "no-tissue", "unsupported-mpp")
 """Why a slide gives no tile: it cannot be opened or decoded / has no level-0 mpp anywhere in the chain / has
@@ -65,9 +77,10 @@ class SlideSkip:
 
 
 def skip_of(err: BaseException, slide_id: str, path: str | os.PathLike) -> SlideSkip:
-    """The skip of a slide whose opening raised ``err``: ``no-mpp`` for :class:`MissingMppError` (a readable
-    slide without magnification is never "unreadable"), else ``unreadable``."""
-    status = "no-mpp" if isinstance(err, MissingMppError) else "unreadable"
+    """The skip of a slide whose opening raised ``err``: ``no-mpp`` for :class:`MissingMppError` and for
+    :class:`MppError` (an implausible mpp given for it, e.g. a manifest's 25 or -1: a readable slide without a
+    usable magnification is never "unreadable"), else ``unreadable``."""
+    status = "no-mpp" if isinstance(err, (MissingMppError, MppError)) else "unreadable"
     reason = str(err)
     prefix = f"{path}: "
     if reason.startswith(prefix):  # the message names the path already: say it once
@@ -102,3 +115,38 @@ def warn_skip(skip: SlideSkip, stats: object | None = None) -> None:
     if stats is not None:
         stats.add(skip.counter)
     warnings.warn(skip.message(), RuntimeWarning, stacklevel=3)
+
+
+class MppDisagreementWarning(RuntimeWarning):
+    """A manifest mpp that the slide's own metadata contradicts (the manifest value is used)."""
+
+
+GIVEN_SOURCES = ("manifest", "mpp_override", "catalogue")
+"""Sources of an mpp given for a slide (:mod:`pathfm.datasets_scripts.mpp`): an opening with one of them
+marks the slide and value as checked; of them, only ``manifest`` is compared with the metadata."""
+_CHECKED: set[tuple[str, float]] = set()
+
+
+def warn_given_mpp_disagreement(
+    props: dict[str, str], path: str | os.PathLike, slide_id: str, mpp: float, source: str
+) -> None:
+    """Warn (:class:`MppDisagreementWarning`) when the slide's metadata contradicts the manifest mpp it is
+    read with by more than ``mpp.MPP_DISAGREEMENT`` (the words of
+    :func:`~pathfm.datasets_scripts.mpp.given_mpp_disagreement`).
+
+    Once per slide and value per process (a forked DataLoader worker inherits what its parent checked),
+    however often the slide is reopened (each visit of the stream, the tile reads of an evicted slide, the
+    catalogue's second opening): the metadata is compared at the first opening only. Not compared:
+    ``mpp_override`` (the user's choice for every slide, usually because the metadata is wrong), ``catalogue``
+    (the catalogue warned when it was built from the manifest), and values the chain found itself.
+
+    Args:
+        props: OpenSlide properties; path, slide_id: the slide.
+        mpp: the level-0 µm/px the slide is read with; source: where it came from (the chain's source name).
+    """
+    key = (str(path), float(mpp))
+    if source not in GIVEN_SOURCES or key in _CHECKED:
+        return
+    _CHECKED.add(key)
+    if source == "manifest" and (message := given_mpp_disagreement(props, str(path), slide_id, mpp, source)):
+        warnings.warn(message, MppDisagreementWarning, stacklevel=3)

@@ -41,6 +41,7 @@ from pathfm.datasets_scripts.mpp import (
     SlideError,
     resolve_level0_mpp,
 )
+from pathfm.datasets_scripts.skips import warn_given_mpp_disagreement
 
 DEFAULT_MPP_TOLERANCE = 0.05
 """Relative tolerance on mpp: a level up to 5 % coarser than the target still counts as fine enough (the tile
@@ -237,9 +238,11 @@ class SlideReader:
         self, props: dict[str, str], mpp: float | None, mpp_source: str, default_mpp: float | None
     ) -> Level0Mpp:
         """Level-0 mpp through the chain of :mod:`pathfm.datasets_scripts.mpp`; sets ``mpp``, ``mpp_x``,
-        ``mpp_y``, ``mpp_source`` and ``native_mpp`` (metadata's x, None without a plausible one)."""
+        ``mpp_y``, ``mpp_source`` and ``native_mpp`` (metadata's x, None without a plausible one). A manifest
+        mpp the metadata contradicts is warned once per slide (:mod:`pathfm.datasets_scripts.skips`)."""
         found = resolve_level0_mpp(props, self.path, self.slide_id, mpp, mpp_source, default_mpp)
         self.mpp, self.mpp_x, self.mpp_y, self.mpp_source = float(found.x), found.x, found.y, found.source
+        warn_given_mpp_disagreement(props, self.path, self.slide_id, found.x, found.source)
         self.native_mpp = found.x if found.source in ("openslide", "vendor", "tiff-resolution") else None
         return found
 

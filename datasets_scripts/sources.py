@@ -98,7 +98,9 @@ def read_manifest(path: str | os.PathLike) -> list[SlideRecord]:
 
     Columns (header required, case-insensitive): ``path`` (or slide_path/file/filename/slide; relative paths
     are resolved against the manifest's folder), optional ``mpp`` (level-0 µm/px override; empty = from
-    metadata), ``label``, ``group``, ``slide_id``; other columns land in ``SlideRecord.extra``.
+    metadata; a number outside the plausible range is kept here and makes that slide ``no-mpp`` when it is
+    opened, :mod:`pathfm.datasets_scripts.mpp`), ``label``, ``group``, ``slide_id``; other columns land in
+    ``SlideRecord.extra``.
     The delimiter is a tab for ``.tsv``/``.txt``, else sniffed among comma, tab, semicolon.
 
     Args:
@@ -109,7 +111,7 @@ def read_manifest(path: str | os.PathLike) -> list[SlideRecord]:
 
     Raises:
         FileNotFoundError: manifest missing.
-        ValueError: no path column, an empty path, a bad mpp (messages name file and row).
+        ValueError: no path column, an empty path, an mpp that is not a number (messages name file and row).
     """
     mpath = Path(path)
     if not mpath.is_file():
@@ -148,8 +150,8 @@ def read_manifest(path: str | os.PathLike) -> list[SlideRecord]:
                 mpp = float(mpp_raw)
             except ValueError:
                 raise ValueError(f"{mpath}, row {row_no}: mpp {mpp_raw!r} is not a number") from None
-            if not mpp > 0:
-                raise ValueError(f"{mpath}, row {row_no}: mpp must be positive, got {mpp}")
+            # an implausible number (negative, 0, 25) is one slide's problem: kept, so that the mpp chain
+            # makes that slide "no-mpp" with the value named, in the catalogue, training and the stream alike
 
         def col(name: str, row: dict = row) -> str | None:
             v = (row.get(fields[name]) or "").strip() if name in fields else ""

@@ -7,6 +7,7 @@ its seed, and the RankMe probe tiles.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from pathfm.datasets_scripts.resolve import catalogue_skips
+from pathfm.datasets_scripts.skips import MppDisagreementWarning
 from pathfm.training.config import DINODataArguments, DINOTrainingArguments
 from pathfm.training.tile_batches import (
     EmptyTileStreamError,
@@ -100,7 +102,11 @@ def build_data(
     mpp_given = d_args.mpp_override is not None or d_args.default_mpp is not None
     if d_args.mask_cache_dir:
         make_mask_cache_dir(d_args.mask_cache_dir)
-    with warnings_on_rank_zero(rank):
+    with warnings_on_rank_zero(rank), warnings.catch_warnings():
+        if rank != 0 or d_args.mpp_override is not None:
+            # rank 0 says it once; and the start-up check opens every slide with the override labelled as a
+            # manifest value, which is not the manifest's: an override is never compared with the metadata
+            warnings.simplefilter("ignore", MppDisagreementWarning)
         records = resolve_slides(d_args.slides, mpp_given)
         # no readable slide -> ValueError before training
         readable, failed = preflight_slides(records, d_args.mpp_override, d_args.default_mpp, d_args.reader)
