@@ -8,5 +8,6 @@ One tile, file by file: ``sources`` (folder / manifest / GDC download -> ``Slide
 ``embedded`` lists the three real slides shipped with the repo; ``publish`` writes fixed tile datasets
 (parquet + dataset card) and pushes them to the Hub; ``catalogue`` writes one parquet row per slide (with
 ``decode_check``: a test decode of stored tiles inside the tissue). ``skips`` is the one place where a slide
-that cannot be used is classified, counted and named (training's start-up check, the stream, the catalogue).
+that cannot be used is classified, counted and named (training's start-up check, the stream, the catalogue);
+``flag_ranges`` holds the bounds of the numeric flags the catalogue shares with training.
 """

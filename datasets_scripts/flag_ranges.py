@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 
 __all__ = ["TISSUE_POSITIVE", "TISSUE_RANGES", "range_problem", "ranges_problems"]
 
-Range = tuple[str, float, "float | None", str]
+Range = tuple[str, float, float | None, str]
 """``(flag without dashes, lowest, highest or None, what it is)``; both bounds allowed."""
 
 TISSUE_RANGES: tuple[Range, ...] = (
