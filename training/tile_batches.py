@@ -165,6 +165,28 @@ def track_workers(started: set[multiprocessing.Process]) -> None:
     _WORKERS.update(started)
 
 
+# the stream's skip counters (builder.STAT_NAMES) -> what they mean for the run, and its fix
+NO_BATCH_CAUSES = {
+    "corrupt_slides": "{n} slide(s) unreadable or missing (named in the warnings above; `pathfm catalogue` "
+    "checks them)",
+    "no_mpp_slides": "{n} slide(s) without an mpp: pass --default_mpp (or --mpp_override)",
+    "unsupported_mpp_slides": "{n} slide(s) cannot serve any of --mpps without upsampling: give coarser "
+    "--mpps",
+    "no_tissue_slides": "{n} slide(s) with no tile of enough tissue: lower --min_tissue (or --tile_size)",
+    "failed_regions": "{n} region(s) failed to decode: try --reader openslide",
+}
+
+
+def why_no_batch(stats: dict[str, int]) -> str:
+    """Why a pass gave no batch, from its skip counters, each cause with its fix (``"; "``-joined)."""
+    causes = [text.format(n=stats[name]) for name, text in NO_BATCH_CAUSES.items() if stats.get(name)]
+    if causes:
+        return "; ".join(causes)
+    return (
+        "its slides gave fewer tiles than one batch: raise --tiles_per_slide or lower --per_device_batch_size"
+    )
+
+
 class EmptyTileStreamError(ValueError):
     """The stream's slides gave no full batch in 3 passes (no tissue, or every region failed): a problem of
     the input slides, so the training CLI reports it as one line (a ``ValueError``) and exits with 2."""
@@ -300,9 +322,7 @@ class TileBatchStream:
                     if self._empty_passes >= 3:
                         raise EmptyTileStreamError(
                             f"the tile stream of slides {[r.slide_id for r in self.records]} produced no full "
-                            f"batch of {self.batch_size} in 3 passes (no tissue, or every region failed to "
-                            "decode): check them with `pathfm catalogue`, lower --min_tissue, or try "
-                            "--reader openslide"
+                            f"batch of {self.batch_size} in 3 passes: {why_no_batch(self._current_stats())}"
                         ) from None
                 self._stats_done.update(self._current_stats())
                 self._ds = None
