@@ -181,7 +181,8 @@ def train(
         networks = (student, teacher, optimizer)  # sharded runs: read from their DCP folders
         load_checkpoint(accelerator, str(ckpt), output_dir, data.stream, objective.rank_objects(), networks)
         resumed_from = str(ckpt)
-        logger.info("resumed from %s at step %d", resumed_from, state.step)
+        if accelerator.is_main_process:  # every rank loads the same checkpoint
+            logger.info("resumed from %s at step %d", resumed_from, state.step)
     card = RunCard(
         m_args, d_args, t_args, data.readable, world_size, accelerator.mixed_precision, str(device)
     )
