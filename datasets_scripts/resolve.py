@@ -265,12 +265,18 @@ def resolve_sources(sources: Any, sort: bool = False, mpp_given: bool = False) -
 
     Raises:
         FileNotFoundError: a folder, manifest or catalogue that does not exist (named).
-        ValueError: nothing given, or no slides found (the sources are listed; for catalogues whose rows were
-            all left out, their statuses and the fix).
+        ValueError: nothing given, an empty string among them, or no slides found (the sources are listed;
+            for catalogues whose rows were all left out, their statuses and the fix).
     """
     if sources is None or (isinstance(sources, (list, tuple)) and not sources):
         raise ValueError("no slide sources given: give slide files, folders, manifests, a catalogue or 'embedded'")
     items = [sources] if isinstance(sources, (str, os.PathLike, SlideRecord, dict)) else list(sources)
+    if any(isinstance(item, str) and not item.strip() for item in items):
+        # Path("") is the current folder: an unset shell variable would train on whatever lies below it
+        raise ValueError(
+            f"empty slide source in {items!r} (an unset shell variable?): give slide files, folders, "
+            "manifests, a catalogue or 'embedded'"
+        )
     seen: dict[str, SlideRecord] = {}
     for item in items:
         records = _records_of(item, mpp_given)

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -419,17 +421,8 @@ def compute_tissue_mask(
     if cache_dir is not None:
         digest = hashlib.sha1(repr(key).encode()).hexdigest()[:16]
         npz = Path(cache_dir) / f"{reader.slide_id}-{digest}.npz"
-        if npz.is_file():
-            data = np.load(npz)
-            tm = TissueMask(
-                mask=data["mask"].astype(bool),
-                mpp=float(data["mpp"]),
-                slide_mpp=reader.mpp,
-                origin=(int(reader.bounds[0]), int(reader.bounds[1])),
-                threshold=float(data["threshold"]),
-                method=str(data["method"]),
-                mpp_y=float(data["mpp_y"]),
-            )
+        tm = _cached_mask(npz, reader)
+        if tm is not None:
             _remember(key, tm)
             return tm
     thumb = reader.thumbnail(mask_mpp)
@@ -460,6 +453,32 @@ def compute_tissue_mask(
         os.replace(tmp, npz)
     _remember(key, tm)
     return tm
+
+
+def _cached_mask(npz: Path, reader: SlideReader) -> TissueMask | None:
+    """The mask stored in ``npz`` for ``reader``'s slide; None when there is none, or when the file cannot be
+    read (cut short by a full disk, overwritten by hand): warned, then computed and written again."""
+    if not npz.is_file():
+        return None
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            return TissueMask(
+                mask=data["mask"].astype(bool),
+                mpp=float(data["mpp"]),
+                slide_mpp=reader.mpp,
+                origin=(int(reader.bounds[0]), int(reader.bounds[1])),
+                threshold=float(data["threshold"]),
+                method=str(data["method"]),
+                mpp_y=float(data["mpp_y"]),
+            )
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        warnings.warn(
+            f"mask cache file {npz} cannot be read ({type(err).__name__}: {err}): the mask of slide "
+            f"{reader.slide_id} is computed and written again",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
 
 
 def _remember(key: tuple, tm: TissueMask) -> None:

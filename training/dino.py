@@ -88,6 +88,7 @@ from pathfm.training.sharding import (
     shard_student_teacher,
 )
 from pathfm.training.step import NonFiniteLossError
+from pathfm.training.tile_batches import EmptyTileStreamError
 from pathfm.training.user_error import report_user_error
 
 __all__ = ["NonFiniteLossError", "WorldSizeMismatchError", "checkpoint_dirs", "cli", "main", "train"]
@@ -180,7 +181,8 @@ def train(
         networks = (student, teacher, optimizer)  # sharded runs: read from their DCP folders
         load_checkpoint(accelerator, str(ckpt), output_dir, data.stream, objective.rank_objects(), networks)
         resumed_from = str(ckpt)
-        logger.info("resumed from %s at step %d", resumed_from, state.step)
+        if accelerator.is_main_process:  # every rank loads the same checkpoint
+            logger.info("resumed from %s at step %d", resumed_from, state.step)
     card = RunCard(
         m_args, d_args, t_args, data.readable, world_size, accelerator.mixed_precision, str(device)
     )
@@ -411,6 +413,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 # errors that describe the user's input or launch, printed as one line by `cli`
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError, WorldSizeMismatchError)
+# of those, the ones a rank meets alone (its own slides gave no batch): that rank reports them
+RANK_LOCAL_ERRORS = (EmptyTileStreamError,)
 
 
 def cli(argv: list[str]) -> int:
@@ -427,6 +431,11 @@ def cli(argv: list[str]) -> int:
             print("stopped at once by a second Ctrl-C; resume from the last checkpoint with the same flags and "
                   "--resume_from_checkpoint latest", file=sys.stderr)
         return 130
+    except RANK_LOCAL_ERRORS as err:  # this rank's slides: the rank that has it reports it, named
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        where = f"rank {os.environ.get('RANK', '0')} of {world}: " if world > 1 else ""
+        report_user_error(f"training/dino.py: error: {where}{err}", rank_local=True)
+        return 2
     except USER_ERRORS as err:
         # every rank reaches the same error: rank 0 prints it, and the launcher's report names it
         report_user_error(f"training/dino.py: error: {err}")

@@ -25,6 +25,7 @@ from pathfm.training.config import DINOModelArguments, DINOTrainingArguments
 from pathfm.training.fast_paths import StepMeter
 from pathfm.training.interrupt import StopFlag, TrainingInterrupted, should_save
 from pathfm.training.mfu import throughput_logs
+from pathfm.training.resume_check import resume_command
 from pathfm.training.monitoring import check_collapse, rankme
 from pathfm.training.run_card import RunCard
 from pathfm.training.schedules import RunSchedules
@@ -200,7 +201,8 @@ def _stop(loop: Loop, signum: int, loss: float) -> None:
         where = str(loop.last_good)
         saved = loop.last_good / CONFIG_FILE  # the run's settings: a resume must repeat them (resume_check)
         flags = str(saved) if saved.is_file() else f"... --output_dir {loop.output_dir}"
-        resume = f"resume with: accelerate launch training/dino.py {flags} --resume_from_checkpoint latest"
+        acc = loop.accelerator
+        resume = "resume with: " + resume_command(flags, "latest", acc.num_processes, acc.device.type == "cpu")
     message = f"stopped by {name} at step {state.step}; last checkpoint {where}; {resume}"
     raise TrainingInterrupted(signum, message)
 

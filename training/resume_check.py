@@ -35,6 +35,7 @@ A checkpoint written before checkpoints held ``config.yaml`` is compared with it
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ import yaml
 
 from pathfm.training.checkpointing import CHECKPOINTS_DIR, CONFIG_FILE
 
-__all__ = ["FREE_FLAGS", "check_resume_config", "resume_differences", "saved_config_path"]
+__all__ = ["FREE_FLAGS", "check_resume_config", "resume_command", "resume_differences", "saved_config_path"]
 
 FREE_FLAGS = frozenset(
     {
@@ -69,6 +70,31 @@ FREE_FLAGS = frozenset(
 
 RUN_FACTS = {"world_size": "processes", "mixed_precision": "mixed precision (resolved)"}
 """Facts of the ``run:`` group compared too, with the words the message uses for them."""
+
+
+def resume_command(config: str | Path, spec: str, world_size: int, on_cpu: bool) -> str:
+    """The command that resumes a run: its saved ``config.yaml`` as the preset, launched as it was.
+
+    Args:
+        config: the checkpoint's (or run's) ``config.yaml``, or ``"... --output_dir DIR"`` when there is none.
+        spec: ``--resume_from_checkpoint`` value (``latest`` or a checkpoint folder).
+        world_size: processes the run had (the resume is refused with any other number).
+        on_cpu: the run trained on CPU (several CPU processes need ``ACCELERATE_USE_CPU=true`` and
+            ``--multi_gpu``: ``--cpu --num_processes N`` starts one process).
+
+    Returns:
+        e.g. ``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 training/dino.py
+        run/checkpoints/checkpoint-8/config.yaml --resume_from_checkpoint latest``.
+    """
+    launch = "accelerate launch"
+    if world_size > 1:
+        cpu = "ACCELERATE_USE_CPU=true " if on_cpu else ""
+        launch = f"{cpu}accelerate launch --multi_gpu --num_processes {world_size}"
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        if 0 < local < world_size:  # several machines: their rank and address flags are the user's to repeat
+            machines = world_size // local
+            launch += f" --num_machines {machines} (and this run's --machine_rank, --main_process_ip)"
+    return f"{launch} training/dino.py {config} --resume_from_checkpoint {spec}"
 
 
 def saved_config_path(ckpt: Path) -> Path | None:
@@ -121,7 +147,10 @@ def check_resume_config(ckpt: Path, spec: str, given: dict[str, Any]) -> None:
     diffs = resume_differences(saved, given)
     if not diffs:
         return
-    command = f"accelerate launch training/dino.py {path} --resume_from_checkpoint {spec}"
+    import torch  # here: the module is imported by --help, which must not load torch
+
+    processes = (saved.get("run") or {}).get("world_size") or 1
+    command = resume_command(path, spec, int(processes), not torch.cuda.is_available())
     new_out = (given.get("training") or {}).get("output_dir")
     if new_out is not None and new_out != (saved.get("training") or {}).get("output_dir"):
         command += f" --output_dir {new_out}"

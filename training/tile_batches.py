@@ -165,6 +165,28 @@ def track_workers(started: set[multiprocessing.Process]) -> None:
     _WORKERS.update(started)
 
 
+# the stream's skip counters (builder.STAT_NAMES) -> what they mean for the run, and its fix
+NO_BATCH_CAUSES = {
+    "corrupt_slides": "{n} slide(s) unreadable or missing (named in the warnings above; check them with "
+    "`pathfm catalogue`, or try --reader openslide)",
+    "no_mpp_slides": "{n} slide(s) without an mpp: pass --default_mpp (or --mpp_override)",
+    "unsupported_mpp_slides": "{n} slide(s) cannot serve any of --mpps without upsampling: give coarser "
+    "--mpps",
+    "no_tissue_slides": "{n} slide(s) with no tile of enough tissue: lower --min_tissue (or --tile_size)",
+    "failed_regions": "{n} region(s) failed to decode: try --reader openslide",
+}
+
+
+def why_no_batch(stats: dict[str, int]) -> str:
+    """Why a pass gave no batch, from its skip counters, each cause with its fix (``"; "``-joined)."""
+    causes = [text.format(n=stats[name]) for name, text in NO_BATCH_CAUSES.items() if stats.get(name)]
+    if causes:
+        return "; ".join(causes)
+    return (
+        "its slides gave fewer tiles than one batch: raise --tiles_per_slide or lower --per_device_batch_size"
+    )
+
+
 class EmptyTileStreamError(ValueError):
     """The stream's slides gave no full batch in 3 passes (no tissue, or every region failed): a problem of
     the input slides, so the training CLI reports it as one line (a ``ValueError``) and exits with 2."""
@@ -233,6 +255,7 @@ class TileBatchStream:
         self.mpp_counts: Counter[str] = Counter()
         self._iterator: Iterator[dict[str, Any]] | None = None
         self._empty_passes = 0
+        self._empty_stats: Counter[str] = Counter()  # skip counters of the empty passes in a row (max of each)
         self._ds = None  # the current pass's datasets.IterableDataset (for its skip counters)
         self._stats_done: Counter[str] = Counter()  # skip counters of finished passes
 
@@ -297,12 +320,14 @@ class TileBatchStream:
             except StopIteration:
                 if self.batches_in_pass == 0:
                     self._empty_passes += 1
+                    # the most of each over the empty passes: a slide whose regions failed in the first one is
+                    # dropped unread in the next (counted as unreadable there, without failed regions)
+                    for name, n in self._current_stats().items():
+                        self._empty_stats[name] = max(self._empty_stats[name], n)
                     if self._empty_passes >= 3:
                         raise EmptyTileStreamError(
                             f"the tile stream of slides {[r.slide_id for r in self.records]} produced no full "
-                            f"batch of {self.batch_size} in 3 passes (no tissue, or every region failed to "
-                            "decode): check them with `pathfm catalogue`, lower --min_tissue, or try "
-                            "--reader openslide"
+                            f"batch of {self.batch_size} in 3 passes: {why_no_batch(self._empty_stats)}"
                         ) from None
                 self._stats_done.update(self._current_stats())
                 self._ds = None
@@ -310,7 +335,7 @@ class TileBatchStream:
                 self.batches_in_pass = 0
                 self._iterator = None
                 continue
-            self._empty_passes = 0
+            self._empty_passes, self._empty_stats = 0, Counter()
             self.batches_in_pass += 1
             self.tiles_seen += len(batch["slide_id"])
             self.slide_counts.update(str(s) for s in batch["slide_id"])

@@ -38,14 +38,17 @@ def _launcher_rank() -> int | None:
     return int(rank) if rank is not None and rank.isdigit() else None
 
 
-def report_user_error(line: str) -> None:
+def report_user_error(line: str, rank_local: bool = False) -> None:
     """Report ``line`` once: to torch elastic's error file (rank 0 under torch elastic), else to stderr.
 
     Args:
         line: the whole message, e.g. ``"training/dino.py: error: preset 'x' not found ..."``.
+        rank_local: the error is this rank's own (e.g. its slides gave no batch), not one every rank reaches:
+            reported by this rank at once, whichever it is, so that it is the launcher's root cause (the other
+            ranks then fail in their next collective, later).
     """
     rank = _launcher_rank()
-    if rank not in (None, 0):
+    if rank not in (None, 0) and not rank_local:
         time.sleep(FOLLOWER_DELAY_S)  # the same error is rank 0's to report: be the later failure
         return
     if os.environ.get("TORCHELASTIC_ERROR_FILE"):

@@ -61,6 +61,16 @@ def test_mask_matches_drawn_tissue_and_is_cached(tmp_path):
     with open_slide(path) as r:
         again = compute_tissue_mask(r, mask_mpp=8.0, cache_dir=tmp_path / "masks", closing_um=15.0)
         np.testing.assert_array_equal(again.mask, cached.mask)
+    # a cache file cut short (a full disk) is warned about, computed and written again: never the slide's end
+    (npz,) = (tmp_path / "masks").glob("*.npz")
+    whole = npz.read_bytes()
+    npz.write_bytes(whole[: len(whole) // 2])
+    clear_mask_cache()
+    with open_slide(path) as r, pytest.warns(RuntimeWarning, match=f"mask cache file {npz} cannot be read"):
+        rebuilt = compute_tissue_mask(r, mask_mpp=8.0, cache_dir=tmp_path / "masks", closing_um=15.0)
+    np.testing.assert_array_equal(rebuilt.mask, cached.mask)
+    with np.load(npz) as rewritten:  # whole again
+        np.testing.assert_array_equal(rewritten["mask"].astype(bool), cached.mask)
 
 
 def test_folder_and_manifests(tmp_path, eight_slides):

@@ -124,6 +124,9 @@ CASES = {
     "tissue fraction": (["--min_tissue", "1.5"], "--min_tissue is a tissue fraction in [0, 1]", "1.5"),
     "negative lr": (["--learning_rate", "-1"], "--lr must be > 0", "-1"),
     "mpp override": (["--mpp_override", "30"], "--mpp_override is a level-0 µm/px between 0.05 and 10", "30"),
+    "empty slide source": (
+        ["--slides", "", "embedded"], "empty slide source in ['', 'embedded'] (an unset shell variable?)"
+    ),
     "mask cache a file": (
         ["--mask_cache_dir", "{bad_yaml}"], "--mask_cache_dir ", "bad_preset.yaml is a file: give a folder"
     ),

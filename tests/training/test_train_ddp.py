@@ -99,3 +99,24 @@ def test_single_process_launch_with_expected_two_is_refused(repo_root, tmp_path)
     res = _launch(repo_root, tmp_path / "bad", 1, "--expected_world_size", "2")
     assert res.returncode != 0
     assert "world size mismatch" in res.stderr
+
+
+@pytest.mark.slow
+def test_the_rank_whose_slides_give_no_batch_reports_it(repo_root, tmp_path, cmu_svs):
+    """Two processes, rank 1's only slide holds no tissue: rank 1's one-line error is the launcher's root
+    cause, naming the rank (not rank 0's lost connection to its peer, and not nothing at all)."""
+    import shutil
+
+    from tests.datasets_scripts.synthetic import blank, write_slide
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(cmu_svs, slides / "a_tissue.svs")  # sorted first: rank 0
+    write_slide(slides / "b_glass.tiff", blank(512, 512), level_sizes=[(128, 128)])  # rank 1: glass only
+    run = _launch(repo_root, tmp_path / "run", 2, "--slides", str(slides), "--tiles_per_slide", "4")
+    assert run.returncode != 0
+    ours = [line for line in run.stderr.splitlines() if "training/dino.py: error:" in line]
+    assert ours and all("rank 1 of 2: " in line and "b_glass" in line for line in ours), run.stderr[-3000:]
+    assert "produced no full batch" in ours[0]
+    root = run.stderr[run.stderr.index("Root Cause") :]
+    assert "rank 1 of 2: " in root, root

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -79,12 +80,21 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(sig, extra, referenc
         and f"checkpoint-{step}" in stopped[0]
         and "--resume_from_checkpoint latest" in stopped[0]
     )
-    # the resume command names the checkpoint's saved config: the flags a resume must repeat
+    # the resume command names the checkpoint's saved config (the flags a resume must repeat) and the launch
+    # of 2 CPU processes; it is run as printed (accelerate's module for its console script, a free port)
     saved = out / "checkpoints" / f"checkpoint-{step}" / "config.yaml"
-    assert f"accelerate launch training/dino.py {saved} --resume_from_checkpoint latest" in stopped[0]
+    command = stopped[0].split("; resume with: ", 1)[1]
+    launch_2 = "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2"
+    assert command == f"{launch_2} training/dino.py {saved} --resume_from_checkpoint latest", command
     assert (out / "checkpoints" / f"checkpoint-{step}").is_dir() and not (out / "model").exists()
 
-    resumed = launch(repo_root, out, 29555, "--resume_from_checkpoint", "latest")
+    variable, accelerate, verb, *args = shlex.split(command)
+    assert (accelerate, verb) == ("accelerate", "launch")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **dict([variable.split("=")])}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", "29555", *args]
+    resumed = subprocess.Popen(
+        cmd, cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     _, err = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, err[-3000:]
     got = losses(out)

@@ -66,6 +66,32 @@ def test_differences_name_each_setting_that_changes_results_and_skip_the_free_on
     assert {"max_steps", "lr", "seed", "num_workers", "per_device_batch_size"}.isdisjoint(FREE_FLAGS)
 
 
+def test_resume_command_repeats_the_launch_of_a_multi_process_run(tmp_path, monkeypatch):
+    """The fix a refused resume prints is the command that resumes: for a checkpoint of 2 processes it
+    launches 2 (on CPU with ACCELERATE_USE_CPU and --multi_gpu: --cpu would start one)."""
+    import yaml
+
+    from pathfm.training.resume_check import check_resume_config, resume_command
+
+    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint-4"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(_config()))
+    with pytest.raises(ValueError, match="processes 2 -> 1") as err:
+        check_resume_config(ckpt, "latest", _config(run__world_size=1))
+    cpu = "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2"
+    assert f"({cpu} training/dino.py {ckpt / 'config.yaml'} --resume_from_checkpoint latest)" in str(err.value)
+    assert resume_command("c.yaml", "latest", 1, on_cpu=True) == (
+        "accelerate launch training/dino.py c.yaml --resume_from_checkpoint latest"
+    )
+    assert resume_command("c.yaml", "latest", 8, on_cpu=False).startswith(
+        "accelerate launch --multi_gpu --num_processes 8 training/dino.py c.yaml"
+    )
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 16 processes over 2 machines
+    assert resume_command("c.yaml", "latest", 16, on_cpu=False).startswith(
+        "accelerate launch --multi_gpu --num_processes 16 --num_machines 2 (and this run's --machine_rank, "
+    )
+
+
 def test_saved_config_is_the_checkpoints_own_else_its_run_folders(tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "checkpoint-4"
     ckpt.mkdir(parents=True)

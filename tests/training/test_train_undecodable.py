@@ -28,3 +28,4 @@ def test_slide_with_no_decodable_tile_is_one_line(repo_root, tmp_path):
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("training/dino.py: error:") and "scrambled" in last and "--reader" in last, last
+    assert "3 passes: 1 slide(s) unreadable or missing" in last, last
