@@ -317,6 +317,11 @@ class HubHandler(BaseHTTPRequestHandler):
         if method == "POST" and path == "/api/validate-yaml":
             self._validate_yaml(json.loads(body or b"{}"))
             return True
+        if method == "GET" and path == "/api/agent-harnesses":
+            # huggingface_hub reads this registry once per process (for its user-agent), from whatever
+            # endpoint the first online request goes to: here, an empty one
+            self._json(200, {"standardEnvVars": [], "harnesses": {}})
+            return True
         match = _LFS_OBJECT.match(path)
         if match:
             if method == "PUT" and match["action"] == "upload":

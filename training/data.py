@@ -103,9 +103,7 @@ def build_data(
     if d_args.mask_cache_dir:
         make_mask_cache_dir(d_args.mask_cache_dir)
     with warnings_on_rank_zero(rank), warnings.catch_warnings():
-        if rank != 0 or d_args.mpp_override is not None:
-            # rank 0 says it once; and the start-up check opens every slide with the override labelled as a
-            # manifest value, which is not the manifest's: an override is never compared with the metadata
+        if rank != 0:  # every rank opens the same slides: rank 0 says it once
             warnings.simplefilter("ignore", MppDisagreementWarning)
         records = resolve_slides(d_args.slides, mpp_given)
         # no readable slide -> ValueError before training

@@ -94,8 +94,9 @@ def preflight_slides(
             ok.append(rec)
             continue
         mpp = mpp_override if mpp_override is not None else rec.mpp
+        source = "mpp_override" if mpp_override is not None else "manifest"  # an override is never compared
         opened, skip = open_or_skip(
-            lambda: open_slide(rec.path, mpp=mpp, default_mpp=default_mpp, reader=reader),
+            lambda: open_slide(rec.path, mpp=mpp, default_mpp=default_mpp, reader=reader, mpp_source=source),
             rec.slide_id,
             rec.path,
         )

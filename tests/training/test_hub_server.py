@@ -120,3 +120,14 @@ def test_push_to_hub_checks_folder(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"x")
     with pytest.raises(ValueError, match="namespace/name"):
         push_to_hub(tmp_path, "no-namespace")
+
+
+def test_agent_harness_registry_is_served_empty(hub: LocalHub) -> None:
+    """huggingface_hub fetches this registry once per process from the first endpoint it talks to; an
+    unanswered fetch would be an unhandled request in whichever test happened to come first."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{hub.url}/api/agent-harnesses") as response:
+        assert json.loads(response.read()) == {"standardEnvVars": [], "harnesses": {}}
+    assert hub.unhandled == []
