@@ -266,7 +266,11 @@ def checkpoint_to_resume(
     if not spec:
         return None
     ckpt = resolve_checkpoint(spec, t_args.output_dir, t_args.save_steps)
-    run_facts = {"world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision}
+    run_facts = {
+        "world_size": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "device": str(accelerator.device),  # not compared: names the launch in the refusal's fix
+    }
     check_resume_config(ckpt, spec, {**config_dict(m_args, d_args, t_args), "run": run_facts})
     return ckpt
 

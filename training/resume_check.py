@@ -147,10 +147,9 @@ def check_resume_config(ckpt: Path, spec: str, given: dict[str, Any]) -> None:
     diffs = resume_differences(saved, given)
     if not diffs:
         return
-    import torch  # here: the module is imported by --help, which must not load torch
-
-    processes = (saved.get("run") or {}).get("world_size") or 1
-    command = resume_command(path, spec, int(processes), not torch.cuda.is_available())
+    saved_run, given_run = saved.get("run") or {}, given.get("run") or {}
+    device = str(saved_run.get("device") or given_run.get("device") or "cpu")  # the saved run's, else ours
+    command = resume_command(path, spec, int(saved_run.get("world_size") or 1), device.startswith("cpu"))
     new_out = (given.get("training") or {}).get("output_dir")
     if new_out is not None and new_out != (saved.get("training") or {}).get("output_dir"):
         command += f" --output_dir {new_out}"
