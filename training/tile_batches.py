@@ -141,6 +141,7 @@ def leave_stop_signals_to_main(worker_id: int) -> None:
 
 
 _WORKERS: weakref.WeakSet[multiprocessing.Process] = weakref.WeakSet()
+_EXIT_HOOK: list[bool] = []  # [True] once _end_workers_at_exit is registered
 
 
 def _end_workers_at_exit() -> None:
@@ -161,8 +162,9 @@ def _end_workers_at_exit() -> None:
 
 def track_workers(started: set[multiprocessing.Process]) -> None:
     """Have :func:`_end_workers_at_exit` end ``started`` (DataLoader workers) if they outlive the process."""
-    if not _WORKERS and started:
-        atexit.register(_end_workers_at_exit)  # registering again is harmless: the set is then empty
+    if started and not _EXIT_HOOK:  # once per process: every pass of the stream starts new workers
+        atexit.register(_end_workers_at_exit)
+        _EXIT_HOOK.append(True)
     _WORKERS.update(started)
 
 
