@@ -64,17 +64,20 @@ def slide_options(d_args: DINODataArguments) -> dict:
 
 @contextmanager
 def warnings_on_rank_zero(rank: int) -> Iterator[None]:
-    """Every rank resolves and opens the same slides at start-up: only rank 0 logs what it skips (one line
-    per slide, as for one process). The counts still reach every rank's start line; what a DataLoader worker
-    skips later is its rank's own and is logged there."""
+    """Every rank resolves and opens the same slides at start-up: only rank 0 logs what it skips and warns
+    of a manifest mpp the metadata contradicts (one line per slide, as for one process). The counts still
+    reach every rank's start line; what a DataLoader worker skips later is its rank's own and is logged
+    there."""
     package = logging.getLogger("pathfm")
     level = package.level
-    if rank != 0:
-        package.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        package.setLevel(level)
+    with warnings.catch_warnings():
+        if rank != 0:
+            package.setLevel(logging.ERROR)
+            warnings.simplefilter("ignore", MppDisagreementWarning)
+        try:
+            yield
+        finally:
+            package.setLevel(level)
 
 
 def make_mask_cache_dir(folder: str) -> None:
@@ -102,9 +105,7 @@ def build_data(
     mpp_given = d_args.mpp_override is not None or d_args.default_mpp is not None
     if d_args.mask_cache_dir:
         make_mask_cache_dir(d_args.mask_cache_dir)
-    with warnings_on_rank_zero(rank), warnings.catch_warnings():
-        if rank != 0:  # every rank opens the same slides: rank 0 says it once
-            warnings.simplefilter("ignore", MppDisagreementWarning)
+    with warnings_on_rank_zero(rank):
         records = resolve_slides(d_args.slides, mpp_given)
         # no readable slide -> ValueError before training
         readable, failed = preflight_slides(records, d_args.mpp_override, d_args.default_mpp, d_args.reader)
