@@ -197,9 +197,12 @@ def _records_of(item: Any, mpp_given: bool) -> list[SlideRecord]:
     return [SlideRecord(path=str(p))]
 
 
+_NOT_NORMAL = ("/./", "/../", "//")  # in an absolute path: os.path.abspath would change it
+
+
 def _abspath(path: str) -> str:
     # os.path.abspath costs ~10 µs; a catalogue's paths are already absolute and normal (30,000 slides).
-    if path.startswith(os.sep) and "/./" not in path and "/../" not in path and "//" not in path:
+    if path.startswith(os.sep) and not any(part in path for part in _NOT_NORMAL):
         return path
     return os.path.abspath(path)
 
@@ -208,7 +211,7 @@ def _absolute_paths(paths: list[str]) -> list[str]:
     """``os.path.abspath`` of each path; one check over all of them when they already are (a catalogue's)."""
     joined = "\0".join(paths)  # no path holds a NUL byte
     if joined.startswith(os.sep) and joined.count("\0" + os.sep) == len(paths) - 1:
-        if "/./" not in joined and "/../" not in joined and "//" not in joined:
+        if not any(part in joined for part in _NOT_NORMAL):  # _abspath's test, on all paths at once
             return paths
     return [_abspath(p) for p in paths]
 
