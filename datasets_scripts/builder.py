@@ -41,7 +41,7 @@ from pathfm.datasets_scripts.samplers import GridTileSampler, RandomTileSampler
 from pathfm.datasets_scripts.slide import DEFAULT_MPP_TOLERANCE, READERS, SlideError, SlideReader
 from pathfm.datasets_scripts.resolve import resolve_sources, unique_slide_ids
 from pathfm.datasets_scripts.skips import SlideSkip, open_or_skip, warn_skip
-from pathfm.datasets_scripts.sources import SlideRecord
+from pathfm.datasets_scripts.sources import SlideRecord, given_mpp_source
 from pathfm.datasets_scripts.tissue import TissueMask, compute_tissue_mask
 
 @dataclass
@@ -271,10 +271,7 @@ def open_slide_for_tiles(
                 "changed slides are reopened)"
             )
             rec.mpp, stored = config.mpp_override, None
-    # the record's mpp is the override, a catalogue's or a manifest's: only the last is compared with the
-    # slide's metadata (skips.warn_given_mpp_disagreement)
-    catalogued = rec.extra.get("catalogue")
-    source = "mpp_override" if config.mpp_override is not None else "catalogue" if catalogued else "manifest"
+    source = given_mpp_source(rec, config.mpp_override)
     reader, skip = open_or_skip(
         lambda: pool.get(
             rec.path, mpp=rec.mpp, mpp_tolerance=config.mpp_tolerance, mpp_source=source,

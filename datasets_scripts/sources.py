@@ -50,6 +50,15 @@ class SlideRecord:
             self.mpp = float(self.mpp)
 
 
+def given_mpp_source(rec: SlideRecord, mpp_override: float | None) -> str:
+    """What the mpp a slide is opened with is (``open_slide``'s ``mpp_source``): ``mpp_override`` (every
+    slide), ``catalogue`` (a catalogue row's) or ``manifest`` (the record's own). Only a manifest's is
+    compared with the slide's metadata (:func:`pathfm.datasets_scripts.mpp.given_mpp_disagreement`)."""
+    if mpp_override is not None:
+        return "mpp_override"
+    return "catalogue" if rec.extra.get("catalogue") else "manifest"
+
+
 def find_slides(
     folder: str | os.PathLike, extensions: tuple[str, ...] = SLIDE_EXTENSIONS
 ) -> list[SlideRecord]:

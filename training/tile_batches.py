@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from pathfm.datasets_scripts.sources import SlideRecord
+from pathfm.datasets_scripts.sources import SlideRecord, given_mpp_source
 
 __all__ = ["resolve_slides", "preflight_slides", "partition_slides", "TileBatchStream"]
 
@@ -94,7 +94,7 @@ def preflight_slides(
             ok.append(rec)
             continue
         mpp = mpp_override if mpp_override is not None else rec.mpp
-        source = "mpp_override" if mpp_override is not None else "manifest"  # an override is never compared
+        source = given_mpp_source(rec, mpp_override)
         opened, skip = open_or_skip(
             lambda: open_slide(rec.path, mpp=mpp, default_mpp=default_mpp, reader=reader, mpp_source=source),
             rec.slide_id,
